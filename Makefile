@@ -1,0 +1,37 @@
+# `make demo` and `make test` work on a fresh clone: they create .venv and install everything first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch. On a CUDA machine: make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test lint format bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m trilora demo --output runs/demo
+
+lint: install
+	$(VENV)/bin/ruff check trilora tests benchmarks scripts
+	$(VENV)/bin/ruff format --check trilora tests benchmarks scripts
+
+format: install
+	$(VENV)/bin/ruff check --fix trilora tests benchmarks scripts
+	$(VENV)/bin/ruff format trilora tests benchmarks scripts
+
+test: lint
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/train_step.py
+
+clean:
+	rm -rf runs .pytest_cache

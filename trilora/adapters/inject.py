@@ -1,0 +1,112 @@
+"""Which layers get adapters, putting adapters in and taking their weights out.
+
+Module paths are those of the diffusers / transformers models (`down_blocks.0.attentions.0.proj_in`);
+trilora.formats maps them to each file format's key names.
+"""
+
+import torch
+from torch import nn
+
+from trilora.adapters.layers import AdapterLayer
+
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+def unet_targets(unet: nn.Module) -> list[str]:
+    """Every Linear and 1x1 conv inside the UNet's transformer blocks: to_q/k/v/out.0, ff, proj_in/out.
+
+    This is the set kohya's sd-scripts trains for SD 1.x by default: 192 modules on SD 1.5.
+    """
+    names = []
+    for block_name, block in unet.named_modules():
+        if type(block).__name__ != "Transformer2DModel":
+            continue
+        for name, module in block.named_modules():
+            if isinstance(module, nn.Linear) or (
+                isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
+            ):
+                names.append(f"{block_name}.{name}")
+    return names
+
+
+def text_encoder_targets(text_encoder: nn.Module) -> list[str]:
+    """The CLIP encoder layers' attention projections and MLP: q/k/v/out_proj, fc1, fc2."""
+    return [
+        name
+        for name, module in text_encoder.named_modules()
+        if isinstance(module, nn.Linear)
+        and ".encoder.layers." in f".{name}"
+        and name.split(".")[-1] in TEXT_ENCODER_TARGETS
+    ]
+
+
+def add_adapters(
+    model: nn.Module, names: list[str], method: str, rank: int, alpha: float, sigma: str = "svd"
+) -> dict[str, AdapterLayer]:
+    """Replace each named layer by an AdapterLayer wrapping it. Freezes the whole model first."""
+    model.requires_grad_(False)
+    layers = {}
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = AdapterLayer(getattr(parent, child), method, rank, alpha, sigma)
+        setattr(parent, child, layer)
+        layers[name] = layer
+    return layers
+
+
+def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
+    """The adapters in a model, by the path of the layer they wrap."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLayer)}
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable factors (down, up and TriLoRA's mid), keyed `<path>.down` etc.: what a checkpoint keeps."""
+    state = {}
+    for name, layer in adapter_layers(model).items():
+        state[f"{name}.down"] = layer.down.weight.detach().clone()
+        state[f"{name}.up"] = layer.up.weight.detach().clone()
+        if layer.mid is not None:
+            state[f"{name}.mid"] = layer.mid.detach().clone()
+    return state
+
+
+def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    layers = adapter_layers(model)
+    expected = {
+        f"{n}.{part}"
+        for n, layer in layers.items()
+        for part in ("down", "up", "mid")[: 2 + (layer.mid is not None)]
+    }
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(
+            f"adapter state does not match the model: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    with torch.no_grad():
+        for name, layer in layers.items():
+            layer.down.weight.copy_(state[f"{name}.down"])
+            layer.up.weight.copy_(state[f"{name}.up"])
+            if layer.mid is not None:
+                layer.mid.copy_(state[f"{name}.mid"])
+
+
+def lora_pairs(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every adapter as a standard LoRA pair (down, up) with TriLoRA's Sigma folded into up."""
+    pairs = {}
+    for name, layer in adapter_layers(model).items():
+        up = layer.up.weight.detach()
+        if layer.mid is not None:
+            up = (up.reshape(up.shape[0], -1) @ layer.mid.detach()).reshape(up.shape)
+        pairs[name] = (layer.down.weight.detach().clone(), up.clone())
+    return pairs
+
+
+def set_multiplier(model: nn.Module, multiplier: float) -> None:
+    for layer in adapter_layers(model).values():
+        layer.multiplier = multiplier
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    layers = adapter_layers(model).values()
+    return [p for layer in layers for p in (layer.down.weight, layer.up.weight, layer.mid) if p is not None]

@@ -1,0 +1,202 @@
+"""The one configuration tree: the TOML file, the CLI flags and the `config` saved with every run.
+
+Each section is a dataclass; each field's `help` is its documentation and its `--flag` text.
+Flag names are the field names with `-` for `_`, and are unique across sections.
+Unknown keys in a TOML file are an error that names them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from trilora.errors import UserError
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, repeat: bool = False) -> Any:
+    meta = {"help": help, "choices": choices, "repeat": repeat}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    base: str = opt(
+        "", "Base model: a diffusers folder (model_index.json) or a single-file SD 1.x checkpoint."
+    )
+    base_config: str | None = opt(
+        None, "A diffusers folder of configs for a single-file checkpoint that is not SD 1.x-shaped."
+    )
+
+
+@dataclass
+class DataConfig:
+    data: str = opt(
+        "", "Folder of training images with same-named .txt captions; `N_name` subfolders repeat N times."
+    )
+    val_data: str | None = opt(
+        None, "Folder of validation images (default: hold out --val-fraction of --data)."
+    )
+    val_fraction: float = opt(0.1, "Fraction of --data held out for validation when --val-data is not given.")
+    trigger: str | None = opt(None, "A word put in front of every caption.")
+    resolution: int = opt(512, "Images are resized and centre-cropped to this many pixels square.")
+
+
+@dataclass
+class AdapterConfig:
+    method: str = opt("trilora", "Adapter type.", choices=("lora", "trilora"))
+    rank: int = opt(16, "Adapter rank r.")
+    alpha: float | None = opt(
+        None, "Adapter alpha; the update is scaled by alpha/rank (default: alpha = rank)."
+    )
+    sigma_init: str = opt(
+        "svd",
+        "TriLoRA: initialise Sigma from the frozen weight's singular values, or as identity.",
+        choices=("svd", "identity"),
+    )
+    train_text_encoder: bool = opt(False, "Also adapt the CLIP text encoder (q/k/v/out_proj, fc1/fc2).")
+
+    @property
+    def scale(self) -> float:
+        return (self.alpha if self.alpha is not None else self.rank) / self.rank
+
+
+@dataclass
+class TrainConfig:
+    lr: float = opt(1e-4, "AdamW learning rate.")
+    lr_scheduler: str = opt(
+        "constant", "Learning-rate schedule after warm-up.", choices=("constant", "cosine")
+    )
+    warmup_steps: int = opt(0, "Linear warm-up steps.")
+    batch_size: int = opt(1, "Images per optimiser step (before gradient accumulation).")
+    grad_accum: int = opt(1, "Batches accumulated per optimiser step.")
+    steps: int | None = opt(None, "Optimiser steps to run (default: from --epochs, or 1000).")
+    epochs: int | None = opt(None, "Passes over the training set (used when --steps is not given).")
+    weight_decay: float = opt(1e-2, "AdamW weight decay on the adapter weights.")
+    seed: int = opt(0, "Seed of everything: validation split, initialisation, noise, data order.")
+    gradient_checkpointing: bool = opt(
+        False, "Recompute UNet activations in the backward pass to save memory."
+    )
+    mixed_precision: str = opt(
+        "auto",
+        "bf16 autocast with fp32 adapter weights; auto = bf16 on CUDA, fp32 on CPU.",
+        choices=("auto", "no", "bf16"),
+    )
+    device: str = opt("auto", "Device to train on: auto, cpu, cuda, cuda:N.")
+
+
+@dataclass
+class ValidationConfig:
+    validate_every: int = opt(50, "Measure the validation loss every N optimiser steps.")
+    val_timesteps: int = opt(8, "Timesteps per validation image, spread evenly over the schedule.")
+    patience: int = opt(5, "Stop after this many validations without improvement (0 = never stop early).")
+    min_delta: float = opt(0.0, "An improvement must lower the validation loss by more than this.")
+    sample_prompt: list[str] = opt([], "Prompt to sample at each validation (repeatable).", repeat=True)
+    sample_steps: int = opt(20, "Denoising steps for the validation samples.")
+
+
+@dataclass
+class ExportConfig:
+    name: str | None = opt(None, "Name of the exported file (default: the output folder's name).")
+    export: str = opt("best", "Which adapter to export.", choices=("best", "last"))
+    export_dtype: str = opt("fp16", "Precision of the exported files.", choices=("fp16", "bf16", "fp32"))
+
+
+@dataclass
+class RunConfig:
+    output: str = opt("", "Output folder of the run.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def validate(self) -> None:
+        """Reject impossible settings early, with a message that says what to change."""
+        checks = [
+            (self.adapter.rank >= 1, f"--rank must be at least 1, got {self.adapter.rank}"),
+            (self.adapter.alpha is None or self.adapter.alpha > 0, "--alpha must be positive"),
+            (
+                0 <= self.data.val_fraction < 1,
+                f"--val-fraction must be in [0, 1), got {self.data.val_fraction}",
+            ),
+            (
+                self.data.resolution >= 8 and self.data.resolution % 8 == 0,
+                f"--resolution must be a positive multiple of 8, got {self.data.resolution}",
+            ),
+            (self.train.lr > 0, f"--lr must be positive, got {self.train.lr}"),
+            (self.train.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.train.grad_accum >= 1, "--grad-accum must be at least 1"),
+            (self.train.steps is None or self.train.steps >= 1, "--steps must be at least 1"),
+            (self.train.epochs is None or self.train.epochs >= 1, "--epochs must be at least 1"),
+            (self.train.warmup_steps >= 0, "--warmup-steps must be 0 or more"),
+            (self.validation.validate_every >= 1, "--validate-every must be at least 1"),
+            (self.validation.val_timesteps >= 1, "--val-timesteps must be at least 1"),
+            (self.validation.patience >= 0, "--patience must be 0 or more"),
+            (
+                bool(self.model.base),
+                "no base model: pass --base PATH (a diffusers folder or a .safetensors file)",
+            ),
+            (bool(self.data.data), "no training data: pass --data DIR"),
+            (bool(self.output), "no output folder: pass --output DIR"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+def section_classes() -> dict[str, type]:
+    return {f.name: f.default_factory for f in dataclasses.fields(RunConfig) if f.name != "output"}
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build a RunConfig from nested sections; unknown sections or keys are an error naming them."""
+    classes = section_classes()
+    unknown = [k for k in data if k not in classes and k != "output"]
+    for name, values in data.items():
+        if name in classes:
+            if not isinstance(values, dict):
+                raise UserError(f"{source}: [{name}] must be a table of settings")
+            known = {f.name for f in dataclasses.fields(classes[name])}
+            unknown += [f"{name}.{k}" for k in values if k not in known]
+    if unknown:
+        raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}; see `trilora train --help`")
+    sections = {name: classes[name](**data.get(name, {})) for name in classes}
+    return RunConfig(output=data.get("output", ""), **sections)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def iter_fields():
+    """(section name or None, dataclass field, resolved type) for every setting, in order."""
+    hints = get_type_hints(RunConfig)
+    yield None, next(f for f in dataclasses.fields(RunConfig) if f.name == "output"), hints["output"]
+    for name, cls in section_classes().items():
+        section_hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            yield name, f, section_hints[f.name]
+
+
+def base_type(annotation: Any) -> type:
+    """`int | None` -> int, `list[str]` -> str."""
+    if get_origin(annotation) is list:
+        return get_args(annotation)[0]
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation

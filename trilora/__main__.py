@@ -1,0 +1,5 @@
+import sys
+
+from trilora.cli import main
+
+sys.exit(main())

@@ -1,0 +1,121 @@
+"""The `trilora` command. Flags of `train` are generated from the config tree (trilora.config)."""
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from trilora.config import base_type, from_dict, iter_fields, load_toml
+from trilora.errors import UserError
+
+log = logging.getLogger("trilora")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, defaulting to 'not given' so that TOML values are not overridden."""
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML file of settings ([model], [data], ...); flags override it."
+    )
+    groups = {}
+    for section, field, annotation in iter_fields():
+        group = groups.setdefault(section, parser.add_argument_group(section or "run"))
+        flag = "--" + field.name.replace("_", "-")
+        meta = field.metadata
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        help_text = f"{meta['help']} (default: {default})" if default not in (None, "", []) else meta["help"]
+        kwargs = dict(
+            dest=f"{section}.{field.name}" if section else field.name,
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
+        kind = base_type(annotation)
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif meta.get("repeat"):
+            group.add_argument(flag, action="append", type=kind, metavar=field.name.upper(), **kwargs)
+        else:
+            group.add_argument(
+                flag,
+                type=kind,
+                choices=meta.get("choices"),
+                metavar=None if meta.get("choices") else field.name.split("_")[-1].upper(),
+                **kwargs,
+            )
+
+
+def config_from_args(args: argparse.Namespace):
+    data = load_toml(args.config) if getattr(args, "config", None) else {}
+    for key, value in vars(args).items():
+        if key in ("command", "config", "handler"):
+            continue
+        if "." in key:
+            section, name = key.split(".", 1)
+            data.setdefault(section, {})[name] = value
+        else:
+            data[key] = value
+    return from_dict(data, source=getattr(args, "config", None) or "settings")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from trilora.training.loop import train
+
+    summary = train(config_from_args(args))
+    print(f"best step {summary['best_step']}, exported: {', '.join(summary['exported'].values())}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from trilora.formats.inspect import describe, format_description
+
+    print(format_description(describe(args.file)))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from trilora.inference.generate import generate_from_args
+
+    for path in generate_from_args(args):
+        print(path)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from trilora.demo import run_demo
+
+    run_demo(args.output, steps=args.steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trilora", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="Train a LoRA or TriLoRA adapter.")
+    add_config_flags(train)
+    train.set_defaults(handler=cmd_train)
+
+    inspect = sub.add_parser("inspect", help="Describe an adapter file.")
+    inspect.add_argument("file")
+    inspect.set_defaults(handler=cmd_inspect)
+
+    generate = sub.add_parser("generate", help="Generate images with a base model and adapters.")
+    from trilora.inference.generate import add_generate_flags
+
+    add_generate_flags(generate)
+    generate.set_defaults(handler=cmd_generate)
+
+    demo = sub.add_parser("demo", help="Run the whole path on a tiny built-in model (no download).")
+    demo.add_argument("--output", default="runs/demo")
+    demo.add_argument("--steps", type=int, default=300)
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="trilora: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except UserError as error:
+        print(f"trilora: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("trilora: interrupted", file=sys.stderr)
+        return 130
+    return 0

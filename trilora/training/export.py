@@ -1,0 +1,92 @@
+"""What a run writes besides metrics: adapter checkpoints, the shared files, sample images."""
+
+import logging
+from pathlib import Path
+
+import torch
+
+from trilora.adapters.inject import adapter_layers, lora_pairs
+from trilora.config import RunConfig, ValidationConfig, to_dict
+from trilora.formats.diffusers_lora import save_diffusers
+from trilora.formats.kohya import save_kohya
+from trilora.formats.metadata import kohya_metadata
+from trilora.formats.native import save_adapter
+
+log = logging.getLogger("trilora")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def adapter_alpha(config: RunConfig) -> float:
+    return float(config.adapter.alpha if config.adapter.alpha is not None else config.adapter.rank)
+
+
+def write_adapter(path: Path, state: dict, config: RunConfig, step: int, val_loss: float | None) -> None:
+    """Our checkpoint of the factors as trained (TriLoRA keeps U, Sigma, V^T)."""
+    metadata = {
+        "method": config.adapter.method,
+        "rank": config.adapter.rank,
+        "alpha": adapter_alpha(config),
+        "step": step,
+        "val_loss": val_loss,
+        "config": to_dict(config),
+    }
+    save_adapter(path, state, metadata)
+
+
+def export_adapters(
+    pipe, config: RunConfig, output: Path, step: int, val_loss: float | None, steps_run: int
+) -> dict:
+    """The files users share, from the adapters currently in the pipeline: kohya layout and diffusers layout."""
+    name = config.export.name or output.resolve().name
+    pairs = {f"unet.{k}": v for k, v in lora_pairs(pipe.unet).items()}
+    if adapter_layers(pipe.text_encoder):
+        pairs |= {f"text_encoder.{k}": v for k, v in lora_pairs(pipe.text_encoder).items()}
+    alpha, dtype = adapter_alpha(config), DTYPES[config.export.export_dtype]
+    info = {
+        "name": name,
+        "method": config.adapter.method,
+        "rank": config.adapter.rank,
+        "alpha": alpha,
+        "sigma_init": config.adapter.sigma_init if config.adapter.method == "trilora" else "",
+        "best_step": step,
+        "best_val_loss": val_loss,
+        "steps": steps_run,
+        "base_model": Path(config.model.base).name,
+        "config": to_dict(config),
+    }
+    kohya_file = output / f"{name}.safetensors"
+    save_kohya(kohya_file, pairs, alpha, kohya_metadata(info), dtype)
+    diffusers_dir = output / f"{name}-diffusers"
+    save_diffusers(diffusers_dir, pairs, config.adapter.rank, alpha, dtype)
+    log.info("exported the adapter of step %d to %s and %s", step, kohya_file, diffusers_dir)
+    return {"kohya": kohya_file, "diffusers": diffusers_dir / "pytorch_lora_weights.safetensors"}
+
+
+@torch.no_grad()
+def save_samples(
+    pipe,
+    opts: ValidationConfig,
+    config: RunConfig,
+    folder: Path,
+    device: torch.device,
+    autocast: torch.dtype | None,
+) -> None:
+    """One image per sample prompt with a fixed seed, so samples of two steps differ only by the adapter."""
+    folder.mkdir(parents=True, exist_ok=True)
+    unet_training = pipe.unet.training
+    pipe.vae.to(device)
+    pipe.text_encoder.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    for i, prompt in enumerate(opts.sample_prompt):
+        with torch.autocast(device.type, autocast or torch.float32, enabled=autocast is not None):
+            image = pipe(
+                prompt,
+                num_inference_steps=opts.sample_steps,
+                height=config.data.resolution,
+                width=config.data.resolution,
+                generator=torch.Generator(device="cpu").manual_seed(config.train.seed),
+                output_type="pil",
+            ).images[0]
+        image.save(folder / f"{i:02d}.png")
+    (folder / "prompts.txt").write_text("\n".join(opts.sample_prompt) + "\n")
+    pipe.unet.train(unet_training)

@@ -1,0 +1,31 @@
+"""The denoising objective on latents (DDPM, Ho et al. 2020), pure functions."""
+
+import torch
+import torch.nn.functional as F
+
+
+def diffusion_target(
+    scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet should predict, by the scheduler's `prediction_type`: the noise, or v (Salimans & Ho 2022)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type {kind!r}")
+
+
+def denoising_loss(
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    condition: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample MSE between the UNet's prediction and the target: (B, C, H, W) -> (B,)."""
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    prediction = unet(noisy, timesteps, condition).sample
+    target = diffusion_target(scheduler, latents, noise, timesteps)
+    return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))

@@ -1,0 +1,74 @@
+"""metrics.csv (one row per optimiser step, written as we go) and the loss plot."""
+
+import csv
+import math
+from pathlib import Path
+
+COLUMNS = ("step", "train_loss", "val_loss", "val_loss_se", "lr", "elapsed_s")
+
+
+class MetricsLog:
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict] = []
+        with path.open("w", newline="") as f:
+            csv.writer(f).writerow(COLUMNS)
+
+    def write(self, **row) -> None:
+        row = {k: row.get(k) for k in COLUMNS}
+        self.rows.append(row)
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow(["" if row[k] is None else _fmt(row[k]) for k in COLUMNS])
+
+
+def _fmt(value) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with Path(path).open(newline="") as f:
+        return [{k: (float(v) if v != "" else None) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average, bias-corrected so the first points are not pulled towards 0."""
+    out, average = [], 0.0
+    for i, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**i))
+    return out
+
+
+def plot_losses(rows: list[dict], path: Path, best_step: int | None = None, title: str = "") -> None:
+    """Train loss (raw and smoothed) and validation loss with standard-error bars; best step marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["train_loss"]) for r in rows if r["train_loss"] is not None]
+    val = [(r["step"], r["val_loss"], r["val_loss_se"] or 0.0) for r in rows if r["val_loss"] is not None]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    if train:
+        steps, losses = zip(*train, strict=True)
+        ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="train loss")
+        ax.plot(steps, smooth(list(losses)), color="tab:blue", label="train loss (smoothed)")
+    if val:
+        steps, losses, errors = zip(*val, strict=True)
+        ax.errorbar(
+            steps, losses, yerr=errors, color="tab:orange", marker="o", capsize=3, label="validation loss"
+        )
+    if best_step is not None:
+        ax.axvline(best_step, color="tab:green", linestyle="--", label=f"best step {best_step}")
+    finite = [v for _, v in train if math.isfinite(v)] + [v for _, v, _ in val if math.isfinite(v)]
+    if finite:
+        low, high = min(finite), max(finite)
+        ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.05 * (high - low + 1e-9))
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("denoising loss (MSE)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,59 @@
+"""Validation loss with fixed noise, and early stopping on it.
+
+Every evaluation uses the same images, the same timesteps spread over the schedule and the same
+noise, so two points of the curve differ only because the adapter changed (seed 000: the held-out
+loss tells where to stop).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ValidationSet:
+    latents: torch.Tensor  # (N, C, h, w)
+    condition: torch.Tensor  # (N, 77, D) embeddings, or (N, 77) token ids when the text encoder trains
+    timesteps: torch.Tensor  # (K,)
+    noise: torch.Tensor  # (N, K, C, h, w)
+
+
+def validation_timesteps(count: int, num_train_timesteps: int) -> torch.Tensor:
+    """`count` timesteps at the centres of equal slices of [0, T): e.g. 4 of 1000 -> 125, 375, 625, 875."""
+    return ((torch.arange(count) + 0.5) * num_train_timesteps / count).long()
+
+
+def make_validation_set(
+    latents: torch.Tensor, condition: torch.Tensor, num_timesteps: int, num_train_timesteps: int, seed: int
+) -> ValidationSet:
+    generator = torch.Generator().manual_seed(seed + 1_000_003)
+    noise = torch.randn((len(latents), num_timesteps, *latents.shape[1:]), generator=generator)
+    return ValidationSet(latents, condition, validation_timesteps(num_timesteps, num_train_timesteps), noise)
+
+
+def mean_and_standard_error(values: torch.Tensor) -> tuple[float, float]:
+    mean = values.mean().item()
+    if values.numel() < 2:
+        return mean, 0.0
+    return mean, values.std().item() / math.sqrt(values.numel())
+
+
+class EarlyStopping:
+    """Counts validations without an improvement of more than `min_delta`; patience 0 never stops."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0):
+        self.patience, self.min_delta = patience, min_delta
+        self.best_loss, self.best_step, self.bad_validations = math.inf, None, 0
+
+    def update(self, loss: float, step: int) -> bool:
+        """Record a validation; True when it is the new best."""
+        if loss < self.best_loss - self.min_delta:
+            self.best_loss, self.best_step, self.bad_validations = loss, step, 0
+            return True
+        self.bad_validations += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_validations >= self.patience

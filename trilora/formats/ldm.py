@@ -1,0 +1,197 @@
+"""The original LDM/CompVis single-file layout of Stable Diffusion 1.x checkpoints.
+
+One `.safetensors`/`.ckpt` holds the UNet under `model.diffusion_model.*`, the VAE under
+`first_stage_model.*` and the CLIP text encoder under `cond_stage_model.transformer.text_model.*`.
+This module maps diffusers' parameter names to those names; diffusers' single-file loader
+(`diffusers/loaders/single_file_utils.py`: `convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint`,
+`convert_ldm_clip_checkpoint`) is the inverse. Block counts come from the model configs, so any
+SD-1.x-shaped model maps, the tiny test model as well as SD 1.5.
+"""
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TEXT_ENCODER_PREFIX = "cond_stage_model.transformer.text_model."
+
+# Submodule names inside one block: diffusers name -> LDM name.
+UNET_RESNET_NAMES = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+VAE_RESNET_NAMES = {"conv_shortcut": "nin_shortcut"}
+VAE_ATTENTION_NAMES = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+SAME_NAMES: dict[str, str] = {}
+
+# A module map is a list of (diffusers module, LDM module, submodule renames).
+ModuleMap = list[tuple[str, str, dict[str, str]]]
+
+
+def unet_module_map(config) -> ModuleMap:
+    """Where each module of a `UNet2DConditionModel` with this config lives in an LDM UNet."""
+    levels = len(config["block_out_channels"])
+    per_block = config["layers_per_block"]
+    modules: ModuleMap = [
+        ("conv_in", "input_blocks.0.0", SAME_NAMES),
+        ("time_embedding.linear_1", "time_embed.0", SAME_NAMES),
+        ("time_embedding.linear_2", "time_embed.2", SAME_NAMES),
+        ("mid_block.resnets.0", "middle_block.0", UNET_RESNET_NAMES),
+        ("mid_block.attentions.0", "middle_block.1", SAME_NAMES),
+        ("mid_block.resnets.1", "middle_block.2", UNET_RESNET_NAMES),
+        ("conv_norm_out", "out.0", SAME_NAMES),
+        ("conv_out", "out.2", SAME_NAMES),
+    ]
+    # LDM numbers input_blocks flat: per level, `per_block` (resnet, attention) pairs and then a
+    # downsampler, except after the last level; input_blocks.0 is conv_in.
+    for level in range(levels):
+        first = 1 + level * (per_block + 1)
+        for layer in range(per_block):
+            modules.append(
+                (f"down_blocks.{level}.resnets.{layer}", f"input_blocks.{first + layer}.0", UNET_RESNET_NAMES)
+            )
+            modules.append(
+                (f"down_blocks.{level}.attentions.{layer}", f"input_blocks.{first + layer}.1", SAME_NAMES)
+            )
+        if level < levels - 1:
+            modules.append(
+                (
+                    f"down_blocks.{level}.downsamplers.0.conv",
+                    f"input_blocks.{first + per_block}.0.op",
+                    SAME_NAMES,
+                )
+            )
+    # output_blocks: per level, `per_block + 1` (resnet, attention) pairs; the upsampler sits in the
+    # last one, after the attention if the level has one.
+    for level, block_type in enumerate(config["up_block_types"]):
+        first = level * (per_block + 1)
+        for layer in range(per_block + 1):
+            modules.append(
+                (f"up_blocks.{level}.resnets.{layer}", f"output_blocks.{first + layer}.0", UNET_RESNET_NAMES)
+            )
+            modules.append(
+                (f"up_blocks.{level}.attentions.{layer}", f"output_blocks.{first + layer}.1", SAME_NAMES)
+            )
+        if level < levels - 1:
+            slot = 2 if block_type.startswith("CrossAttn") else 1
+            modules.append(
+                (
+                    f"up_blocks.{level}.upsamplers.0.conv",
+                    f"output_blocks.{first + per_block}.{slot}.conv",
+                    SAME_NAMES,
+                )
+            )
+    return modules
+
+
+def vae_module_map(config) -> ModuleMap:
+    """Where each module of an `AutoencoderKL` with this config lives in an LDM autoencoder."""
+    levels = len(config["block_out_channels"])
+    per_block = config["layers_per_block"]
+    modules: ModuleMap = [
+        ("quant_conv", "quant_conv", SAME_NAMES),
+        ("post_quant_conv", "post_quant_conv", SAME_NAMES),
+    ]
+    for part in ("encoder", "decoder"):
+        modules += [
+            (f"{part}.conv_in", f"{part}.conv_in", SAME_NAMES),
+            (f"{part}.conv_norm_out", f"{part}.norm_out", SAME_NAMES),
+            (f"{part}.conv_out", f"{part}.conv_out", SAME_NAMES),
+            (f"{part}.mid_block.resnets.0", f"{part}.mid.block_1", VAE_RESNET_NAMES),
+            (f"{part}.mid_block.attentions.0", f"{part}.mid.attn_1", VAE_ATTENTION_NAMES),
+            (f"{part}.mid_block.resnets.1", f"{part}.mid.block_2", VAE_RESNET_NAMES),
+        ]
+    for level in range(levels):
+        for layer in range(per_block):
+            modules.append(
+                (
+                    f"encoder.down_blocks.{level}.resnets.{layer}",
+                    f"encoder.down.{level}.block.{layer}",
+                    VAE_RESNET_NAMES,
+                )
+            )
+        if level < levels - 1:
+            modules.append(
+                (
+                    f"encoder.down_blocks.{level}.downsamplers.0.conv",
+                    f"encoder.down.{level}.downsample.conv",
+                    SAME_NAMES,
+                )
+            )
+    # The LDM decoder numbers its levels from the lowest resolution up, diffusers from the top down.
+    for level in range(levels):
+        ldm_level = levels - 1 - level
+        for layer in range(per_block + 1):
+            modules.append(
+                (
+                    f"decoder.up_blocks.{level}.resnets.{layer}",
+                    f"decoder.up.{ldm_level}.block.{layer}",
+                    VAE_RESNET_NAMES,
+                )
+            )
+        if level < levels - 1:
+            modules.append(
+                (
+                    f"decoder.up_blocks.{level}.upsamplers.0.conv",
+                    f"decoder.up.{ldm_level}.upsample.conv",
+                    SAME_NAMES,
+                )
+            )
+    return modules
+
+
+def rename(key: str, modules: ModuleMap) -> str:
+    """The LDM name of one diffusers parameter name, e.g. `conv_in.weight` -> `input_blocks.0.0.weight`."""
+    for diffusers_module, ldm_module, submodule_names in modules:
+        if key.startswith(diffusers_module + "."):
+            submodule, _, param = key[len(diffusers_module) + 1 :].rpartition(".")
+            submodule = submodule_names.get(submodule, submodule)
+            return ".".join(part for part in (ldm_module, submodule, param) if part)
+    raise ValueError(f"no LDM name for the diffusers parameter {key!r}: not an SD-1.x-shaped model")
+
+
+def unet_to_ldm(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    modules = unet_module_map(config)
+    return {UNET_PREFIX + rename(key, modules): tensor for key, tensor in state_dict.items()}
+
+
+def vae_to_ldm(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    modules = vae_module_map(config)
+    ldm = {}
+    for key, tensor in state_dict.items():
+        ldm_key = rename(key, modules)
+        # LDM's VAE attention projections are 1x1 convs, diffusers' are Linear: (out, in) -> (out, in, 1, 1).
+        if ".mid.attn_1." in ldm_key and tensor.ndim == 2:
+            tensor = tensor[:, :, None, None]
+        ldm[VAE_PREFIX + ldm_key] = tensor
+    return ldm
+
+
+def text_encoder_to_ldm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # transformers >= 5.6 flattened CLIPTextModel (no `text_model.` level); older versions have it.
+    return {
+        TEXT_ENCODER_PREFIX + key.removeprefix("text_model."): tensor for key, tensor in state_dict.items()
+    }
+
+
+def ldm_state_dict(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
+    """The three models' weights under their LDM single-file names (works on meta-device models too)."""
+    return {
+        **unet_to_ldm(unet.state_dict(), unet.config),
+        **vae_to_ldm(vae.state_dict(), vae.config),
+        **text_encoder_to_ldm(text_encoder.state_dict()),
+    }
+
+
+def save_single_file(pipe, path: str | Path) -> Path:
+    """Write a StableDiffusionPipeline's unet, vae and text encoder as one LDM-layout `.safetensors`."""
+    path = Path(path)
+    state_dict = ldm_state_dict(pipe.unet, pipe.vae, pipe.text_encoder)
+    save_file({key: tensor.detach().cpu().contiguous() for key, tensor in state_dict.items()}, path)
+    return path

@@ -148,6 +148,11 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        paths = [("base model", self.model.base), ("--base-config folder", self.model.base_config),
+                 ("data folder", self.data.data), ("validation folder", self.data.val_data)]  # fmt: skip
+        for what, path in paths:
+            if path and not Path(path).exists():
+                raise UserError(f"{what} not found: {path}")
 
 
 def section_classes() -> dict[str, type]:

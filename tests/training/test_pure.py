@@ -1,0 +1,50 @@
+import math
+
+import pytest
+import torch
+
+from trilora.training.metrics import smooth
+from trilora.training.schedule import lr_at
+from trilora.training.validation import EarlyStopping, mean_and_standard_error, validation_timesteps
+
+
+def test_warmup_then_constant_or_cosine():
+    assert [lr_at(s, 1.0, 10, warmup_steps=4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_at(0, 1.0, 10, kind="cosine") == 1.0
+    assert lr_at(5, 1.0, 10, kind="cosine") == pytest.approx(0.5)
+    assert lr_at(10, 1.0, 10, kind="cosine") == pytest.approx(0.0)
+    assert lr_at(9, 2.0, 10, warmup_steps=2, kind="cosine") < lr_at(8, 2.0, 10, warmup_steps=2, kind="cosine")
+
+
+def test_validation_timesteps_spread_over_the_schedule():
+    assert validation_timesteps(4, 1000).tolist() == [125, 375, 625, 875]
+    assert validation_timesteps(1, 1000).tolist() == [500]
+
+
+def test_early_stopping_counts_validations_without_improvement():
+    stopper = EarlyStopping(patience=2, min_delta=0.1)
+    assert stopper.update(1.0, 0) and stopper.best_step == 0
+    assert not stopper.update(0.95, 10)  # better, but not by more than min_delta
+    assert not stopper.should_stop
+    assert stopper.update(0.5, 20) and stopper.bad_validations == 0
+    assert not stopper.update(0.6, 30) and not stopper.update(0.7, 40)
+    assert stopper.should_stop and stopper.best_step == 20 and stopper.best_loss == 0.5
+
+
+def test_patience_zero_never_stops():
+    stopper = EarlyStopping(patience=0)
+    stopper.update(1.0, 0)
+    for step in range(1, 50):
+        stopper.update(2.0, step)
+    assert not stopper.should_stop
+
+
+def test_mean_and_standard_error():
+    mean, se = mean_and_standard_error(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert mean == 2.5 and se == pytest.approx(math.sqrt(5 / 3) / 2)
+    assert mean_and_standard_error(torch.tensor([3.0])) == (3.0, 0.0)
+
+
+def test_smoothing_is_bias_corrected():
+    assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    assert smooth([1.0, 3.0], weight=0.5)[1] == pytest.approx((0.5 * 0.5 + 0.5 * 3.0) / 0.75)

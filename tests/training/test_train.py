@@ -1,0 +1,105 @@
+"""Short real training runs on the tiny model: what a run writes, that it learns, that it stops."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from trilora.adapters.inject import add_adapters, load_adapter_state_dict, unet_targets
+from trilora.base.load import load_pipeline
+from trilora.config import from_dict
+from trilora.demo import make_shapes_dataset
+from trilora.formats.native import load_adapter
+from trilora.training.loop import train
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "data", count=12)
+
+
+def config(tmp_path, tiny_model_dir, shapes, method="trilora", **overrides):
+    data = {
+        "output": str(tmp_path / "run"),
+        "model": {"base": str(tiny_model_dir)},
+        "data": {"data": str(shapes), "resolution": 32, "val_fraction": 0.25},
+        "adapter": {"method": method, "rank": 4, "alpha": 2},
+        "train": {"lr": 2e-3, "batch_size": 4, "steps": 40, "seed": 0},
+        "validation": {"validate_every": 10, "patience": 0, "val_timesteps": 4},
+    }
+    for section, values in overrides.items():
+        data[section] |= values
+    return from_dict(data)
+
+
+@pytest.mark.parametrize("method", ["lora", "trilora"])
+def test_short_run_learns_and_writes_everything(tmp_path, tiny_model_dir, shapes, method):
+    cfg = config(
+        tmp_path,
+        tiny_model_dir,
+        shapes,
+        method,
+        validation={"sample_prompt": ["a red circle"], "sample_steps": 2},
+    )
+    summary = train(cfg)
+    out = tmp_path / "run"
+
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {"step", "train_loss", "val_loss", "lr"} <= set(rows[0])
+    assert [r["step"] for r in rows] == [str(s) for s in range(41)]
+    val = {int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]}
+    assert sorted(val) == [0, 10, 20, 30, 40]
+    assert min(val[30], val[40]) < val[0] * 0.9, val  # the random tiny UNet is easy to improve on
+    assert summary["best_step"] == min(val, key=val.get)
+    assert summary["best_val_loss"] == pytest.approx(val[summary["best_step"]], rel=1e-4)
+    assert summary["steps_run"] == 40 and summary["stopped_early"] is False
+    assert {
+        "method",
+        "rank",
+        "alpha",
+        "steps_run",
+        "best_step",
+        "best_val_loss",
+        "stopped_early",
+        "exported",
+    } <= set(json.loads((out / "summary.json").read_text()))
+    for path in ["loss.png", "config.json", "best/adapter.safetensors", "last/adapter.safetensors",
+                 "run.safetensors", "run-diffusers/pytorch_lora_weights.safetensors",
+                 "samples/step-000000/00.png", "samples/step-000040/00.png"]:  # fmt: skip
+        assert (out / path).is_file(), path
+
+    # The best checkpoint keeps the factors as trained (TriLoRA: three) and is what was exported.
+    state, meta = load_adapter(out / "best" / "adapter.safetensors")
+    assert meta["step"] == summary["best_step"] and meta["method"] == method
+    assert any(k.endswith(".mid") for k in state) == (method == "trilora")
+
+
+def test_exported_file_gives_the_best_adapter_in_diffusers(tmp_path, tiny_model_dir, shapes):
+    train(config(tmp_path, tiny_model_dir, shapes, train={"steps": 20}))
+    state, _ = load_adapter(tmp_path / "run" / "best" / "adapter.safetensors")
+
+    ours = load_pipeline(tiny_model_dir)
+    add_adapters(ours.unet, unet_targets(ours.unet), "trilora", 4, 2)
+    load_adapter_state_dict(ours.unet, {k.removeprefix("unet."): v for k, v in state.items()})
+    theirs = load_pipeline(tiny_model_dir)
+    theirs.load_lora_weights(str(tmp_path / "run"), weight_name="run.safetensors")
+
+    torch.manual_seed(0)
+    latents, t, text = torch.randn(2, 4, 8, 8), torch.tensor([100, 700]), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        expected = ours.unet(latents, t, text).sample
+        got = theirs.unet(latents, t, text).sample
+        base = load_pipeline(tiny_model_dir).unet(latents, t, text).sample
+    assert (expected - base).abs().max() > 1e-3  # the adapter does something
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=1e-2)  # fp16 export
+
+
+def test_early_stopping_stops_and_exports_the_best(tmp_path, tiny_model_dir, shapes):
+    # min_delta so large that no validation after the first counts as an improvement
+    cfg = config(tmp_path, tiny_model_dir, shapes, train={"steps": 100},
+                 validation={"validate_every": 2, "patience": 2, "min_delta": 1e9})  # fmt: skip
+    summary = train(cfg)
+    assert summary["stopped_early"] and summary["steps_run"] == 4 and summary["best_step"] == 0
+    assert summary["exported_step"] == 0

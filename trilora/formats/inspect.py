@@ -1,0 +1,156 @@
+"""`trilora inspect FILE`: what an adapter file holds, read from its header and shapes only.
+
+Recognises the kohya layout, the diffusers/PEFT layout (a file or its folder) and trilora's own
+checkpoints; anything else with LoRA-looking names is reported as "unknown".
+"""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import safe_open
+
+from trilora.errors import UserError
+from trilora.formats.diffusers_lora import ADAPTER_METADATA_KEY, WEIGHT_NAME
+from trilora.formats.kohya import PREFIXES
+
+# The model part of each kohya prefix; te1/te2 are SDXL's two text encoders.
+KOHYA_PARTS = {prefix: part for part, prefix in PREFIXES.items()}
+KOHYA_PARTS |= {"lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
+CHECKPOINT_METADATA_KEY = "trilora_adapter"  # header key of trilora.formats.native checkpoints
+DTYPE_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+MAX_VALUE_CHARS = 100
+
+
+def describe(path: str | Path) -> dict:
+    """Format, method, rank(s), alpha(s), module counts per model part, dtype and header metadata."""
+    path = Path(path)
+    if path.is_dir() and (path / WEIGHT_NAME).is_file():
+        path = path / WEIGHT_NAME
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = list(f.keys())
+            metadata = dict(f.metadata() or {})
+            if _is_kohya(keys):
+                found = _kohya(f, keys)
+            elif any(key.endswith(".lora_A.weight") for key in keys):
+                found = _diffusers(f, keys, metadata)
+            elif CHECKPOINT_METADATA_KEY in metadata or any(key.endswith(".mid") for key in keys):
+                found = _checkpoint(f, keys, metadata)
+            elif any("lora" in key.lower() for key in keys):
+                found = {"format": "unknown", "ranks": {}, "alphas": {}}
+            else:
+                raise UserError(
+                    f"{path} is not a LoRA file: none of its {len(keys)} tensor names is an adapter's"
+                )
+            weights = [key for key in keys if not key.endswith(".alpha")]  # alphas may differ (ours are fp32)
+            dtype = f.get_slice(weights[0]).get_dtype() if weights else ""
+    except (OSError, SafetensorError) as error:
+        raise UserError(f"cannot read {path} as a safetensors file: {error}") from None
+
+    ranks, alphas = found["ranks"], found["alphas"]  # per module key `<part>.<path>`
+    modules = Counter(key.split(".", 1)[0] for key in ranks)
+    trilora_method = metadata.get("trilora_method") or found.get("method")
+    return {
+        "file": str(path),
+        "format": found["format"],
+        "method": trilora_method or "lora (unknown trainer)",
+        "trainer": f"trilora {metadata.get('trilora_version', '')}".strip() if trilora_method else None,
+        "rank": _single(ranks.values()),
+        "ranks": sorted(set(ranks.values())),
+        "alpha": _single(alphas.values()),
+        "alphas": sorted(set(alphas.values())),
+        "modules": {
+            "unet": modules.pop("unet", 0),
+            "text_encoder": modules.pop("text_encoder", 0),
+            **modules,
+        },
+        "dtype": DTYPE_NAMES.get(dtype, dtype),
+        "metadata": metadata,
+    }
+
+
+def _single(values):
+    distinct = set(values)
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+def _is_kohya(keys: list[str]) -> bool:
+    return (
+        bool(keys)
+        and all(key.startswith(tuple(KOHYA_PARTS)) for key in keys)
+        and any(key.endswith(".lora_down.weight") for key in keys)
+    )
+
+
+def _kohya(f, keys: list[str]) -> dict:
+    ranks, alphas = {}, {}
+    for key in keys:
+        if not key.endswith(".lora_down.weight"):
+            continue
+        name = key.removesuffix(".lora_down.weight")
+        prefix = next(prefix for prefix in KOHYA_PARTS if name.startswith(prefix))
+        module = f"{KOHYA_PARTS[prefix]}.{name}"
+        ranks[module] = f.get_slice(key).get_shape()[0]
+        alpha_key = f"{name}.alpha"
+        # kohya's convention for a module without alpha: alpha = rank (scale 1).
+        alphas[module] = float(f.get_tensor(alpha_key).item()) if alpha_key in keys else float(ranks[module])
+    return {"format": "kohya", "ranks": ranks, "alphas": alphas}
+
+
+def _diffusers(f, keys: list[str], metadata: dict[str, str]) -> dict:
+    adapter_metadata = json.loads(metadata.get(ADAPTER_METADATA_KEY) or "{}")
+    ranks, alphas = {}, {}
+    for key in keys:
+        if key.endswith(".lora_A.weight"):
+            module = key.removesuffix(".lora_A.weight")
+            part = module.split(".", 1)[0]
+            ranks[module] = f.get_slice(key).get_shape()[0]
+            alpha = adapter_metadata.get(f"{part}.lora_alpha")
+            if alpha is not None:  # without it diffusers loads the file with alpha = rank
+                alphas[module] = float(alpha)
+    return {"format": "diffusers-peft", "ranks": ranks, "alphas": alphas}
+
+
+def _checkpoint(f, keys: list[str], metadata: dict[str, str]) -> dict:
+    info = json.loads(metadata.get(CHECKPOINT_METADATA_KEY) or "{}")
+    ranks = {
+        key.removesuffix(".down"): f.get_slice(key).get_shape()[0] for key in keys if key.endswith(".down")
+    }
+    alphas = {module: float(info["alpha"]) for module in ranks} if "alpha" in info else {}
+    method = info.get("method") or ("trilora" if any(key.endswith(".mid") for key in keys) else None)
+    return {"format": "trilora checkpoint", "ranks": ranks, "alphas": alphas, "method": method}
+
+
+def format_description(description: dict) -> str:
+    """The description as aligned `field: value` lines, metadata last (long values shortened)."""
+    d = description
+    method = d["method"]
+    if d["trainer"]:
+        folded = d["method"] == "trilora" and d["format"] != "trilora checkpoint"
+        method += f" (trained with {d['trainer']}{'; Sigma folded into lora_up' if folded else ''})"
+    alpha = _join(d["alphas"]) or "not stored (loaders use alpha = rank)"
+    if d["rank"] and d["alpha"] is not None:
+        alpha += f" (scale alpha/rank = {d['alpha'] / d['rank']:g})"
+    modules = ", ".join(f"{part.replace('_', ' ')} {count}" for part, count in d["modules"].items())
+    lines = [
+        f"file:     {d['file']}",
+        f"format:   {d['format']}",
+        f"method:   {method}",
+        f"rank:     {_join(d['ranks']) or 'unknown'}",
+        f"alpha:    {alpha}",
+        f"modules:  {modules}",
+        f"dtype:    {d['dtype']}",
+        "metadata:" + ("" if d["metadata"] else " none"),
+    ]
+    for key, value in sorted(d["metadata"].items()):
+        value = " ".join(value.split())
+        if len(value) > MAX_VALUE_CHARS:
+            value = value[: MAX_VALUE_CHARS - 3] + "..."
+        lines.append(f"  {key}: {value}")
+    return "\n".join(lines)
+
+
+def _join(values) -> str:
+    return ", ".join(f"{value:g}" for value in values)

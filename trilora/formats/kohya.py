@@ -1,0 +1,114 @@
+"""The kohya-ss LoRA layout: what A1111, Forge, ComfyUI, InvokeAI and diffusers all load.
+
+One `.safetensors` file; per adapted module, named after its diffusers / transformers path with
+every `.` turned into `_`:
+
+    lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight  (r, in[, kh, kw])
+    lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight    (out, r[, 1, 1])
+    lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha             ()
+    lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight                  ...
+
+The update is alpha / r * up @ down, r = lora_down's first dimension. Text-encoder names keep the
+`text_model.` level of the transformers-4 CLIPTextModel: transformers 5 dropped it, the files of
+the ecosystem (and every loader's key tables) did not. diffusers' reader of this layout is
+`_convert_non_diffusers_lora_to_diffusers` in diffusers/loaders/lora_conversion_utils.py.
+"""
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from trilora.errors import UserError
+from trilora.formats.metadata import read_safetensors
+
+# Pairs are keyed `<part>.<module path>`; each part has its own kohya prefix.
+PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+TEXT_MODEL = "text_model."
+
+# Path components that contain an underscore. Turning `_` back into `.` must keep these whole,
+# so reading a kohya name needs the vocabulary of SD 1.x's UNet and CLIP module names.
+UNDERSCORE_NAMES = (
+    "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
+    "proj_in", "proj_out", "conv_in", "conv_out", "conv_norm_out", "conv_shortcut", "time_embedding",
+    "time_emb_proj", "linear_1", "linear_2", "text_model", "self_attn", "q_proj", "k_proj", "v_proj",
+    "out_proj", "final_layer_norm", "layer_norm1", "layer_norm2", "text_projection",
+)  # fmt: skip
+_WORDS = sorted((tuple(name.split("_")) for name in UNDERSCORE_NAMES), key=len, reverse=True)
+
+
+def kohya_name(key: str) -> str:
+    """`unet.down_blocks.0.attentions.0.proj_in` -> `lora_unet_down_blocks_0_attentions_0_proj_in`."""
+    part, _, path = key.partition(".")
+    if part not in PREFIXES:
+        raise ValueError(f"adapter key {key!r} does not start with one of {sorted(PREFIXES)}")
+    if part == "text_encoder" and not path.startswith(TEXT_MODEL):
+        path = TEXT_MODEL + path
+    return PREFIXES[part] + path.replace(".", "_")
+
+
+def module_key(name: str) -> str:
+    """The inverse of `kohya_name`, back to the transformers-5 path (no `text_model.`)."""
+    for part, prefix in PREFIXES.items():
+        if name.startswith(prefix):
+            path = _dotted(name.removeprefix(prefix))
+            return f"{part}.{path.removeprefix(TEXT_MODEL)}"
+    raise ValueError(f"{name!r} is not a kohya LoRA name (lora_unet_* or lora_te_*)")
+
+
+def _dotted(name: str) -> str:
+    tokens, parts, i = name.split("_"), [], 0
+    while i < len(tokens):
+        word = next((w for w in _WORDS if tuple(tokens[i : i + len(w)]) == w), (tokens[i],))
+        parts.append("_".join(word))
+        i += len(word)
+    return ".".join(parts)
+
+
+def save_kohya(
+    path: str | Path,
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    alpha: float,
+    metadata: dict[str, str],
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Write LoRA pairs {`unet.<path>` | `text_encoder.<path>`: (down, up)} with one alpha for all."""
+    path = Path(path)
+    tensors = {}
+    for key, (down, up) in pairs.items():
+        name = kohya_name(key)
+        tensors[f"{name}.lora_down.weight"] = down.detach().to("cpu", dtype).contiguous()
+        tensors[f"{name}.lora_up.weight"] = up.detach().to("cpu", dtype).contiguous()
+        # kohya casts alpha to the save dtype too; every loader reads it with .item(), and fp32
+        # keeps an alpha such as 0.1 exact.
+        tensors[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=dict(metadata))
+    return path
+
+
+def read_kohya(
+    path: str | Path,
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, float], dict[str, str]]:
+    """(pairs keyed like `save_kohya`'s input, alpha per module, header metadata).
+
+    A module without an `.alpha` gets alpha = r, as in kohya's own loader.
+    """
+    tensors, metadata = read_safetensors(path)
+    names = {key.split(".", 1)[0] for key in tensors}
+    if not names or not all(name.startswith(tuple(PREFIXES.values())) for name in names):
+        raise UserError(
+            f"{path} is not a kohya LoRA file: its keys do not all start with lora_unet_/lora_te_"
+        )
+    pairs, alphas = {}, {}
+    for name in sorted(names):
+        down, up = tensors.get(f"{name}.lora_down.weight"), tensors.get(f"{name}.lora_up.weight")
+        if down is None or up is None:
+            raise UserError(
+                f"{path}: {name} has no lora_down/lora_up pair (a LyCORIS or other non-LoRA module?)"
+            )
+        key = module_key(name)
+        pairs[key] = (down, up)
+        alpha = tensors.get(f"{name}.alpha")
+        alphas[key] = float(alpha.item()) if alpha is not None else float(down.shape[0])
+    return pairs, alphas, metadata

@@ -1,0 +1,76 @@
+"""What an exported file says about itself: the safetensors header's string-to-string metadata.
+
+kohya's `ss_*` keys and Stability AI's `modelspec.*` keys are what model browsers (A1111's
+"metadata" tab, ComfyUI, Civitai) read; `trilora_*` keys record what those cannot: the method the
+adapter was trained with (the file itself is a plain LoRA, TriLoRA's Sigma folded in), where
+validation stopped it, and the run's whole config.
+"""
+
+import json
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open
+
+from trilora.errors import UserError
+
+NETWORK_MODULE = "networks.lora"  # what kohya's sd-scripts writes for a LoRA (its `networks/lora.py`)
+BASE_MODEL_VERSION = "sd_v1"  # sd-scripts' model_util.get_model_version_str_for_sd1_sd2
+ARCHITECTURE = "stable-diffusion-v1/lora"
+IMPLEMENTATION = "diffusers"  # sd-scripts' sai_model_spec: SD 1.x/2.x LoRAs are "diffusers"
+SAI_MODEL_SPEC = "1.0.0"
+
+
+def kohya_metadata(info: dict) -> dict[str, str]:
+    """Header metadata of an exported adapter.
+
+    `info` keys: method, rank, alpha, and where known sigma_init, best_step, best_val_loss, name,
+    steps, started_at (unix time), date (ISO 8601), base_model and config (the run's config dict).
+    """
+    config = info.get("config") or {}
+    date = info.get("date") or datetime.now(UTC).replace(microsecond=0).isoformat()
+    name = info.get("name")
+    metadata = {
+        "ss_network_module": NETWORK_MODULE,
+        "ss_network_dim": str(int(info["rank"])),
+        "ss_network_alpha": str(float(info["alpha"])),
+        "ss_base_model_version": BASE_MODEL_VERSION,
+        "ss_v2": "False",
+        "ss_training_started_at": _text(info.get("started_at")),
+        "ss_output_name": _text(name),
+        "ss_steps": _text(info.get("steps")),
+        "ss_sd_model_name": _text(info.get("base_model")),
+        "modelspec.sai_model_spec": SAI_MODEL_SPEC,
+        "modelspec.architecture": ARCHITECTURE,
+        "modelspec.implementation": IMPLEMENTATION,
+        "modelspec.title": name or f"{info['method']}@{date}",
+        "modelspec.date": date,
+        "trilora_method": str(info["method"]),
+        "trilora_sigma_init": _text(info.get("sigma_init")),
+        "trilora_best_step": _text(info.get("best_step")),
+        "trilora_best_val_loss": _text(info.get("best_val_loss")),
+        "trilora_version": version("trilora"),  # the installed distribution's
+        "trilora_config": json.dumps(config, sort_keys=True),
+    }
+    resolution = config.get("data", {}).get("resolution")
+    if resolution:
+        metadata["modelspec.resolution"] = f"{resolution}x{resolution}"
+    return {key: value for key, value in metadata.items() if value is not None}
+
+
+def _text(value) -> str | None:
+    """A metadata value, or None (the key is left out) when it is not known."""
+    return None if value is None or value == "" else str(value)
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors (on the CPU) and the header metadata of a safetensors file."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = dict(f.metadata() or {})
+        return load_file(str(path)), metadata
+    except (OSError, SafetensorError) as error:
+        raise UserError(f"cannot read {path} as a safetensors file: {error}") from None

@@ -55,9 +55,10 @@ def export_adapters(
         "config": to_dict(config),
     }
     kohya_file = output / f"{name}.safetensors"
-    save_kohya(kohya_file, pairs, alpha, kohya_metadata(info), dtype)
+    metadata = kohya_metadata(info)
+    save_kohya(kohya_file, pairs, alpha, metadata, dtype)
     diffusers_dir = output / f"{name}-diffusers"
-    save_diffusers(diffusers_dir, pairs, config.adapter.rank, alpha, dtype)
+    save_diffusers(diffusers_dir, pairs, config.adapter.rank, alpha, dtype, metadata=metadata)
     log.info("exported the adapter of step %d to %s and %s", step, kohya_file, diffusers_dir)
     return {"kohya": kohya_file, "diffusers": diffusers_dir / "pytorch_lora_weights.safetensors"}
 

@@ -100,11 +100,13 @@ def setup(config: RunConfig) -> Setup:
         pipe.text_encoder.to("cpu")
 
     weight_dtype = autocast or torch.float32  # frozen base weights; adapters stay fp32
-    pipe.unet.to(device, weight_dtype)
+    pipe.unet.to(device)
+    if weight_dtype != pipe.unet.dtype:
+        pipe.unet.to(weight_dtype)
     alpha = adapter.alpha if adapter.alpha is not None else adapter.rank
     add_adapters(pipe.unet, unet_targets(pipe.unet), adapter.method, adapter.rank, alpha, adapter.sigma_init)
     if adapter.train_text_encoder:
-        pipe.text_encoder.to(device, weight_dtype)
+        pipe.text_encoder.to(device=device, dtype=weight_dtype)
         targets = text_encoder_targets(pipe.text_encoder)
         add_adapters(pipe.text_encoder, targets, adapter.method, adapter.rank, alpha, adapter.sigma_init)
     if opts.gradient_checkpointing:

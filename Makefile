@@ -28,7 +28,7 @@ format: install
 	$(VENV)/bin/ruff format trilora tests benchmarks scripts
 
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 bench: install
 	$(PY) benchmarks/train_step.py

@@ -46,7 +46,9 @@ def save_sd15_random(path: Path) -> Path:
     return path
 
 
-def bare_loop(base: Path, resolution: int, batch_size: int, rank: int, steps: int, device: torch.device) -> list[float]:
+def bare_loop(
+    base: Path, resolution: int, batch_size: int, rank: int, steps: int, device: torch.device
+) -> list[float]:
     pipe = load_pipeline(base)
     unet = pipe.unet.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     add_adapters(unet, unet_targets(unet), "trilora", rank, rank)
@@ -73,7 +75,9 @@ def bare_loop(base: Path, resolution: int, batch_size: int, rank: int, steps: in
     return times
 
 
-def our_loop(base: Path, data: Path, out: Path, resolution: int, batch_size: int, rank: int, steps: int) -> list[float]:
+def our_loop(
+    base: Path, data: Path, out: Path, resolution: int, batch_size: int, rank: int, steps: int
+) -> list[float]:
     config = from_dict({
         "output": str(out),
         "model": {"base": str(base)},
@@ -88,7 +92,9 @@ def our_loop(base: Path, data: Path, out: Path, resolution: int, batch_size: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=("tiny", "sd15"), default="tiny")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -106,7 +112,9 @@ def main() -> None:
         bare = bare_loop(base, resolution, args.batch_size, args.rank, args.steps, device)[warmup:]
         ours = our_loop(base, data, tmp / "run", resolution, args.batch_size, args.rank, args.steps)[warmup:]
     bare_s, ours_s = statistics.median(bare), statistics.median(ours)
-    print(f"device {device}, model {args.model}, batch {args.batch_size}, rank {args.rank}, {args.steps} steps")
+    print(
+        f"device {device}, model {args.model}, batch {args.batch_size}, rank {args.rank}, {args.steps} steps"
+    )
     print(f"bare loop: {bare_s * 1000:.1f} ms/step (median)")
     print(f"trilora:   {ours_s * 1000:.1f} ms/step (median)")
     print(f"overhead ratio: {ours_s / bare_s:.2f}")

@@ -29,7 +29,7 @@ def config(tmp_path, tiny_model_dir, shapes, method="trilora", **overrides):
         "validation": {"validate_every": 10, "patience": 0, "val_timesteps": 4},
     }
     for section, values in overrides.items():
-        data[section] |= values
+        data[section] = data.get(section, {}) | values
     return from_dict(data)
 
 
@@ -103,3 +103,33 @@ def test_early_stopping_stops_and_exports_the_best(tmp_path, tiny_model_dir, sha
     summary = train(cfg)
     assert summary["stopped_early"] and summary["steps_run"] == 4 and summary["best_step"] == 0
     assert summary["exported_step"] == 0
+
+
+def test_single_file_base_with_base_config_and_text_encoder(tmp_path, tiny_model_dir, shapes):
+    """Train against an LDM single-file checkpoint, text encoder included; diffusers' loader agrees."""
+    from trilora.adapters.inject import text_encoder_targets
+    from trilora.formats.ldm import save_single_file
+
+    checkpoint = save_single_file(load_pipeline(tiny_model_dir), tmp_path / "tiny.safetensors")
+    cfg = config(tmp_path, tiny_model_dir, shapes, model={"base": str(checkpoint), "base_config": str(tiny_model_dir)},
+                 adapter={"train_text_encoder": True}, train={"steps": 10, "lr": 1e-2},
+                 export={"export": "last", "export_dtype": "fp32"})  # fmt: skip
+    summary = train(cfg)
+    state, _ = load_adapter(tmp_path / "run" / "last" / "adapter.safetensors")
+    assert any(k.startswith("text_encoder.") for k in state) and any(k.startswith("unet.") for k in state)
+
+    ours = load_pipeline(tiny_model_dir)
+    for part, model, targets in [("unet", ours.unet, unet_targets(ours.unet)),
+                                 ("text_encoder", ours.text_encoder, text_encoder_targets(ours.text_encoder))]:  # fmt: skip
+        add_adapters(model, targets, "trilora", 4, 2)
+        load_adapter_state_dict(
+            model, {k.removeprefix(part + "."): v for k, v in state.items() if k.startswith(part)}
+        )
+    theirs = load_pipeline(tiny_model_dir)
+    theirs.load_lora_weights(summary["exported"]["diffusers"].rsplit("/", 1)[0])
+    ids = ours.tokenizer(["a red circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected, got = ours.text_encoder(ids)[0], theirs.text_encoder(ids)[0]
+        base = load_pipeline(tiny_model_dir).text_encoder(ids)[0]
+    assert (expected - base).abs().max() > 1e-4  # the text-encoder adapter trained
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)

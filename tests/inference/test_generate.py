@@ -1,0 +1,63 @@
+"""`trilora generate`: diffusers' pipeline and loader, the paper's defaults, strength 0 = base model."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trilora.adapters.inject import adapter_layers, add_adapters, lora_pairs, unet_targets
+from trilora.base.load import load_pipeline
+from trilora.cli import main
+from trilora.formats.kohya import save_kohya
+from trilora.inference.generate import parse_lora
+
+
+@pytest.fixture(scope="module")
+def lora_file(tiny_model_dir, tmp_path_factory):
+    pipe = load_pipeline(tiny_model_dir)
+    add_adapters(pipe.unet, unet_targets(pipe.unet), "trilora", 4, 4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for layer in adapter_layers(pipe.unet).values():
+            layer.down.weight.normal_(std=0.3)
+    path = tmp_path_factory.mktemp("lora") / "style.safetensors"
+    save_kohya(path, {f"unet.{k}": v for k, v in lora_pairs(pipe.unet).items()}, 4.0, {}, torch.float32)
+    return path
+
+
+def generate(tiny_model_dir, tmp_path, name, *extra):
+    out = tmp_path / f"{name}.png"
+    args = ["generate", "--base", str(tiny_model_dir), "--prompt", "a red circle", "--steps", "3",
+            "--height", "32", "--width", "32", "--output", str(out), *extra]  # fmt: skip
+    assert main(args) == 0
+    return np.asarray(Image.open(out)).astype(int)
+
+
+def test_strength_zero_is_the_base_model_and_strength_matters(tiny_model_dir, lora_file, tmp_path):
+    base = generate(tiny_model_dir, tmp_path, "base")
+    zero = generate(tiny_model_dir, tmp_path, "zero", "--lora", f"{lora_file}:0")
+    half = generate(tiny_model_dir, tmp_path, "half", "--lora", f"{lora_file}:0.5")
+    full = generate(tiny_model_dir, tmp_path, "full", "--lora", str(lora_file))
+    assert np.array_equal(zero, base)
+    assert np.abs(full - base).mean() > np.abs(half - base).mean() > 0
+
+
+def test_same_seed_same_image_and_scheduler_choice(tiny_model_dir, tmp_path):
+    a = generate(tiny_model_dir, tmp_path, "a", "--seed", "30")
+    b = generate(tiny_model_dir, tmp_path, "b", "--seed", "30")
+    c = generate(tiny_model_dir, tmp_path, "c", "--seed", "31")
+    d = generate(tiny_model_dir, tmp_path, "d", "--seed", "30", "--scheduler", "euler")
+    assert np.array_equal(a, b) and not np.array_equal(a, c) and not np.array_equal(a, d)
+
+
+def test_several_images_go_to_a_folder(tiny_model_dir, tmp_path):
+    args = ["generate", "--base", str(tiny_model_dir), "--prompt", "x", "--steps", "2", "--height", "32",
+            "--width", "32", "--num-images", "2", "--output", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00.png", "01.png"]
+
+
+def test_parse_lora(tmp_path):
+    (tmp_path / "a.safetensors").write_bytes(b"")
+    assert parse_lora(f"{tmp_path}/a.safetensors") == (tmp_path / "a.safetensors", 1.0)
+    assert parse_lora(f"{tmp_path}/a.safetensors:0.75") == (tmp_path / "a.safetensors", 0.75)

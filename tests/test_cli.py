@@ -96,3 +96,17 @@ def test_train_help_lists_every_setting(capsys):
                  "--gradient-checkpointing", "--validate-every", "--patience", "--min-delta", "--sample-prompt",
                  "--name", "--export", "--config"]:  # fmt: skip
         assert flag in out, flag
+
+
+def test_readme_option_table_is_current():
+    """The README's table is what scripts/options_table.py prints from the config tree."""
+    import contextlib
+    import io
+    import runpy
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        runpy.run_path(str(root / "scripts" / "options_table.py"), run_name="__main__")
+    assert out.getvalue().strip() in (root / "README.md").read_text()

@@ -1,6 +1,6 @@
 """Print the Markdown table of `trilora train` settings for the README, from the config tree.
 
-    python scripts/options_table.py
+python scripts/options_table.py
 """
 
 import dataclasses

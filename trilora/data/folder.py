@@ -28,15 +28,16 @@ class Item:
     image: Path
     caption: str
     repeats: int = 1
+    is_reg: bool = False  # a regularisation (class) image of DreamBooth's prior preservation
 
 
 class BadImage(Exception):
     """An image file that cannot be used; the message is the reason."""
 
 
-def read_caption(image: Path, trigger: str | None = None) -> str:
-    """The text of `<image stem>.txt` beside the image (empty if missing), with the trigger word in front."""
-    path = image.with_suffix(".txt")
+def read_caption(image: Path, trigger: str | None = None, extension: str = ".txt") -> str:
+    """The text of `<image stem><extension>` beside the image (empty if missing), with the trigger word in front."""
+    path = image.with_suffix(extension)
     caption = ""
     if path.is_file():
         caption = path.read_text(encoding="utf-8", errors="replace").strip()
@@ -45,7 +46,7 @@ def read_caption(image: Path, trigger: str | None = None) -> str:
     return caption
 
 
-def scan(folder: str | Path, trigger: str | None = None) -> list[Item]:
+def scan(folder: str | Path, trigger: str | None = None, caption_extension: str = ".txt") -> list[Item]:
     """Every image in `folder`; images in a subfolder named `N_name` repeat N times per epoch."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -60,7 +61,7 @@ def scan(folder: str | Path, trigger: str | None = None) -> list[Item]:
             if match:
                 repeats = int(match.group(1))
         if repeats > 0:
-            items.append(Item(path, read_caption(path, trigger), repeats))
+            items.append(Item(path, read_caption(path, trigger, caption_extension), repeats))
     if not items:
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
     return items

@@ -76,6 +76,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_check_data(args: argparse.Namespace) -> None:
+    from trilora.data.check import check_folder, format_report, require_usable
+
+    report = check_folder(args.folder, args.resolution, args.trigger, args.caption_extension)
+    print(report.to_json() if args.json else format_report(report))
+    require_usable(report)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from trilora.demo import run_demo
 
@@ -99,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_generate_flags(generate)
     generate.set_defaults(handler=cmd_generate)
+
+    check = sub.add_parser("check-data", help="Report on a folder of images and captions before training.")
+    check.add_argument("folder", metavar="DIR")
+    check.add_argument("--resolution", type=int, default=512, help="Training resolution (default: 512).")
+    check.add_argument("--trigger", help="A word put in front of every caption.")
+    check.add_argument(
+        "--caption-extension", default=".txt", help="Captions are <image stem>EXT (default: .txt)."
+    )
+    check.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    check.set_defaults(handler=cmd_check_data)
 
     demo = sub.add_parser("demo", help="Run the whole path on a tiny built-in model (no download).")
     demo.add_argument("--output", default="runs/demo")

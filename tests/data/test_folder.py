@@ -66,7 +66,7 @@ def test_broken_images_are_named_and_skipped(tmp_path, caplog):
         good, pixels = load_images(scan_items, 8)
     assert [i.image.name for i in good] == ["good.png"] and pixels.shape == (1, 3, 8, 8)
     assert "broken.png" in caplog.text and "empty.jpg" in caplog.text
-    assert "skipped 2 unreadable image(s) of 3" in caplog.text
+    assert "images: 1 of 3 used, 2 skipped as unusable" in caplog.text
 
 
 def test_nothing_readable_is_a_user_error(tmp_path):

@@ -1,18 +1,23 @@
 """Image folders as people have them: images with same-named captions, kohya-style `N_name` repeats.
 
-Scanning only lists files; `load_image` reads one and raises `BadImage` with the reason when it
-cannot, so that the caller can skip it and say so.
+Scanning lists the files and reads the captions; `open_image` reads one image and raises
+`BadImage` with the reason when it cannot be used. Both say what is wrong as a `Problem`, so
+that `trilora check-data` and training report the same things in the same words.
 """
 
+import hashlib
+import io
 import logging
 import random
 import re
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from trilora.errors import UserError
 
@@ -21,6 +26,38 @@ log = logging.getLogger("trilora")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 MIN_IMAGES_FOR_VALIDATION = 5
+# Refuse images above this many pixels before decoding them: a small file can declare huge sides
+# (a decompression bomb). Pillow warns above Image.MAX_IMAGE_PIXELS (89 Mpx) and refuses above
+# twice that whatever this says; we leave Pillow's global alone and check our own, lower limit.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+# Problem kinds, with the words of the summary line that training logs.
+UNUSABLE_KINDS = {
+    "empty": "empty",
+    "not-an-image": "not an image",
+    "truncated": "truncated",
+    "too-many-pixels": "too many pixels",
+    "unreadable": "unreadable",
+}
+IMAGE_WARNING_KINDS = {
+    "converted": "converted",
+    "small": "smaller than half the resolution (upscaled)",
+    "duplicate": "exact duplicates",
+}
+CAPTION_KINDS = {
+    "caption-missing": "missing",
+    "caption-empty": "empty",
+    "caption-not-utf8": "not UTF-8",
+    "caption-unreadable": "unreadable",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with one file: `kind` (one of the *_KINDS keys) to count, `reason` for people."""
+
+    kind: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -29,21 +66,66 @@ class Item:
     caption: str
     repeats: int = 1
     is_reg: bool = False  # a regularisation (class) image of DreamBooth's prior preservation
+    caption_problem: Problem | None = None  # a missing, empty or non-UTF-8 caption file
 
 
 class BadImage(Exception):
-    """An image file that cannot be used; the message is the reason."""
+    """An image file that cannot be used; the message is the reason, `kind` one of UNUSABLE_KINDS."""
+
+    def __init__(self, reason: str, kind: str = "unreadable"):
+        super().__init__(reason)
+        self.kind = kind
+
+    @property
+    def problem(self) -> Problem:
+        return Problem(self.kind, str(self))
+
+
+@dataclass
+class OpenedImage:
+    image: Image.Image  # RGB, EXIF-rotated: its size is the size as displayed
+    sha256: str  # of the file's bytes, to find exact duplicates
+    problems: list[Problem]  # usable anyway: a conversion, a small image
+
+
+def read_caption_checked(image: Path, extension: str = ".txt") -> tuple[str, Problem | None]:
+    """The stripped text of `<image stem><extension>` ("" when missing) and what is wrong with it, if anything.
+
+    Text that is not UTF-8 is decoded with replacement characters, so training can go on; a
+    UTF-8 byte-order mark (Windows Notepad writes one) is dropped.
+    """
+    path = image.with_suffix(extension)
+    if not path.is_file():
+        return "", Problem("caption-missing", f"no caption file {path.name}")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return "", Problem(
+            "caption-unreadable", f"caption file {path.name} cannot be read ({error.strerror})"
+        )
+    try:
+        text, problem = data.decode("utf-8-sig").strip(), None
+    except UnicodeDecodeError as error:
+        text = data.decode("utf-8-sig", errors="replace").strip()
+        problem = Problem(
+            "caption-not-utf8",
+            f"caption file {path.name} is not UTF-8 (byte {data[error.start]:#04x} at offset {error.start}); "
+            "undecodable bytes replaced by U+FFFD",
+        )
+    if not text and problem is None:
+        problem = Problem("caption-empty", f"empty caption file {path.name}")
+    return text, problem
+
+
+def with_trigger(caption: str, trigger: str | None) -> str:
+    if trigger:
+        return f"{trigger}, {caption}" if caption else trigger
+    return caption
 
 
 def read_caption(image: Path, trigger: str | None = None, extension: str = ".txt") -> str:
     """The text of `<image stem><extension>` beside the image (empty if missing), with the trigger word in front."""
-    path = image.with_suffix(extension)
-    caption = ""
-    if path.is_file():
-        caption = path.read_text(encoding="utf-8", errors="replace").strip()
-    if trigger:
-        caption = f"{trigger}, {caption}" if caption else trigger
-    return caption
+    return with_trigger(read_caption_checked(image, extension)[0], trigger)
 
 
 def scan(folder: str | Path, trigger: str | None = None, caption_extension: str = ".txt") -> list[Item]:
@@ -61,22 +143,94 @@ def scan(folder: str | Path, trigger: str | None = None, caption_extension: str 
             if match:
                 repeats = int(match.group(1))
         if repeats > 0:
-            items.append(Item(path, read_caption(path, trigger, caption_extension), repeats))
+            caption, problem = read_caption_checked(path, caption_extension)
+            items.append(Item(path, with_trigger(caption, trigger), repeats, caption_problem=problem))
     if not items:
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
     return items
 
 
-def load_image(path: Path, resolution: int) -> torch.Tensor:
-    """EXIF-rotated RGB, shorter side resized to `resolution`, centre-cropped: (3, R, R) in [-1, 1]."""
+def open_image(path: Path, resolution: int) -> OpenedImage:
+    """Decode an image file to EXIF-rotated RGB, or raise `BadImage` saying why it cannot be used.
+
+    Truncated files are refused (Pillow's LOAD_TRUNCATED_IMAGES stays off: a half-grey image
+    would be learned as it is). Modes other than RGB/L are converted and the conversion reported;
+    an image whose shorter side is below resolution/2 is reported as small.
+    """
     try:
-        with Image.open(path) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image).convert("RGB")
-    except Image.DecompressionBombError:
-        raise BadImage("too many pixels (decompression bomb guard)") from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise BadImage(f"cannot be read as an image ({error})") from None
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise BadImage(f"cannot be read ({error.strerror or error})") from None
+    if not data:
+        raise BadImage("empty file (0 bytes)", "empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit is lower
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise BadImage(f"not an image, despite its {path.suffix} extension", "not-an-image") from None
+    except Image.DecompressionBombError as error:
+        raise BadImage(f"too many pixels: {error}", "too-many-pixels") from None
+    except Exception as error:  # Pillow raises many kinds on malformed headers: none is our bug
+        raise BadImage(f"cannot be read as an image ({type(error).__name__}: {error})") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise BadImage(
+            f"too many pixels: {width}x{height} is {width * height / 1e6:.0f} Mpx, above the limit of "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx (a guard against decompression bombs)",
+            "too-many-pixels",
+        )
+    try:
+        image.load()
+    except Exception as error:
+        if "truncated" in str(error):
+            raise BadImage(f"truncated: the file ends before the image does ({error})", "truncated") from None
+        raise BadImage(f"cannot be decoded as {image.format} ({type(error).__name__}: {error})") from None
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block: use the pixels as stored
+        pass
+    try:
+        image, conversion = to_rgb(image)
+    except Exception as error:
+        raise BadImage(f"mode {image.mode} cannot be converted to RGB ({error})") from None
+    problems = [Problem("converted", conversion)] if conversion else []
+    width, height = image.size
+    if min(width, height) < resolution / 2:
+        problems.append(
+            Problem(
+                "small",
+                f"small: {width}x{height}, shorter side below half the resolution "
+                f"({resolution / 2:g} px); upscaled for training",
+            )
+        )
+    return OpenedImage(image, hashlib.sha256(data).hexdigest(), problems)
+
+
+def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
+    """The image as 8-bit RGB, and what was converted (None when nothing worth saying was)."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        # Pillow's own convert clips 16-bit values to 255 instead of scaling them.
+        values = np.asarray(image, dtype=np.float64)
+        gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB"), "16-bit grayscale scaled to 8 bits"
+    has_alpha = mode.endswith(("A", "a")) or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        if rgba.getchannel("A").getextrema()[0] < 255:
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            source = "palette with transparency" if mode == "P" else f"{mode} alpha channel"
+            return Image.alpha_composite(white, rgba).convert("RGB"), f"{source} composited on white"
+        image = rgba  # every pixel opaque: dropping the alpha loses nothing
+    if image.mode in ("RGB", "RGBA", "L", "1"):
+        return image.convert("RGB"), None
+    names = {"P": "palette", "CMYK": "CMYK", "F": "32-bit float"}
+    return image.convert("RGB"), f"{names.get(mode, mode)} converted to RGB"
+
+
+def to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
+    """Shorter side resized to `resolution`, centre-cropped: (3, R, R) in [-1, 1]."""
     width, height = image.size
     scale = resolution / min(width, height)
     size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
@@ -87,21 +241,68 @@ def load_image(path: Path, resolution: int) -> torch.Tensor:
     return pixels / 127.5 - 1.0
 
 
+def load_image(path: Path, resolution: int) -> torch.Tensor:
+    """EXIF-rotated RGB, shorter side resized to `resolution`, centre-cropped: (3, R, R) in [-1, 1]."""
+    return to_pixels(open_image(path, resolution).image, resolution)
+
+
 def load_images(items: list[Item], resolution: int) -> tuple[list[Item], torch.Tensor]:
-    """Load every item; unreadable files are logged by name and skipped. Returns the kept items."""
-    kept, pixels, skipped = [], [], []
+    """Load every item; returns the kept items and their pixels (N, 3, R, R).
+
+    Each problem file is logged by name with the reason, as `trilora check-data` reports it:
+    unusable images are skipped; converted, small and duplicate images and bad captions are used.
+    A summary line counts them.
+    """
+    kept, pixels, counts = [], [], Counter()
+    first_of_hash: dict[str, Path] = {}
+    missing_captions = []
     for item in items:
         try:
-            pixels.append(load_image(item.image, resolution))
-            kept.append(item)
+            opened = open_image(item.image, resolution)
         except BadImage as error:
-            skipped.append(item.image)
             log.warning("skipping %s: %s", item.image, error)
-    if skipped:
-        log.warning("skipped %d unreadable image(s) of %d", len(skipped), len(items))
+            continue
+        kept.append(item)
+        pixels.append(to_pixels(opened.image, resolution))
+        problems = list(opened.problems)
+        original = first_of_hash.setdefault(opened.sha256, item.image)
+        if original != item.image:
+            problems.append(Problem("duplicate", f"an exact duplicate of {original}"))
+        if item.caption_problem and item.caption_problem.kind == "caption-missing":
+            missing_captions.append(item)
+        elif item.caption_problem:
+            problems.append(item.caption_problem)
+        for problem in problems:
+            log.warning("%s: %s", item.image, problem.reason)
+            counts[problem.kind] += 1
+    if missing_captions and len(missing_captions) == len(kept) > 1:
+        log.warning("none of the %d images has a caption file: each trains on its trigger word alone "
+                    "(or an empty caption)", len(kept))  # fmt: skip
+    else:
+        for item in missing_captions:
+            log.warning("%s: %s", item.image, item.caption_problem.reason)
+    counts["caption-missing"] = len(missing_captions)
+    summary = summarise(len(items), len(kept), counts)
+    if summary:
+        log.warning("%s", summary)
     if not kept:
         raise UserError(f"none of the {len(items)} images could be read; see the messages above")
     return kept, torch.stack(pixels)
+
+
+def summarise(total: int, kept: int, counts: Counter) -> str | None:
+    """One line of what went wrong, such as 'images: 9 of 12 used, 3 skipped as unusable, ...'."""
+    image_parts = [f"{counts[kind]} {words}" for kind, words in IMAGE_WARNING_KINDS.items() if counts[kind]]
+    caption_parts = [f"{counts[kind]} {words}" for kind, words in CAPTION_KINDS.items() if counts[kind]]
+    if kept == total and not image_parts and not caption_parts:
+        return None
+    line = f"images: {kept} of {total} used"
+    if total - kept:
+        line += f", {total - kept} skipped as unusable"
+    line += "".join(f", {part}" for part in image_parts)
+    if caption_parts:
+        line += "; captions: " + ", ".join(caption_parts)
+    return line
 
 
 def split_validation(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:

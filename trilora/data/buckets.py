@@ -24,7 +24,7 @@ def make_buckets(resolution: int, step: int | None = None) -> list[Bucket]:
     """Every (width, height) with sides multiples of `step`, area <= resolution², sides within
     [resolution/2, 2·resolution] (rounded down to the step), each the tallest for its width; sorted.
 
-    At 512 these are kohya's 25 SD 1.x buckets, from (256, 1024) to (1024, 256).
+    At 512 these are kohya's 17 SD 1.x buckets, from (256, 1024) to (1024, 256).
     """
     step = step or default_step(resolution)
     if step <= 0 or resolution < step:

@@ -110,12 +110,12 @@ def summary(values: list[float], digits: int = 1) -> dict:
 
 def caption_statistics(captions: list[str], problems: list[FileProblem], count_tokens: bool) -> dict:
     """Of the usable images' captions as trained (trigger included): words, CLIP tokens, top tags."""
-    tags = Counter(tag for caption in captions for tag in {t.strip() for t in caption.split(",")} if tag)
+    tags = Counter(tag for caption in captions for tag in {t.strip() for t in caption.split(",")} - {""})
     stats = {
         "problems": {kind: sum(p.kind == kind for p in problems) for kind in CAPTION_KINDS},
         "with_text": sum(bool(caption) for caption in captions),
         "words": summary([len(caption.split()) for caption in captions]),
-        "top_tags": [[tag, n] for tag, n in tags.most_common(TOP)],
+        "top_tags": [[tag, n] for tag, n in sorted(tags.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]],
     }
     if count_tokens:
         tokens = clip_token_counts(captions)

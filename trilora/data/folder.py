@@ -42,7 +42,7 @@ UNUSABLE_KINDS = {
 IMAGE_WARNING_KINDS = {
     "converted": "converted",
     "small": "smaller than half the resolution (upscaled)",
-    "duplicate": "exact duplicates",
+    "duplicate": "exact duplicate{s}",
 }
 CAPTION_KINDS = {
     "caption-missing": "missing",
@@ -133,6 +133,8 @@ def scan(folder: str | Path, trigger: str | None = None, caption_extension: str 
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"data folder not found: {folder}; pass a folder of images with --data")
+    if not caption_extension.startswith(".") or len(caption_extension) < 2:
+        raise UserError(f'caption extension must start with a dot, such as ".txt"; got {caption_extension!r}')
     items = []
     for path in sorted(folder.rglob("*")):
         if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
@@ -168,6 +170,9 @@ def open_image(path: Path, resolution: int) -> OpenedImage:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit is lower
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        kind = image_format(data)
+        if kind:
+            raise BadImage(f"a {kind} file that Pillow cannot read (a corrupt or cut-off header)") from None
         raise BadImage(f"not an image, despite its {path.suffix} extension", "not-an-image") from None
     except Image.DecompressionBombError as error:
         raise BadImage(f"too many pixels: {error}", "too-many-pixels") from None
@@ -205,6 +210,19 @@ def open_image(path: Path, resolution: int) -> OpenedImage:
             )
         )
     return OpenedImage(image, hashlib.sha256(data).hexdigest(), problems)
+
+
+def image_format(data: bytes) -> str | None:
+    """The format that a file's first bytes announce (for the formats we read), else None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "WebP"
+    if data.startswith(b"BM") and len(data) >= 14 and int.from_bytes(data[2:6], "little") == len(data):
+        return "BMP"  # its header's file size must match: "BM" alone starts too many text files
+    return None
 
 
 def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
@@ -255,7 +273,13 @@ def load_images(items: list[Item], resolution: int) -> tuple[list[Item], torch.T
     """
     kept, pixels, counts = [], [], Counter()
     first_of_hash: dict[str, Path] = {}
-    missing_captions = []
+    # A folder without caption files (trigger word only, as in DreamBooth) gets one line, not one per image.
+    all_missing = len(items) > 1 and all(
+        item.caption_problem and item.caption_problem.kind == "caption-missing" for item in items
+    )
+    if all_missing:
+        log.warning("none of the %d images has a caption file: each trains on its trigger word alone "
+                    "(or an empty caption)", len(items))  # fmt: skip
     for item in items:
         try:
             opened = open_image(item.image, resolution)
@@ -268,20 +292,12 @@ def load_images(items: list[Item], resolution: int) -> tuple[list[Item], torch.T
         original = first_of_hash.setdefault(opened.sha256, item.image)
         if original != item.image:
             problems.append(Problem("duplicate", f"an exact duplicate of {original}"))
-        if item.caption_problem and item.caption_problem.kind == "caption-missing":
-            missing_captions.append(item)
-        elif item.caption_problem:
+        if item.caption_problem:
             problems.append(item.caption_problem)
         for problem in problems:
-            log.warning("%s: %s", item.image, problem.reason)
+            if not (all_missing and problem.kind == "caption-missing"):
+                log.warning("%s: %s", item.image, problem.reason)
             counts[problem.kind] += 1
-    if missing_captions and len(missing_captions) == len(kept) > 1:
-        log.warning("none of the %d images has a caption file: each trains on its trigger word alone "
-                    "(or an empty caption)", len(kept))  # fmt: skip
-    else:
-        for item in missing_captions:
-            log.warning("%s: %s", item.image, item.caption_problem.reason)
-    counts["caption-missing"] = len(missing_captions)
     summary = summarise(len(items), len(kept), counts)
     if summary:
         log.warning("%s", summary)
@@ -292,8 +308,13 @@ def load_images(items: list[Item], resolution: int) -> tuple[list[Item], torch.T
 
 def summarise(total: int, kept: int, counts: Counter) -> str | None:
     """One line of what went wrong, such as 'images: 9 of 12 used, 3 skipped as unusable, ...'."""
-    image_parts = [f"{counts[kind]} {words}" for kind, words in IMAGE_WARNING_KINDS.items() if counts[kind]]
-    caption_parts = [f"{counts[kind]} {words}" for kind, words in CAPTION_KINDS.items() if counts[kind]]
+
+    def parts(kinds: dict[str, str]) -> list[str]:
+        return [
+            f"{counts[k]} {words.format(s='s' * (counts[k] > 1))}" for k, words in kinds.items() if counts[k]
+        ]
+
+    image_parts, caption_parts = parts(IMAGE_WARNING_KINDS), parts(CAPTION_KINDS)
     if kept == total and not image_parts and not caption_parts:
         return None
     line = f"images: {kept} of {total} used"

@@ -23,8 +23,9 @@ from trilora.base.load import load_pipeline
 from trilora.base.tiny import TINY_RESOLUTION, save_tiny_pipeline
 from trilora.config import from_dict
 from trilora.demo import make_shapes_dataset
-from trilora.training.loop import resolve_device, train
+from trilora.training.loop import train
 from trilora.training.metrics import read_metrics
+from trilora.training.setup import resolve_device
 
 
 def save_sd15_random(path: Path) -> Path:

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from trilora.config import base_type, from_dict, iter_fields, load_toml
-from trilora.errors import UserError
+from trilora.errors import Interrupted, UserError
 
 log = logging.getLogger("trilora")
 
@@ -44,7 +44,18 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    data = load_toml(args.config) if getattr(args, "config", None) else {}
+    """Defaults < the resumed checkpoint's config < the TOML file < flags."""
+    data = {}
+    resume = getattr(args, "checkpoint.resume", None)
+    if resume:
+        from trilora.training.checkpoint import find_checkpoint, load_checkpoint
+
+        data = load_checkpoint(find_checkpoint(resume))["config"]
+    for section, values in (load_toml(args.config) if getattr(args, "config", None) else {}).items():
+        if isinstance(values, dict) and isinstance(data.get(section), dict):
+            data[section] = data[section] | values
+        else:
+            data[section] = values
     for key, value in vars(args).items():
         if key in ("command", "config", "handler"):
             continue
@@ -133,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"trilora: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("trilora: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as error:
+        print(f"trilora: {error or 'interrupted'}", file=sys.stderr)
         return 130
     return 0

@@ -59,6 +59,7 @@ class AdapterConfig:
         choices=("svd", "identity"),
     )
     train_text_encoder: bool = opt(False, "Also adapt the CLIP text encoder (q/k/v/out_proj, fc1/fc2).")
+    dropout: float = opt(0.0, "Dropout on the adapters' inputs during training.")
 
     @property
     def scale(self) -> float:
@@ -77,6 +78,17 @@ class TrainConfig:
     steps: int | None = opt(None, "Optimiser steps to run (default: from --epochs, or 1000).")
     epochs: int | None = opt(None, "Passes over the training set (used when --steps is not given).")
     weight_decay: float = opt(1e-2, "AdamW weight decay on the adapter weights.")
+    lr_text_encoder: float | None = opt(None, "Learning rate of the text-encoder adapters (default: --lr).")
+    optimizer: str = opt(
+        "adamw",
+        "adamw8bit needs bitsandbytes, prodigy needs prodigyopt.",
+        choices=("adamw", "adamw8bit", "prodigy"),
+    )
+    max_grad_norm: float = opt(1.0, "Clip the adapters' gradient norm to this (0 = no clipping).")
+    min_snr_gamma: float | None = opt(
+        None, "Min-SNR loss weighting with this gamma (Hang et al. 2023; 5 is usual)."
+    )
+    noise_offset: float = opt(0.0, "Offset noise strength (0.05-0.1 helps very dark or bright images).")
     seed: int = opt(0, "Seed of everything: validation split, initialisation, noise, data order.")
     gradient_checkpointing: bool = opt(
         False, "Recompute UNet activations in the backward pass to save memory."
@@ -100,6 +112,13 @@ class ValidationConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    checkpoint_every: int = opt(250, "Save the full training state every N steps (0 = only on Ctrl-C).")
+    keep_checkpoints: int = opt(2, "How many checkpoints to keep (older ones are deleted).")
+    resume: str | None = opt(None, "Resume from OUTPUT (its latest checkpoint) or OUTPUT/checkpoints/step-N.")
+
+
+@dataclass
 class ExportConfig:
     name: str | None = opt(None, "Name of the exported file (default: the output folder's name).")
     export: str = opt("best", "Which adapter to export.", choices=("best", "last"))
@@ -114,6 +133,7 @@ class RunConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def validate(self) -> None:
@@ -138,6 +158,18 @@ class RunConfig:
             (self.validation.validate_every >= 1, "--validate-every must be at least 1"),
             (self.validation.val_timesteps >= 1, "--val-timesteps must be at least 1"),
             (self.validation.patience >= 0, "--patience must be 0 or more"),
+            (0 <= self.adapter.dropout < 1, "--dropout must be in [0, 1)"),
+            (self.train.max_grad_norm >= 0, "--max-grad-norm must be 0 or more"),
+            (
+                self.train.min_snr_gamma is None or self.train.min_snr_gamma > 0,
+                "--min-snr-gamma must be positive",
+            ),
+            (
+                self.train.lr_text_encoder is None or self.train.lr_text_encoder >= 0,
+                "--lr-text-encoder must be >= 0",
+            ),
+            (self.checkpoint.checkpoint_every >= 0, "--checkpoint-every must be 0 or more"),
+            (self.checkpoint.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
             (
                 bool(self.model.base),
                 "no base model: pass --base PATH (a diffusers folder or a .safetensors file)",

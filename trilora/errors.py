@@ -6,3 +6,7 @@ class UserError(Exception):
 
     The message says what is wrong and what to do about it.
     """
+
+
+class Interrupted(Exception):
+    """The user pressed Ctrl-C; the message says what was saved. The CLI exits with 130."""

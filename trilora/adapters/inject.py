@@ -41,7 +41,13 @@ def text_encoder_targets(text_encoder: nn.Module) -> list[str]:
 
 
 def add_adapters(
-    model: nn.Module, names: list[str], method: str, rank: int, alpha: float, sigma: str = "svd"
+    model: nn.Module,
+    names: list[str],
+    method: str,
+    rank: int,
+    alpha: float,
+    sigma: str = "svd",
+    dropout: float = 0.0,
 ) -> dict[str, AdapterLayer]:
     """Replace each named layer by an AdapterLayer wrapping it. Freezes the whole model first."""
     model.requires_grad_(False)
@@ -49,7 +55,7 @@ def add_adapters(
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        layer = AdapterLayer(getattr(parent, child), method, rank, alpha, sigma)
+        layer = AdapterLayer(getattr(parent, child), method, rank, alpha, sigma, dropout)
         setattr(parent, child, layer)
         layers[name] = layer
     return layers

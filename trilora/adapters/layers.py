@@ -16,7 +16,15 @@ from trilora.adapters.math import delta_weight, sigma_init, up_init_std
 
 
 class AdapterLayer(nn.Module):
-    def __init__(self, base: nn.Linear | nn.Conv2d, method: str, rank: int, alpha: float, sigma: str = "svd"):
+    def __init__(
+        self,
+        base: nn.Linear | nn.Conv2d,
+        method: str,
+        rank: int,
+        alpha: float,
+        sigma: str = "svd",
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if isinstance(base, nn.Conv2d) and base.groups != 1:
             raise ValueError("grouped convolutions are not supported")
@@ -24,6 +32,9 @@ class AdapterLayer(nn.Module):
         self.method, self.rank, self.alpha = method, rank, float(alpha)
         self.scale = self.alpha / rank
         self.multiplier = 1.0  # strength at inference; 0 disables the adapter
+        self.dropout = (
+            nn.Dropout(dropout) if dropout else nn.Identity()
+        )  # on the adapter's input, as PEFT does
         kwargs = dict(device=base.weight.device, dtype=torch.float32)
         if isinstance(base, nn.Linear):
             self.down = nn.Linear(base.in_features, rank, bias=False, **kwargs)
@@ -57,7 +68,8 @@ class AdapterLayer(nn.Module):
         y = self.base(x)
         if self.multiplier == 0:
             return y
-        h = self.down(x.to(self.down.weight.dtype) if not torch.is_autocast_enabled() else x)  # (..., r)
+        x = self.dropout(x if torch.is_autocast_enabled() else x.to(self.down.weight.dtype))
+        h = self.down(x)  # (..., r)
         if self.mid is not None:
             h = F.conv2d(h, self.mid[:, :, None, None]) if self.is_conv else F.linear(h, self.mid)
         return y + (self.up(h) * (self.scale * self.multiplier)).to(y.dtype)

@@ -118,7 +118,7 @@ def add_generate_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def generate_from_args(args: argparse.Namespace) -> list[Path]:
-    from trilora.training.loop import resolve_device
+    from trilora.training.setup import resolve_device
 
     loras = [parse_lora(spec) for spec in args.lora]
     if args.num_images < 1 or args.steps < 1:

@@ -29,3 +29,16 @@ def denoising_loss(
     prediction = unet(noisy, timesteps, condition).sample
     target = diffusion_target(scheduler, latents, noise, timesteps)
     return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample loss weights of Min-SNR-gamma (Hang et al. 2023, "Efficient Diffusion Training via
+    Min-SNR Weighting Strategy"): min(SNR, gamma) / SNR for epsilon prediction, and
+    min(SNR, gamma) / (SNR + 1) for v prediction, whose loss already carries a factor SNR + 1.
+    SNR(t) = alpha_bar_t / (1 - alpha_bar_t)."""
+    alphas_cumprod = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    clipped = snr.clamp(max=gamma)
+    if scheduler.config.prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped / snr

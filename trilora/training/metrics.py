@@ -14,6 +14,14 @@ class MetricsLog:
         with path.open("w", newline="") as f:
             csv.writer(f).writerow(COLUMNS)
 
+    def restore(self, rows: list[dict]) -> None:
+        """Start over from these rows (on resume: the rows up to the checkpoint's step)."""
+        self.rows = []
+        with self.path.open("w", newline="") as f:
+            csv.writer(f).writerow(COLUMNS)
+        for row in rows:
+            self.write(**{k: (int(v) if k == "step" else v) for k, v in row.items()})
+
     def write(self, **row) -> None:
         row = {k: row.get(k) for k in COLUMNS}
         self.rows.append(row)

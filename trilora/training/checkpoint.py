@@ -1,0 +1,122 @@
+"""Full training state for exact resume: written atomically, found again, checked for compatibility.
+
+A checkpoint is a folder `OUTPUT/checkpoints/step-NNNNNN/` holding `state.pt`: a plain dict
+(nanoGPT style) of adapter factors, optimizer state, step, early-stopping counters, the best adapter
+so far and the resolved config. Noise, timesteps and data order are functions of the seed and
+the step (training/noise.py, data/order.py), so no random-generator state is needed.
+"""
+
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import torch
+
+from trilora.errors import UserError
+
+# Settings that may change on resume without breaking bit-exact continuation.
+RESUMABLE_CHANGES = {
+    "output",
+    "train.steps",
+    "train.epochs",
+    "train.device",
+    "validation.patience",
+    "validation.min_delta",
+    "validation.sample_prompt",
+    "validation.sample_steps",
+    "checkpoint.checkpoint_every",
+    "checkpoint.keep_checkpoints",
+    "checkpoint.resume",
+    "export.name",
+    "export.export",
+    "export.export_dtype",
+}
+
+
+def checkpoint_dir(output: Path, step: int) -> Path:
+    return output / "checkpoints" / f"step-{step:06d}"
+
+
+def save_checkpoint(output: Path, step: int, state: dict, keep: int) -> Path:
+    """Write to a temporary folder, then rename: a crash mid-write leaves earlier checkpoints intact."""
+    final = checkpoint_dir(output, step)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(state, tmp / "state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in list_checkpoints(output)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(output: Path) -> list[Path]:
+    folder = output / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if re.fullmatch(r"step-\d+", p.name) and (p / "state.pt").is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """`OUTPUT` (its latest checkpoint) or `OUTPUT/checkpoints/step-N` itself."""
+    path = Path(path)
+    if (path / "state.pt").is_file():
+        return path
+    found = list_checkpoints(path)
+    if not found:
+        raise UserError(
+            f"no checkpoint to resume from in {path}: give a run's output folder or its checkpoints/step-N"
+        )
+    return found[-1]
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as error:
+        raise UserError(f"cannot read checkpoint {path}: {error}; resume from an earlier one") from None
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def incompatible_changes(saved: dict, new: dict) -> list[str]:
+    """Settings that differ between the checkpoint's config and the new one and would break resume."""
+    saved, new = flatten(saved), flatten(new)
+    keys = sorted(set(saved) | set(new))
+    return [
+        f"{k}: {saved.get(k)!r} -> {new.get(k)!r}"
+        for k in keys
+        if k not in RESUMABLE_CHANGES and saved.get(k) != new.get(k)
+    ]
+
+
+class StopRequest:
+    """Ctrl-C during training sets `requested`: the loop finishes its step, checkpoints and exits.
+    A second Ctrl-C interrupts at once."""
+
+    def __enter__(self) -> "StopRequest":
+        self.requested, self.previous = False, None
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            pass
+        return self
+
+    def _handle(self, *_) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous)
+
+    def __exit__(self, *_) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)

@@ -43,7 +43,24 @@ class DataConfig:
     )
     val_fraction: float = opt(0.1, "Fraction of --data held out for validation when --val-data is not given.")
     trigger: str | None = opt(None, "A word put in front of every caption.")
-    resolution: int = opt(512, "Images are resized and centre-cropped to this many pixels square.")
+    resolution: int = opt(512, "Training size: about resolution² pixels per image (square without buckets).")
+    buckets: bool | None = opt(
+        None, "Aspect-ratio buckets of about resolution² pixels (default: on when images differ in shape)."
+    )
+    caption_extension: str = opt(".txt", "Extension of the caption file beside each image.")
+    shuffle_captions: bool = opt(False, "Shuffle the comma-separated tags of each caption at every step.")
+    keep_tokens: int = opt(0, "With --shuffle-captions, keep the first N tags in place.")
+    caption_dropout: float = opt(0.0, "Train on an empty caption with this probability.")
+    dataset_config: str | None = opt(None, "TOML file of several subsets (folder, repeats, trigger, is_reg).")
+    cache_latents: str = opt(
+        "memory",
+        "Keep VAE latents in memory, or also on disk (reused across runs).",
+        choices=("memory", "disk"),
+    )
+    class_data: str | None = opt(None, "DreamBooth prior preservation: folder of class images.")
+    class_prompt: str | None = opt(None, "Caption of the class images (and prompt to generate missing ones).")
+    num_class_images: int = opt(0, "Class images wanted; missing ones are generated with the base model.")
+    prior_loss_weight: float = opt(1.0, "Weight of the class images' loss.")
 
 
 @dataclass
@@ -60,6 +77,8 @@ class AdapterConfig:
     )
     train_text_encoder: bool = opt(False, "Also adapt the CLIP text encoder (q/k/v/out_proj, fc1/fc2).")
     dropout: float = opt(0.0, "Dropout on the adapters' inputs during training.")
+    conv_rank: int | None = opt(None, "LoCon: also adapt the ResNet blocks' 3x3 convolutions with this rank.")
+    conv_alpha: float | None = opt(None, "Alpha of the 3x3-convolution adapters (default: conv rank).")
 
     @property
     def scale(self) -> float:
@@ -89,6 +108,8 @@ class TrainConfig:
         None, "Min-SNR loss weighting with this gamma (Hang et al. 2023; 5 is usual)."
     )
     noise_offset: float = opt(0.0, "Offset noise strength (0.05-0.1 helps very dark or bright images).")
+    ema: float | None = opt(None, "Exponential moving average of the adapter weights with this decay (e.g. 0.999), "
+                                  "used for validation and export.")  # fmt: skip
     seed: int = opt(0, "Seed of everything: validation split, initialisation, noise, data order.")
     gradient_checkpointing: bool = opt(
         False, "Recompute UNet activations in the backward pass to save memory."
@@ -109,6 +130,7 @@ class ValidationConfig:
     min_delta: float = opt(0.0, "An improvement must lower the validation loss by more than this.")
     sample_prompt: list[str] = opt([], "Prompt to sample at each validation (repeatable).", repeat=True)
     sample_steps: int = opt(20, "Denoising steps for the validation samples.")
+    sample_every: int | None = opt(None, "Also write samples every N steps, between validations.")
 
 
 @dataclass

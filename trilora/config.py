@@ -196,14 +196,19 @@ class RunConfig:
                 bool(self.model.base),
                 "no base model: pass --base PATH (a diffusers folder or a .safetensors file)",
             ),
-            (bool(self.data.data), "no training data: pass --data DIR"),
+            (bool(self.data.data or self.data.dataset_config), "no training data: pass --data DIR"),
+            (self.data.keep_tokens >= 0, "--keep-tokens must be 0 or more"),
+            (0 <= self.data.caption_dropout <= 1, "--caption-dropout must be in [0, 1]"),
+            (self.data.num_class_images >= 0, "--num-class-images must be 0 or more"),
+            (self.train.ema is None or 0 < self.train.ema < 1, "--ema must be a decay in (0, 1), e.g. 0.999"),
             (bool(self.output), "no output folder: pass --output DIR"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
         paths = [("base model", self.model.base), ("--base-config folder", self.model.base_config),
-                 ("data folder", self.data.data), ("validation folder", self.data.val_data)]  # fmt: skip
+                 ("data folder", self.data.data), ("validation folder", self.data.val_data),
+                 ("dataset config", self.data.dataset_config)]  # fmt: skip
         for what, path in paths:
             if path and not Path(path).exists():
                 raise UserError(f"{what} not found: {path}")

@@ -158,7 +158,7 @@ def test_training_keeps_the_usable_images_and_logs_what_check_data_reports(repor
     with caplog.at_level(logging.WARNING, logger="trilora"):
         kept, pixels = load_images(scan(problem_folder, trigger="sks"), RESOLUTION)
     assert sorted(i.image.name for i in kept) == sorted(set(EXPECTED) - UNUSABLE)
-    assert pixels.shape == (11, 3, RESOLUTION, RESOLUTION)
+    assert torch.stack(pixels).shape == (11, 3, RESOLUTION, RESOLUTION)
     messages = {record.getMessage() for record in caplog.records}
     for problem in report.problems:  # one implementation, two callers: the same words
         path = problem_folder / problem.file

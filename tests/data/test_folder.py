@@ -83,7 +83,7 @@ def test_broken_images_are_named_and_skipped(tmp_path, caplog):
     scan_items = scan(tmp_path)
     with caplog.at_level(logging.WARNING, logger="trilora"):
         good, pixels = load_images(scan_items, 8)
-    assert [i.image.name for i in good] == ["good.png"] and pixels.shape == (1, 3, 8, 8)
+    assert [i.image.name for i in good] == ["good.png"] and torch.stack(pixels).shape == (1, 3, 8, 8)
     assert "broken.png" in caplog.text and "empty.jpg" in caplog.text
     assert "images: 1 of 3 used, 2 skipped as unusable" in caplog.text
 
@@ -276,7 +276,7 @@ def test_load_images_logs_each_problem_file_and_a_summary(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="trilora"):
         kept, pixels = load_images(scan(tmp_path), 16)
     assert [i.image.name for i in kept] == ["copy.png", "good.png", "ink.jpg", "tiny.png"]
-    assert pixels.shape == (4, 3, 16, 16)
+    assert torch.stack(pixels).shape == (4, 3, 16, 16)
     messages = [record.getMessage() for record in caplog.records]
     assert f"skipping {tmp_path / 'zero.png'}: empty file (0 bytes)" in messages
     assert f"{tmp_path / 'copy.png'}: empty caption file copy.txt" in messages

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from trilora.data.buckets import nearest_bucket
 from trilora.errors import UserError
 
 log = logging.getLogger("trilora")
@@ -247,16 +248,30 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     return image.convert("RGB"), f"{names.get(mode, mode)} converted to RGB"
 
 
-def to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
-    """Shorter side resized to `resolution`, centre-cropped: (3, R, R) in [-1, 1]."""
-    width, height = image.size
-    scale = resolution / min(width, height)
-    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+def to_pixels(image: Image.Image, resolution: int, bucket: tuple[int, int] | None = None) -> torch.Tensor:
+    """Resized to cover `bucket` (width, height; default resolution square) and centre-cropped to it:
+    (3, height, width) in [-1, 1]."""
+    width, height = bucket or (resolution, resolution)
+    scale = max(width / image.width, height / image.height)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
     image = image.resize(size, Image.Resampling.LANCZOS)
-    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)  # (3, R, R)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    image = image.crop((left, top, left + width, top + height))
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)  # (3, H, W)
     return pixels / 127.5 - 1.0
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) as displayed (EXIF rotation applied) from the header alone; None if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                rotated = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # reported, with its reason, when the image is loaded
+        return None
+    return (height, width) if rotated else (width, height)
 
 
 def load_image(path: Path, resolution: int) -> torch.Tensor:
@@ -264,8 +279,11 @@ def load_image(path: Path, resolution: int) -> torch.Tensor:
     return to_pixels(open_image(path, resolution).image, resolution)
 
 
-def load_images(items: list[Item], resolution: int) -> tuple[list[Item], torch.Tensor]:
-    """Load every item; returns the kept items and their pixels (N, 3, R, R).
+def load_images(
+    items: list[Item], resolution: int, buckets: list[tuple[int, int]] | None = None
+) -> tuple[list[Item], list[torch.Tensor]]:
+    """Load every item; returns the kept items and their pixels, each (3, R, R), or with `buckets`
+    each (3, h, w) of the bucket nearest to the image's aspect ratio.
 
     Each problem file is logged by name with the reason, as `trilora check-data` reports it:
     unusable images are skipped; converted, small and duplicate images and bad captions are used.
@@ -287,7 +305,8 @@ def load_images(items: list[Item], resolution: int) -> tuple[list[Item], torch.T
             log.warning("skipping %s: %s", item.image, error)
             continue
         kept.append(item)
-        pixels.append(to_pixels(opened.image, resolution))
+        bucket = nearest_bucket(*opened.image.size, buckets) if buckets else None
+        pixels.append(to_pixels(opened.image, resolution, bucket))
         problems = list(opened.problems)
         original = first_of_hash.setdefault(opened.sha256, item.image)
         if original != item.image:
@@ -303,7 +322,7 @@ def load_images(items: list[Item], resolution: int) -> tuple[list[Item], torch.T
         log.warning("%s", summary)
     if not kept:
         raise UserError(f"none of the {len(items)} images could be read; see the messages above")
-    return kept, torch.stack(pixels)
+    return kept, pixels
 
 
 def summarise(total: int, kept: int, counts: Counter) -> str | None:

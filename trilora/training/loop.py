@@ -4,9 +4,11 @@ The loop is flat on purpose (nanoGPT): one optimiser step per iteration, validat
 stopping and checkpoints in plain sight, no callbacks.
 """
 
+import contextlib
 import json
 import logging
 import math
+import random
 import time
 from pathlib import Path
 
@@ -15,7 +17,8 @@ from diffusers import DDPMScheduler
 
 from trilora.adapters.inject import adapter_state_dict, load_adapter_state_dict
 from trilora.config import RunConfig, to_dict
-from trilora.data.cache import encode_text
+from trilora.data.cache import encode_text, tokenize
+from trilora.data.captions import transform_caption
 from trilora.data.order import BatchOrder
 from trilora.errors import Interrupted, UserError
 from trilora.training.checkpoint import (
@@ -25,6 +28,7 @@ from trilora.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from trilora.training.ema import EMA
 from trilora.training.export import adapter_alpha, export_adapters, save_samples, write_adapter
 from trilora.training.losses import denoising_loss, min_snr_weights
 from trilora.training.metrics import MetricsLog, plot_losses, read_metrics
@@ -42,7 +46,7 @@ def train(config: RunConfig) -> dict:
     config.validate()
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
-    opts, val_opts, ckpt_opts = config.train, config.validation, config.checkpoint
+    opts, val_opts, ckpt_opts, data_opts = config.train, config.validation, config.checkpoint, config.data
     resume = load_checkpoint(find_checkpoint(ckpt_opts.resume)) if ckpt_opts.resume else None
     if resume is not None:
         changed = incompatible_changes(resume["config"], to_dict(config))
@@ -62,13 +66,29 @@ def train(config: RunConfig) -> dict:
     models = {"unet": unet} | ({"text_encoder": text_encoder} if config.adapter.train_text_encoder else {})
     optimizer = make_optimizer(config, models, device)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    ema = EMA(params, opts.ema) if opts.ema else None
     log.info("training %s rank %d: %d tensors, %.2f M parameters, %d steps on %s",
              config.adapter.method, config.adapter.rank, len(params), sum(p.numel() for p in params) / 1e6,
              s.total_steps, device)  # fmt: skip
     autocast = torch.autocast(device.type, s.autocast or torch.float32, enabled=s.autocast is not None)
 
     def condition(batch: torch.Tensor) -> torch.Tensor:
-        return encode_text(text_encoder, batch) if config.adapter.train_text_encoder else batch.to(device)
+        """Embeddings pass through; token ids go through the text encoder (with gradients when it trains)."""
+        if batch.is_floating_point():
+            return batch.to(device)
+        with torch.set_grad_enabled(config.adapter.train_text_encoder and torch.is_grad_enabled()):
+            return encode_text(text_encoder, batch.to(device))
+
+    def captions(index: list[int], sample_ids: list[int]) -> torch.Tensor:
+        """Captions of a batch: cached embeddings, or token ids of captions shuffled/dropped per sample."""
+        if s.train_condition is not None:
+            return s.train_condition[index]
+        if not (data_opts.shuffle_captions or data_opts.caption_dropout):
+            return tokenize(pipe.tokenizer, [s.train_items[i].caption for i in index])
+        texts = [transform_caption(s.train_items[i].caption, random.Random(opts.seed * 1_000_003 + sample_id),
+                                   data_opts.shuffle_captions, data_opts.keep_tokens, data_opts.caption_dropout)
+                 for i, sample_id in zip(index, sample_ids, strict=True)]  # fmt: skip
+        return tokenize(pipe.tokenizer, texts)
 
     def adapter_state() -> dict[str, torch.Tensor]:
         return {f"{part}.{k}": v for part, m in models.items() for k, v in adapter_state_dict(m).items()}
@@ -81,17 +101,19 @@ def train(config: RunConfig) -> dict:
 
     @torch.no_grad()
     def validate() -> tuple[float, float]:
+        """Each validation image at the K fixed timesteps with its fixed noise: one batch of K per image."""
         v = s.validation
         for m in models.values():
             m.eval()
         losses = []
         with autocast:
-            for k, t in enumerate(v.timesteps):
-                timesteps = t.repeat(len(v.latents)).to(device)
-                noise = v.noise[:, k].to(device)
+            for i, latent in enumerate(v.latents):
+                k = len(v.timesteps)
+                text = condition(v.condition[i : i + 1]).expand(k, -1, -1)
+                latents = latent.to(device).expand(k, -1, -1, -1)
                 losses.append(
                     denoising_loss(
-                        unet, scheduler, v.latents.to(device), noise, timesteps, condition(v.condition)
+                        unet, scheduler, latents, v.noise[i].to(device), v.timesteps.to(device), text
                     ).cpu()
                 )
         for m in models.values():
@@ -105,6 +127,8 @@ def train(config: RunConfig) -> dict:
     if resume is not None:
         load_state(resume["adapter"])
         optimizer.load_state_dict(resume["optimizer"])
+        if ema:
+            ema.load_state_dict(resume["ema"])
         stopper.__dict__.update(resume["stopper"])
         best_state, start_step = resume["best_state"], resume["step"]
         metrics.restore([row for row in previous_rows if row["step"] <= start_step])
@@ -113,18 +137,23 @@ def train(config: RunConfig) -> dict:
     def checkpoint(step: int) -> Path:
         state = {"step": step, "adapter": adapter_state(), "optimizer": optimizer.state_dict(),
                  "stopper": dict(vars(stopper)), "best_state": best_state, "config": to_dict(config),
-                 "data": s.data_fingerprint}  # fmt: skip
+                 "data": s.data_fingerprint, "ema": ema.state_dict() if ema else None}  # fmt: skip
         return save_checkpoint(output, step, state, ckpt_opts.keep_checkpoints)
+
+    def sample(step: int) -> None:
+        with ema.applied() if ema else contextlib.nullcontext():
+            save_samples(pipe, val_opts, config, output / "samples" / f"step-{step:06d}", device, s.autocast)
 
     def evaluate(step: int) -> tuple[float | None, float | None]:
         nonlocal best_state
         if val_opts.sample_prompt:
-            save_samples(pipe, val_opts, config, output / "samples" / f"step-{step:06d}", device, s.autocast)
+            sample(step)
         if s.validation is None:
             return None, None
-        val_loss, val_se = validate()
-        if stopper.update(val_loss, step):
-            best_state = adapter_state()
+        with ema.applied() if ema else contextlib.nullcontext():
+            val_loss, val_se = validate()
+            if stopper.update(val_loss, step):
+                best_state = adapter_state()
             write_adapter(output / "best" / "adapter.safetensors", best_state, config, step, val_loss)
         progress.note(
             f"step {step}: val_loss {val_loss:.5f} ± {val_se:.5f} (best {stopper.best_loss:.5f} at step {stopper.best_step})"
@@ -152,18 +181,20 @@ def train(config: RunConfig) -> dict:
             for micro in range(opts.grad_accum):
                 n = (step - 1) * opts.grad_accum + micro  # micro-batch number over the whole run
                 index = order(n)
-                latents = s.train_latents[index].to(device)
+                latents = torch.stack([s.train_latents[i] for i in index]).to(device)
                 sample_ids = [n * opts.batch_size + j for j in range(len(index))]
                 noise, timesteps = training_noise(
                     opts.seed, sample_ids, latents.shape[1:], num_train_timesteps, opts.noise_offset
                 )
                 noise, timesteps = noise.to(device), timesteps.to(device)
                 with autocast:
-                    losses = denoising_loss(
-                        unet, scheduler, latents, noise, timesteps, condition(s.train_condition[index])
-                    )
+                    text = condition(captions(index, sample_ids))
+                    losses = denoising_loss(unet, scheduler, latents, noise, timesteps, text)
                 if opts.min_snr_gamma:
                     losses = losses * min_snr_weights(scheduler, timesteps, opts.min_snr_gamma)
+                if any(s.train_items[i].is_reg for i in index):  # DreamBooth prior preservation
+                    weights = [data_opts.prior_loss_weight if s.train_items[i].is_reg else 1.0 for i in index]
+                    losses = losses * torch.tensor(weights, device=device)
                 loss = losses.mean()
                 (loss / opts.grad_accum).backward()
                 train_loss += loss.item() / opts.grad_accum
@@ -174,10 +205,14 @@ def train(config: RunConfig) -> dict:
                 torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema:
+                ema.update()
 
             val_loss = val_se = None
             if step % val_opts.validate_every == 0 or step == s.total_steps:
                 val_loss, val_se = evaluate(step)
+            elif val_opts.sample_every and step % val_opts.sample_every == 0 and val_opts.sample_prompt:
+                sample(step)
             metrics.write(step=step, train_loss=train_loss, val_loss=val_loss, val_loss_se=val_se, lr=lr,
                           elapsed_s=time.perf_counter() - started)  # fmt: skip
             progress.update(step, train_loss)
@@ -197,7 +232,8 @@ def train(config: RunConfig) -> dict:
                 break
     progress.close()
 
-    last_state = adapter_state()
+    with ema.applied() if ema else contextlib.nullcontext():
+        last_state = adapter_state()  # with --ema, the averaged weights are the product
     write_adapter(
         output / "last" / "adapter.safetensors",
         last_state,

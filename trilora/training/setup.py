@@ -3,16 +3,21 @@
 import hashlib
 import logging
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from trilora.adapters.inject import add_adapters, text_encoder_targets, unet_targets
 from trilora.base.load import load_pipeline
 from trilora.config import RunConfig
+from trilora.data.buckets import Bucket, make_buckets
 from trilora.data.cache import encode_captions, encode_latents, tokenize
-from trilora.data.folder import Item, load_images, scan, split_validation
+from trilora.data.disk_cache import LatentCache, cached_encode, vae_fingerprint
+from trilora.data.folder import IMAGE_EXTENSIONS, Item, image_size, load_images, scan, split_validation
 from trilora.data.order import BatchOrder
+from trilora.data.subsets import load_dataset_config, scan_subsets
 from trilora.errors import UserError
 from trilora.training.validation import ValidationSet, make_validation_set
 
@@ -27,8 +32,8 @@ class Setup:
     device: torch.device
     autocast: torch.dtype | None
     train_items: list[Item]
-    train_latents: torch.Tensor  # (N, C, h, w)
-    train_condition: torch.Tensor  # (N, 77, D) embeddings, or (N, 77) ids when the text encoder trains
+    train_latents: list[torch.Tensor]  # each (C, h, w), h and w by its bucket
+    train_condition: torch.Tensor | None  # (N, 77, D) embeddings; None when captions are encoded every step
     train_buckets: list[tuple]  # the shape of each training latent: batches hold one shape
     validation: ValidationSet | None
     total_steps: int
@@ -50,29 +55,48 @@ def setup(config: RunConfig) -> Setup:
         opts.mixed_precision == "auto" and device.type == "cuda"
     ) else None  # fmt: skip
 
-    items = scan(data.data, data.trigger)
+    items = scan_subsets(load_dataset_config(data.dataset_config)) if data.dataset_config else (
+        scan(data.data, data.trigger, data.caption_extension)
+    )  # fmt: skip
+    if data.class_data:
+        items += class_items(config, device)
+    regularisation = [i for i in items if i.is_reg]
+    items = [i for i in items if not i.is_reg]
     if data.val_data:
-        train_items, val_items = items, scan(data.val_data, data.trigger)
+        train_items, val_items = items, scan(data.val_data, data.trigger, data.caption_extension)
     else:
         train_items, val_items = split_validation(items, data.val_fraction, opts.seed)
+    train_items += regularisation  # class images train, never validate
     pipe = load_pipeline(config.model.base, config.model.base_config)
-    train_items, train_pixels = load_images(train_items, data.resolution)
-    val_items, val_pixels = load_images(val_items, data.resolution) if val_items else ([], None)
-    log.info("%d training images (%d with repeats), %d validation images",
-             len(train_items), sum(i.repeats for i in train_items), len(val_items))  # fmt: skip
+    buckets = choose_buckets([i.image for i in train_items + val_items], data.resolution, data.buckets)
+    train_items, train_pixels = load_images(train_items, data.resolution, buckets)
+    val_items, val_pixels = load_images(val_items, data.resolution, buckets) if val_items else ([], [])
+    log.info("%d training images (%d with repeats, %d class images), %d validation images",
+             len(train_items), sum(i.repeats for i in train_items), sum(i.is_reg for i in train_items),
+             len(val_items))  # fmt: skip
+    if buckets:
+        histogram = Counter(f"{p.shape[2]}x{p.shape[1]}" for p in train_pixels)
+        log.info(
+            "buckets (width x height: images): %s",
+            ", ".join(f"{k}: {v}" for k, v in sorted(histogram.items())),
+        )
 
     pipe.vae.to(device)
-    train_latents = encode_latents(pipe.vae, train_pixels, device)
-    val_latents = encode_latents(pipe.vae, val_pixels, device) if val_items else None
+    cache = None
+    if data.cache_latents == "disk":
+        cache = LatentCache(Path(config.output).resolve().parent / ".latent_cache", vae_fingerprint(pipe.vae))
+    train_latents = encode_all(pipe.vae, train_items, train_pixels, data.resolution, device, cache)
+    val_latents = encode_all(pipe.vae, val_items, val_pixels, data.resolution, device, cache)
     pipe.vae.to("cpu")
+    del train_pixels, val_pixels
 
     pipe.text_encoder.to(device)
     captions = [i.caption for i in train_items], [i.caption for i in val_items]
-    if adapter.train_text_encoder:
-        train_condition, val_condition = (
-            tokenize(pipe.tokenizer, captions[0]),
-            tokenize(pipe.tokenizer, captions[1]),
-        )
+    per_step_captions = data.shuffle_captions or data.caption_dropout > 0
+    if adapter.train_text_encoder or per_step_captions:
+        # encoded at every step: tokens now (validation), captions transformed in the loop (training)
+        train_condition = None
+        val_condition = tokenize(pipe.tokenizer, captions[1]) if val_items else None
     else:
         train_condition = encode_captions(pipe.tokenizer, pipe.text_encoder, captions[0])
         val_condition = encode_captions(pipe.tokenizer, pipe.text_encoder, captions[1]) if val_items else None
@@ -113,12 +137,12 @@ def setup(config: RunConfig) -> Setup:
         validation = make_validation_set(
             val_latents, val_condition, config.validation.val_timesteps, num_train_timesteps, opts.seed
         )
-    buckets = [tuple(latent.shape) for latent in train_latents]
-    order = BatchOrder([i.repeats for i in train_items], buckets, opts.batch_size, opts.seed)
+    shapes = [tuple(latent.shape) for latent in train_latents]
+    order = BatchOrder([i.repeats for i in train_items], shapes, opts.batch_size, opts.seed)
     steps_per_epoch = math.ceil(order.batches_per_epoch / opts.grad_accum)
     total_steps = opts.steps or (opts.epochs * steps_per_epoch if opts.epochs else 1000)
     fingerprint = data_fingerprint(train_items, val_items)
-    return Setup(pipe, device, autocast, train_items, train_latents, train_condition, buckets, validation,
+    return Setup(pipe, device, autocast, train_items, train_latents, train_condition, shapes, validation,
                  total_steps, fingerprint)  # fmt: skip
 
 
@@ -131,3 +155,65 @@ def data_fingerprint(train_items: list[Item], val_items: list[Item]) -> str:
                 f"{part}|{item.image.name}|{item.image.stat().st_size}|{item.caption}|{item.repeats}\n".encode()
             )
     return digest.hexdigest()
+
+
+def choose_buckets(images: list[Path], resolution: int, enabled: bool | None) -> list[Bucket] | None:
+    """Aspect-ratio buckets when asked for, or by default when the images differ in aspect ratio."""
+    if enabled is None:
+        ratios = {round(size[0] / size[1], 2) for size in map(image_size, images) if size}
+        enabled = len(ratios) > 1
+    return make_buckets(resolution) if enabled else None
+
+
+def encode_all(
+    vae, items: list[Item], pixels: list[torch.Tensor], resolution: int, device, cache
+) -> list[torch.Tensor]:
+    """Latents of every image, encoded a batch of one shape at a time, or read from the disk cache."""
+    if not items:
+        return []
+    if cache is not None:
+        by_item = {id(item): image for item, image in zip(items, pixels, strict=True)}
+        buckets = [(p.shape[2], p.shape[1]) for p in pixels]
+        return cached_encode(
+            vae, cache, items, lambda item, _: by_item[id(item)], resolution, buckets, device
+        )
+    latents: list[torch.Tensor | None] = [None] * len(items)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, image in enumerate(pixels):
+        by_shape.setdefault(tuple(image.shape), []).append(i)
+    for indices in by_shape.values():
+        for index, latent in zip(
+            indices, encode_latents(vae, torch.stack([pixels[i] for i in indices]), device), strict=True
+        ):
+            latents[index] = latent
+    return latents
+
+
+def class_items(config: RunConfig, device: torch.device) -> list[Item]:
+    """DreamBooth's class images (prior preservation), generating the missing ones with the base model.
+
+    Generated images are kept in --class-data with their caption, so the next run reuses them.
+    """
+    data = config.data
+    if not data.class_prompt:
+        raise UserError("--class-data needs --class-prompt (the caption of the class images)")
+    folder = Path(data.class_data)
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    missing = max(0, data.num_class_images - len(existing))
+    if missing:
+        from tqdm import tqdm
+
+        log.info("generating %d class images for %r in %s", missing, data.class_prompt, folder)
+        pipe = load_pipeline(config.model.base, config.model.base_config).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        for k in tqdm(range(missing), desc="class images", disable=None):
+            index = len(existing) + k
+            generator = torch.Generator().manual_seed(config.train.seed * 1_000_003 + index)
+            image = pipe(data.class_prompt, height=data.resolution, width=data.resolution, generator=generator,
+                         num_inference_steps=config.validation.sample_steps).images[0]  # fmt: skip
+            image.save(folder / f"class-{index:05d}.png")
+            (folder / f"class-{index:05d}.txt").write_text(data.class_prompt)
+        del pipe
+    items = scan(folder, None, data.caption_extension)
+    return [replace(item, caption=item.caption or data.class_prompt, is_reg=True) for item in items]

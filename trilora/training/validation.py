@@ -13,10 +13,10 @@ import torch
 
 @dataclass
 class ValidationSet:
-    latents: torch.Tensor  # (N, C, h, w)
-    condition: torch.Tensor  # (N, 77, D) embeddings, or (N, 77) token ids when the text encoder trains
+    latents: list[torch.Tensor]  # N of (C, h, w); h, w may differ (buckets)
+    condition: torch.Tensor  # (N, 77, D) embeddings, or (N, 77) token ids encoded at each validation
     timesteps: torch.Tensor  # (K,)
-    noise: torch.Tensor  # (N, K, C, h, w)
+    noise: list[torch.Tensor]  # N of (K, C, h, w)
 
 
 def validation_timesteps(count: int, num_train_timesteps: int) -> torch.Tensor:
@@ -25,10 +25,14 @@ def validation_timesteps(count: int, num_train_timesteps: int) -> torch.Tensor:
 
 
 def make_validation_set(
-    latents: torch.Tensor, condition: torch.Tensor, num_timesteps: int, num_train_timesteps: int, seed: int
+    latents: list[torch.Tensor],
+    condition: torch.Tensor,
+    num_timesteps: int,
+    num_train_timesteps: int,
+    seed: int,
 ) -> ValidationSet:
     generator = torch.Generator().manual_seed(seed + 1_000_003)
-    noise = torch.randn((len(latents), num_timesteps, *latents.shape[1:]), generator=generator)
+    noise = [torch.randn((num_timesteps, *latent.shape), generator=generator) for latent in latents]
     return ValidationSet(latents, condition, validation_timesteps(num_timesteps, num_train_timesteps), noise)
 
 

@@ -316,3 +316,17 @@ def test_clean_folders_log_nothing(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="trilora"):
         load_images(scan(tmp_path), 8)
     assert caplog.records == []
+
+
+def test_bucketed_loading_keeps_the_aspect_ratio(tmp_path):
+    from trilora.data.buckets import make_buckets
+
+    write_image(tmp_path / "wide.png", size=(80, 40))
+    write_image(tmp_path / "tall.png", size=(30, 60))
+    write_image(tmp_path / "square.png", size=(50, 50))
+    kept, pixels = load_images(scan(tmp_path), 32, make_buckets(32))
+    shapes = {item.image.name: tuple(p.shape) for item, p in zip(kept, pixels, strict=True)}
+    assert shapes["square.png"] == (3, 32, 32)
+    assert shapes["wide.png"][2] > shapes["wide.png"][1] and shapes["tall.png"][1] > shapes["tall.png"][2]
+    for _, h, w in shapes.values():
+        assert h % 8 == 0 and w % 8 == 0 and h * w <= 32 * 32

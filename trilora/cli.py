@@ -71,7 +71,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from trilora.training.loop import train
 
     summary = train(config_from_args(args))
-    print(f"best step {summary['best_step']}, exported: {', '.join(summary['exported'].values())}")
+    if summary["exported"]:
+        print(f"best step {summary['best_step']}, exported: {', '.join(summary['exported'].values())}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:

@@ -200,6 +200,10 @@ class RunConfig:
             (self.data.keep_tokens >= 0, "--keep-tokens must be 0 or more"),
             (0 <= self.data.caption_dropout <= 1, "--caption-dropout must be in [0, 1]"),
             (self.data.num_class_images >= 0, "--num-class-images must be 0 or more"),
+            (
+                not self.data.class_data or bool(self.data.class_prompt),
+                "--class-data needs --class-prompt (the caption of the class images)",
+            ),
             (self.train.ema is None or 0 < self.train.ema < 1, "--ema must be a decay in (0, 1), e.g. 0.999"),
             (bool(self.output), "no output folder: pass --output DIR"),
         ]

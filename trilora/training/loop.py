@@ -28,6 +28,7 @@ from trilora.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from trilora.training.distributed import init_distributed
 from trilora.training.ema import EMA
 from trilora.training.export import adapter_alpha, export_adapters, save_samples, write_adapter
 from trilora.training.losses import denoising_loss, min_snr_weights
@@ -52,9 +53,13 @@ def train(config: RunConfig) -> dict:
         changed = incompatible_changes(resume["config"], to_dict(config))
         if changed:
             raise UserError(f"cannot resume with changed settings: {'; '.join(changed)}")
-    (output / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+    dist = init_distributed()
+    if not dist.main:
+        log.setLevel(logging.WARNING)  # one process tells the story
+    if dist.main:
+        (output / "config.json").write_text(json.dumps(to_dict(config), indent=2))
     torch.manual_seed(opts.seed)
-    s = setup(config)
+    s = setup(config, dist)
     if resume is not None and resume["data"] != s.data_fingerprint:
         raise UserError(
             "cannot resume: the training or validation images or captions changed since the checkpoint"
@@ -123,7 +128,7 @@ def train(config: RunConfig) -> dict:
     stopper = EarlyStopping(val_opts.patience, val_opts.min_delta)
     best_state, start_step = None, 0
     previous_rows = read_metrics(output / "metrics.csv") if resume is not None else []
-    metrics = MetricsLog(output / "metrics.csv")
+    metrics = MetricsLog(output / "metrics.csv" if dist.main else None)
     if resume is not None:
         load_state(resume["adapter"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -134,13 +139,17 @@ def train(config: RunConfig) -> dict:
         metrics.restore([row for row in previous_rows if row["step"] <= start_step])
         log.info("resumed from step %d (%s)", start_step, find_checkpoint(ckpt_opts.resume))
 
-    def checkpoint(step: int) -> Path:
+    def checkpoint(step: int) -> Path | None:
+        if not dist.main:
+            return None
         state = {"step": step, "adapter": adapter_state(), "optimizer": optimizer.state_dict(),
                  "stopper": dict(vars(stopper)), "best_state": best_state, "config": to_dict(config),
                  "data": s.data_fingerprint, "ema": ema.state_dict() if ema else None}  # fmt: skip
         return save_checkpoint(output, step, state, ckpt_opts.keep_checkpoints)
 
     def sample(step: int) -> None:
+        if not dist.main:
+            return
         with ema.applied() if ema else contextlib.nullcontext():
             save_samples(pipe, val_opts, config, output / "samples" / f"step-{step:06d}", device, s.autocast)
 
@@ -154,7 +163,8 @@ def train(config: RunConfig) -> dict:
             val_loss, val_se = validate()
             if stopper.update(val_loss, step):
                 best_state = adapter_state()
-            write_adapter(output / "best" / "adapter.safetensors", best_state, config, step, val_loss)
+            if dist.main:
+                write_adapter(output / "best" / "adapter.safetensors", best_state, config, step, val_loss)
         progress.note(
             f"step {step}: val_loss {val_loss:.5f} ± {val_se:.5f} (best {stopper.best_loss:.5f} at step {stopper.best_step})"
         )
@@ -177,27 +187,41 @@ def train(config: RunConfig) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_factor"]
             torch.manual_seed(opts.seed * 1_000_003 + step)  # adapter dropout
-            train_loss = 0.0
+            train_loss = torch.zeros((), device=device)
             for micro in range(opts.grad_accum):
                 n = (step - 1) * opts.grad_accum + micro  # micro-batch number over the whole run
-                index = order(n)
-                latents = torch.stack([s.train_latents[i] for i in index]).to(device)
-                sample_ids = [n * opts.batch_size + j for j in range(len(index))]
+                index = order(n)  # the global batch; this process takes its shard
+                local = dist.shard(
+                    list(
+                        zip(index, range(n * opts.batch_size, n * opts.batch_size + len(index)), strict=True)
+                    )
+                )
+                if not local:
+                    continue
+                local_index, sample_ids = [i for i, _ in local], [j for _, j in local]
+                latents = torch.stack([s.train_latents[i] for i in local_index]).to(device)
                 noise, timesteps = training_noise(
                     opts.seed, sample_ids, latents.shape[1:], num_train_timesteps, opts.noise_offset
                 )
                 noise, timesteps = noise.to(device), timesteps.to(device)
                 with autocast:
-                    text = condition(captions(index, sample_ids))
+                    text = condition(captions(local_index, sample_ids))
                     losses = denoising_loss(unet, scheduler, latents, noise, timesteps, text)
                 if opts.min_snr_gamma:
                     losses = losses * min_snr_weights(scheduler, timesteps, opts.min_snr_gamma)
-                if any(s.train_items[i].is_reg for i in index):  # DreamBooth prior preservation
-                    weights = [data_opts.prior_loss_weight if s.train_items[i].is_reg else 1.0 for i in index]
+                if any(s.train_items[i].is_reg for i in local_index):  # DreamBooth prior preservation
+                    weights = [
+                        data_opts.prior_loss_weight if s.train_items[i].is_reg else 1.0 for i in local_index
+                    ]
                     losses = losses * torch.tensor(weights, device=device)
-                loss = losses.mean()
-                (loss / opts.grad_accum).backward()
-                train_loss += loss.item() / opts.grad_accum
+                loss = losses.sum() / (len(index) * opts.grad_accum)  # summed over processes: the global mean
+                loss.backward()
+                train_loss += loss.detach()
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            dist.sum_([p.grad for p in params] + [train_loss])
+            train_loss = train_loss.item()
             if not math.isfinite(train_loss):
                 raise UserError(f"the training loss became {train_loss} at step {step}; lower --lr and resume "
                                 f"from the last checkpoint (the best adapter so far is in {output / 'best'})")  # fmt: skip
@@ -234,6 +258,8 @@ def train(config: RunConfig) -> dict:
 
     with ema.applied() if ema else contextlib.nullcontext():
         last_state = adapter_state()  # with --ema, the averaged weights are the product
+    if not dist.main:
+        return {"steps_run": step, "best_step": stopper.best_step, "exported": {}}
     write_adapter(
         output / "last" / "adapter.safetensors",
         last_state,

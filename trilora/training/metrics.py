@@ -8,23 +8,30 @@ COLUMNS = ("step", "train_loss", "val_loss", "val_loss_se", "lr", "elapsed_s")
 
 
 class MetricsLog:
-    def __init__(self, path: Path):
+    """Rows in memory, and in a CSV file unless `path` is None (processes other than rank 0)."""
+
+    def __init__(self, path: Path | None):
         self.path = path
         self.rows: list[dict] = []
-        with path.open("w", newline="") as f:
-            csv.writer(f).writerow(COLUMNS)
+        self._start_file()
+
+    def _start_file(self) -> None:
+        if self.path is not None:
+            with self.path.open("w", newline="") as f:
+                csv.writer(f).writerow(COLUMNS)
 
     def restore(self, rows: list[dict]) -> None:
         """Start over from these rows (on resume: the rows up to the checkpoint's step)."""
         self.rows = []
-        with self.path.open("w", newline="") as f:
-            csv.writer(f).writerow(COLUMNS)
+        self._start_file()
         for row in rows:
             self.write(**{k: (int(v) if k == "step" else v) for k, v in row.items()})
 
     def write(self, **row) -> None:
         row = {k: row.get(k) for k in COLUMNS}
         self.rows.append(row)
+        if self.path is None:
+            return
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow(["" if row[k] is None else _fmt(row[k]) for k in COLUMNS])
 

@@ -19,6 +19,7 @@ from trilora.data.folder import IMAGE_EXTENSIONS, Item, image_size, load_images,
 from trilora.data.order import BatchOrder
 from trilora.data.subsets import load_dataset_config, scan_subsets
 from trilora.errors import UserError
+from trilora.training.distributed import Distributed
 from trilora.training.validation import ValidationSet, make_validation_set
 
 log = logging.getLogger("trilora")
@@ -40,17 +41,18 @@ class Setup:
     data_fingerprint: str  # what resume checks to refuse changed data
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
     return torch.device(name)
 
 
-def setup(config: RunConfig) -> Setup:
+def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
     data, adapter, opts = config.data, config.adapter, config.train
-    device = resolve_device(opts.device)
+    dist = dist or Distributed()
+    device = resolve_device(opts.device, dist.local_rank)
     autocast = torch.bfloat16 if opts.mixed_precision == "bf16" or (
         opts.mixed_precision == "auto" and device.type == "cuda"
     ) else None  # fmt: skip
@@ -59,7 +61,10 @@ def setup(config: RunConfig) -> Setup:
         scan(data.data, data.trigger, data.caption_extension)
     )  # fmt: skip
     if data.class_data:
-        items += class_items(config, device)
+        if dist.main:
+            generate_class_images(config, device)
+        dist.barrier()
+        items += class_items(config)
     regularisation = [i for i in items if i.is_reg]
     items = [i for i in items if not i.is_reg]
     if data.val_data:
@@ -189,14 +194,12 @@ def encode_all(
     return latents
 
 
-def class_items(config: RunConfig, device: torch.device) -> list[Item]:
-    """DreamBooth's class images (prior preservation), generating the missing ones with the base model.
+def generate_class_images(config: RunConfig, device: torch.device) -> None:
+    """DreamBooth's class images (prior preservation): generate the missing ones with the base model.
 
     Generated images are kept in --class-data with their caption, so the next run reuses them.
     """
     data = config.data
-    if not data.class_prompt:
-        raise UserError("--class-data needs --class-prompt (the caption of the class images)")
     folder = Path(data.class_data)
     folder.mkdir(parents=True, exist_ok=True)
     existing = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
@@ -215,5 +218,9 @@ def class_items(config: RunConfig, device: torch.device) -> list[Item]:
             image.save(folder / f"class-{index:05d}.png")
             (folder / f"class-{index:05d}.txt").write_text(data.class_prompt)
         del pipe
-    items = scan(folder, None, data.caption_extension)
+
+
+def class_items(config: RunConfig) -> list[Item]:
+    data = config.data
+    items = scan(data.class_data, None, data.caption_extension)
     return [replace(item, caption=item.caption or data.class_prompt, is_reg=True) for item in items]

@@ -70,6 +70,16 @@ def test_short_run_learns_and_writes_everything(tmp_path, tiny_model_dir, shapes
                  "samples/step-000000/00.png", "samples/step-000040/00.png"]:  # fmt: skip
         assert (out / path).is_file(), path
 
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val_loss")] == [0, 10, 20, 30, 40]
+    assert [e.value for e in events.Scalars("val_loss")] == pytest.approx(
+        [val[s] for s in sorted(val)], rel=1e-5
+    )
+    assert len(events.Scalars("train_loss")) == 40
+
     # The best checkpoint keeps the factors as trained (TriLoRA: three) and is what was exported.
     state, meta = load_adapter(out / "best" / "adapter.safetensors")
     assert meta["step"] == summary["best_step"] and meta["method"] == method

@@ -128,7 +128,7 @@ def train(config: RunConfig) -> dict:
     stopper = EarlyStopping(val_opts.patience, val_opts.min_delta)
     best_state, start_step = None, 0
     previous_rows = read_metrics(output / "metrics.csv") if resume is not None else []
-    metrics = MetricsLog(output / "metrics.csv" if dist.main else None)
+    metrics = MetricsLog(output / "metrics.csv" if dist.main else None, resume["step"] if resume else 0)
     if resume is not None:
         load_state(resume["adapter"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -223,6 +223,7 @@ def train(config: RunConfig) -> dict:
             dist.sum_([p.grad for p in params] + [train_loss])
             train_loss = train_loss.item()
             if not math.isfinite(train_loss):
+                metrics.close()
                 raise UserError(f"the training loss became {train_loss} at step {step}; lower --lr and resume "
                                 f"from the last checkpoint (the best adapter so far is in {output / 'best'})")  # fmt: skip
             if opts.max_grad_norm:
@@ -249,12 +250,14 @@ def train(config: RunConfig) -> dict:
                 saved = checkpoint(step)
             if stop.requested:
                 progress.close()
+                metrics.close()
                 raise Interrupted(
                     f"interrupted at step {step}: saved {saved}; continue with --resume {output}"
                 )
             if stopped_early:
                 break
     progress.close()
+    metrics.close()
 
     with ema.applied() if ema else contextlib.nullcontext():
         last_state = adapter_state()  # with --ema, the averaged weights are the product

@@ -8,11 +8,20 @@ COLUMNS = ("step", "train_loss", "val_loss", "val_loss_se", "lr", "elapsed_s")
 
 
 class MetricsLog:
-    """Rows in memory, and in a CSV file unless `path` is None (processes other than rank 0)."""
+    """Rows in memory, in a CSV file and as TensorBoard scalars in `path.parent / "tb"`, unless
+    `path` is None (processes other than rank 0)."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, start_step: int = 0):
         self.path = path
         self.rows: list[dict] = []
+        self.tensorboard = None
+        if path is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed run wrote after the checkpoint it resumes from
+            self.tensorboard = SummaryWriter(
+                str(path.parent / "tb"), purge_step=start_step + 1 if start_step else None
+            )
         self._start_file()
 
     def _start_file(self) -> None:
@@ -32,8 +41,16 @@ class MetricsLog:
         self.rows.append(row)
         if self.path is None:
             return
+        if self.tensorboard is not None:
+            for key in ("train_loss", "val_loss", "lr"):
+                if row[key] is not None:
+                    self.tensorboard.add_scalar(key, row[key], row["step"])
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow(["" if row[k] is None else _fmt(row[k]) for k in COLUMNS])
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _fmt(value) -> str:

@@ -76,6 +76,8 @@ def train(config: RunConfig) -> dict:
              config.adapter.method, config.adapter.rank, len(params), sum(p.numel() for p in params) / 1e6,
              s.total_steps, device)  # fmt: skip
     autocast = torch.autocast(device.type, s.autocast or torch.float32, enabled=s.autocast is not None)
+    for model in models.values():
+        model.train()  # from_pretrained leaves models in eval mode; adapter dropout needs train mode
 
     def condition(batch: torch.Tensor) -> torch.Tensor:
         """Embeddings pass through; token ids go through the text encoder (with gradients when it trains)."""

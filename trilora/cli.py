@@ -57,7 +57,7 @@ def config_from_args(args: argparse.Namespace):
         else:
             data[section] = values
     for key, value in vars(args).items():
-        if key in ("command", "config", "handler"):
+        if key in ("command", "config", "handler", "dry_run"):
             continue
         if "." in key:
             section, name = key.split(".", 1)
@@ -70,7 +70,13 @@ def config_from_args(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> None:
     from trilora.training.loop import train
 
-    summary = train(config_from_args(args))
+    config = config_from_args(args)
+    if args.dry_run:
+        from trilora.training.memory import dry_run_report
+
+        print(dry_run_report(config))
+        return
+    summary = train(config)
     if summary["exported"]:
         print(f"best step {summary['best_step']}, exported: {', '.join(summary['exported'].values())}")
 
@@ -108,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="Train a LoRA or TriLoRA adapter.")
     add_config_flags(train)
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Print the trainable parameters, the adapter file size and a GPU memory estimate; "
+        "load no weights or data, train nothing.",
+    )
     train.set_defaults(handler=cmd_train)
 
     inspect = sub.add_parser("inspect", help="Describe an adapter file.")

@@ -3,7 +3,8 @@
 This is the test that the exports are right: the same tiny model (same seed) with our AdapterLayers
 and with diffusers/PEFT's LoRA layers built from the file must compute the same text-encoder hidden
 states, the same UNet noise prediction and the same images. Alpha differs from the rank so that a
-lost alpha shows.
+lost alpha shows. LoCon's 3x3-conv adapters have another rank and alpha than the attention ones, so
+that a file where either is lost or taken from the other shows too.
 """
 
 import json
@@ -19,13 +20,18 @@ from trilora.adapters.inject import (
     lora_pairs,
     set_multiplier,
     text_encoder_targets,
+    unet_conv_targets,
     unet_targets,
 )
 from trilora.base.tiny import build_tiny_pipeline
+from trilora.config import from_dict
 from trilora.formats.diffusers_lora import save_diffusers
+from trilora.formats.inspect import describe
 from trilora.formats.kohya import save_kohya
+from trilora.training.export import export_adapters
 
 RANK, ALPHA = 4, 2.0  # alpha != rank: a loader that drops alpha uses scale 1 instead of 0.5
+CONV_RANK, CONV_ALPHA = 2, 1.0  # LoCon: another rank and another alpha
 PROMPT = "a photo of a cat"
 
 
@@ -214,3 +220,131 @@ def test_a_pair_of_another_rank_is_refused(tmp_path):
     pairs = {"unet.proj_in": (torch.zeros(8, 16), torch.zeros(16, 8))}
     with pytest.raises(ValueError, match="rank 8, expected 4"):
         save_diffusers(tmp_path / "adapter", pairs, 4, 4.0)
+
+
+@pytest.fixture(scope="module")
+def locon():
+    """The tiny pipeline with perturbed LoCon adapters on the UNet: attention (rank 4, alpha 2) and
+    3x3 convs (rank 2, alpha 1), every other one TriLoRA."""
+    pipe = build_tiny_pipeline(seed=0)
+    torch.manual_seed(3)
+    for targets, rank, alpha in (
+        (unet_targets(pipe.unet), RANK, ALPHA),
+        (unet_conv_targets(pipe.unet), CONV_RANK, CONV_ALPHA),
+    ):
+        add_adapters(pipe.unet, targets[0::2], "lora", rank, alpha)
+        add_adapters(pipe.unet, targets[1::2], "trilora", rank, alpha)
+    perturb(pipe.unet)
+    return pipe
+
+
+def locon_alphas(pipe) -> dict[str, float]:
+    conv = set(unet_conv_targets(build_tiny_pipeline(seed=0).unet))
+    return {f"unet.{name}": CONV_ALPHA if name in conv else ALPHA for name in adapter_layers(pipe.unet)}
+
+
+def set_conv_multiplier(pipe, multiplier: float) -> None:
+    for layer in adapter_layers(pipe.unet).values():
+        if layer.rank == CONV_RANK:
+            layer.multiplier = multiplier
+
+
+def save_locon(kind: str, pipe, folder):
+    pairs, alphas = export_pairs(pipe, text_encoder=False), locon_alphas(pipe)
+    if kind == "kohya":
+        return save_kohya(folder / "adapter.safetensors", pairs, alphas, {}, torch.float32)
+    return save_diffusers(folder / "adapter", pairs, None, alphas, torch.float32)
+
+
+@pytest.mark.parametrize("kind", ["kohya", "diffusers"])
+def test_diffusers_loads_locon_exactly(kind, locon, base, inputs, tmp_path):
+    _, ours = forward(locon, inputs)
+    set_conv_multiplier(locon, 0.0)
+    try:
+        _, attention_only = forward(locon, inputs)
+    finally:
+        set_conv_multiplier(locon, 1.0)
+    pipe = loaded_pipeline(save_locon(kind, locon, tmp_path))
+    _, theirs = forward(pipe, inputs)
+
+    assert (ours - forward(base, inputs)[1]).abs().max() > 1e-2
+    assert (ours - attention_only).abs().max() > 1e-2, (
+        "the conv adapters change nothing: the test cannot fail"
+    )
+    layers = adapter_layers(pipe.unet)
+    assert len(layers) == 0  # diffusers' own (PEFT) layers, not ours
+    peft_convs = [
+        m for n, m in pipe.unet.named_modules() if n.endswith("resnets.0.conv1") and hasattr(m, "r")
+    ]
+    assert peft_convs and {m.r["default_0"] for m in peft_convs} == {CONV_RANK}
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_locon_adapter_metadata(locon, tmp_path):
+    folder = save_locon("diffusers", locon, tmp_path)
+    tensors = load_file(folder / "pytorch_lora_weights.safetensors")
+    with safe_open(str(folder / "pytorch_lora_weights.safetensors"), "pt") as f:
+        adapter = json.loads(f.metadata()["lora_adapter_metadata"])
+
+    assert tensors["unet.down_blocks.0.resnets.0.conv1.lora_A.weight"].shape == (CONV_RANK, 32, 3, 3)
+    assert tensors["unet.down_blocks.0.resnets.0.conv1.lora_B.weight"].shape == (32, CONV_RANK, 1, 1)
+    assert tensors["unet.down_blocks.0.downsamplers.0.conv.lora_A.weight"].shape == (CONV_RANK, 32, 3, 3)
+    conv = sorted(unet_conv_targets(build_tiny_pipeline(seed=0).unet))
+    assert (adapter["unet.r"], adapter["unet.lora_alpha"]) == (RANK, ALPHA)  # the attention modules: most
+    assert adapter["unet.rank_pattern"] == dict.fromkeys(conv, CONV_RANK)
+    assert adapter["unet.alpha_pattern"] == dict.fromkeys(conv, CONV_ALPHA)
+    assert len(adapter["unet.target_modules"]) == len(adapter_layers(locon.unet))
+
+    d = describe(folder)
+    assert (d["rank"], d["alpha"]) == (RANK, ALPHA)
+    assert d["conv"] == {
+        "modules": len(conv),
+        "rank": CONV_RANK,
+        "ranks": [CONV_RANK],
+        "alpha": CONV_ALPHA,
+        "alphas": [CONV_ALPHA],
+    }
+
+
+def test_without_alpha_pattern_diffusers_gives_the_convs_the_attention_alpha(locon, inputs, tmp_path):
+    """What alpha_pattern is for: without it the convs get lora_alpha 2 at rank 2, scale 1 instead of 0.5."""
+    folder = save_locon("diffusers", locon, tmp_path)
+    file = folder / "pytorch_lora_weights.safetensors"
+    with safe_open(str(file), "pt") as f:
+        header = f.metadata()
+    adapter = json.loads(header["lora_adapter_metadata"])
+    del adapter["unet.alpha_pattern"]
+    save_file(load_file(file), str(file), metadata=header | {"lora_adapter_metadata": json.dumps(adapter)})
+
+    _, theirs = forward(loaded_pipeline(folder), inputs)
+    set_conv_multiplier(locon, ALPHA / CONV_ALPHA)
+    try:
+        _, doubled_convs = forward(locon, inputs)
+    finally:
+        set_conv_multiplier(locon, 1.0)
+    torch.testing.assert_close(theirs, doubled_convs, atol=1e-5, rtol=1e-5)
+
+
+def test_a_locon_run_exports_what_diffusers_loads(locon, inputs, tmp_path):
+    """training.export: each layer's own alpha, no single rank for the diffusers file, kohya's network args."""
+    config = from_dict(
+        {
+            "model": {"base": "tiny"},
+            "adapter": {
+                "method": "lora",
+                "rank": RANK,
+                "alpha": ALPHA,
+                "conv_rank": CONV_RANK,
+                "conv_alpha": 1,
+            },
+            "export": {"export_dtype": "fp32"},
+        }
+    )
+    files = export_adapters(locon, config, tmp_path / "run", step=10, val_loss=None, steps_run=10)
+    _, ours = forward(locon, inputs)
+
+    for file in files.values():
+        torch.testing.assert_close(forward(loaded_pipeline(file), inputs)[1], ours, atol=1e-5, rtol=1e-5)
+    with safe_open(str(files["kohya"]), "pt") as f:
+        network_args = json.loads(f.metadata()["ss_network_args"])
+    assert network_args == {"conv_dim": "2", "conv_alpha": "1"}

@@ -11,11 +11,13 @@ from trilora.cli import main
 from trilora.errors import UserError
 from trilora.formats.diffusers_lora import save_diffusers
 from trilora.formats.inspect import describe, format_description
-from trilora.formats.kohya import save_kohya
+from trilora.formats.kohya import conv_network_args, save_kohya
 from trilora.formats.metadata import kohya_metadata
 from trilora.formats.native import save_adapter
 
 RANK, ALPHA = 4, 2.0
+CONV_RANK, CONV_ALPHA = 2, 1.0
+CONV_MODULES = ("down_blocks.0.resnets.0.conv1", "up_blocks.0.upsamplers.0.conv")  # LoCon's 3x3 convs
 UNET_MODULES = (  # (module path, in, out); proj_in is a 1x1 conv
     ("down_blocks.0.attentions.0.proj_in", 32, 32),
     ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", 32, 32),
@@ -110,6 +112,56 @@ def test_files_of_other_trainers(pairs, tmp_path):
     assert d["method"] == "lora (unknown trainer)"
     assert (d["rank"], d["alpha"], d["alphas"]) == (RANK, None, [])
     assert "alpha:    not stored (loaders use alpha = rank)" in format_description(d)
+
+
+@pytest.fixture(scope="module")
+def locon_pairs(pairs):
+    """The pairs plus two 3x3-conv pairs of another rank, and alpha per module."""
+    torch.manual_seed(1)
+    conv = {
+        f"unet.{path}": (torch.randn(CONV_RANK, 32, 3, 3), torch.randn(32, CONV_RANK, 1, 1))
+        for path in CONV_MODULES
+    }
+    alphas = dict.fromkeys(pairs, ALPHA) | dict.fromkeys(conv, CONV_ALPHA)
+    return pairs | conv, alphas
+
+
+def test_locon_files_report_the_conv_rank_and_alpha(locon_pairs, metadata, tmp_path):
+    pairs, alphas = locon_pairs
+    header = metadata | conv_network_args(CONV_RANK, CONV_ALPHA)
+    kohya = save_kohya(tmp_path / "locon.safetensors", pairs, alphas, header)
+    folder = save_diffusers(tmp_path / "locon-diffusers", pairs, None, alphas, metadata=header)
+    state = {}
+    for key, (down, up) in pairs.items():
+        state |= {f"{key}.down": down, f"{key}.mid": torch.eye(down.shape[0]), f"{key}.up": up}
+    checkpoint = tmp_path / "adapter.safetensors"
+    info = {
+        "method": "trilora",
+        "rank": RANK,
+        "alpha": ALPHA,
+        "conv_rank": CONV_RANK,
+        "conv_alpha": CONV_ALPHA,
+    }
+    save_adapter(checkpoint, state, info)
+
+    for path, kind in ((kohya, "kohya"), (folder, "diffusers-peft"), (checkpoint, "trilora checkpoint")):
+        d = describe(path)
+        assert d["format"] == kind
+        assert (d["rank"], d["ranks"], d["alpha"], d["alphas"]) == (RANK, [RANK], ALPHA, [ALPHA]), kind
+        assert d["conv"] == {
+            "modules": 2, "rank": CONV_RANK, "ranks": [CONV_RANK], "alpha": CONV_ALPHA, "alphas": [CONV_ALPHA],
+        }, kind  # fmt: skip
+        assert d["modules"] == {"unet": 5, "text_encoder": 2}, kind
+        text = format_description(d)
+        assert "rank:     4\n" in text
+        assert "alpha:    2 (scale alpha/rank = 0.5)\n" in text
+        assert "conv:     rank 2, alpha 1 (scale 0.5), 2 modules (LoCon)\n" in text
+    assert '  ss_network_args: {"conv_dim": "2", "conv_alpha": "1"}\n' in format_description(describe(kohya))
+
+
+def test_files_without_conv_adapters_have_no_conv_line(kohya_file):
+    assert describe(kohya_file)["conv"] is None
+    assert "conv:" not in format_description(describe(kohya_file))
 
 
 def test_trilora_checkpoint(pairs, tmp_path):

@@ -11,13 +11,20 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trilora.adapters.inject import add_adapters, lora_pairs, text_encoder_targets, unet_targets
+from trilora.adapters.inject import (
+    add_adapters,
+    lora_pairs,
+    text_encoder_targets,
+    unet_conv_targets,
+    unet_targets,
+)
 from trilora.base.tiny import SD15_DIR, build_tiny_pipeline
 from trilora.errors import UserError
-from trilora.formats.kohya import kohya_name, module_key, read_kohya, save_kohya
+from trilora.formats.kohya import conv_network_args, kohya_name, module_key, read_kohya, save_kohya
 from trilora.formats.metadata import kohya_metadata
 
 RANK, ALPHA = 4, 2.0
+CONV_RANK, CONV_ALPHA = 2, 1.0
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +75,59 @@ def test_read_kohya_inverts_save_kohya(pairs, tmp_path):
         assert torch.equal(read_pairs[key][0], down) and torch.equal(read_pairs[key][1], up), key
     assert alphas == dict.fromkeys(pairs, ALPHA)
     assert read_metadata == metadata
+
+
+@pytest.fixture(scope="module")
+def locon_pairs():
+    """LoCon: attention pairs of rank 4 and 3x3-conv pairs of rank 2, with their alphas."""
+    pipe = build_tiny_pipeline(seed=0)
+    conv = unet_conv_targets(pipe.unet)
+    add_adapters(pipe.unet, unet_targets(pipe.unet), "lora", RANK, ALPHA)
+    add_adapters(pipe.unet, conv, "lora", CONV_RANK, CONV_ALPHA)
+    torch.manual_seed(2)
+    pairs = {f"unet.{k}": (down, torch.randn_like(up)) for k, (down, up) in lora_pairs(pipe.unet).items()}
+    alphas = {key: CONV_ALPHA if key.removeprefix("unet.") in conv else ALPHA for key in pairs}
+    return pairs, alphas
+
+
+def test_locon_conv_modules_have_their_own_rank_and_alpha(locon_pairs, tmp_path):
+    pairs, alphas = locon_pairs
+    tensors = load_file(save_kohya(tmp_path / "a.safetensors", pairs, alphas, {}))
+
+    name = "lora_unet_down_blocks_0_resnets_0_conv1"
+    assert tensors[f"{name}.lora_down.weight"].shape == (CONV_RANK, 32, 3, 3)
+    assert tensors[f"{name}.lora_up.weight"].shape == (32, CONV_RANK, 1, 1)
+    assert tensors[f"{name}.alpha"].item() == CONV_ALPHA
+    for name in ("lora_unet_down_blocks_0_downsamplers_0_conv", "lora_unet_up_blocks_0_upsamplers_0_conv",
+                 "lora_unet_mid_block_resnets_1_conv2", "lora_unet_up_blocks_1_resnets_1_conv1"):  # fmt: skip
+        assert tensors[f"{name}.alpha"].item() == CONV_ALPHA, name
+        assert tensors[f"{name}.lora_down.weight"].shape[2:] == (3, 3), name
+    assert tensors["lora_unet_mid_block_attentions_0_proj_in.alpha"].item() == ALPHA
+    assert len(tensors) == 3 * len(pairs)
+
+
+def test_read_kohya_inverts_save_kohya_with_alphas_per_module(locon_pairs, tmp_path):
+    pairs, alphas = locon_pairs
+    path = save_kohya(tmp_path / "a.safetensors", pairs, alphas, {}, dtype=torch.float32)
+    read_pairs, read_alphas, _ = read_kohya(path)
+
+    assert read_alphas == alphas
+    assert sum(alpha == CONV_ALPHA for alpha in read_alphas.values()) == 18
+    for key, (down, up) in pairs.items():
+        assert torch.equal(read_pairs[key][0], down) and torch.equal(read_pairs[key][1], up), key
+
+
+def test_an_alpha_dict_must_name_every_pair(locon_pairs, tmp_path):
+    pairs, alphas = locon_pairs
+    alphas = {key: alpha for key, alpha in alphas.items() if key != "unet.mid_block.resnets.0.conv1"}
+    with pytest.raises(ValueError, match="no alpha for 1 adapter.*mid_block.resnets.0.conv1"):
+        save_kohya(tmp_path / "a.safetensors", pairs, alphas, {})
+
+
+def test_conv_network_args_are_kohyas():
+    """sd-scripts writes `--network_args conv_dim=8 conv_alpha=4` as the JSON of its string values."""
+    assert conv_network_args(8, 4.0) == {"ss_network_args": '{"conv_dim": "8", "conv_alpha": "4"}'}
+    assert json.loads(conv_network_args(4, 0.5)["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "0.5"}
 
 
 def test_fp16_export_rounds_the_factors(pairs, tmp_path):

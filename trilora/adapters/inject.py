@@ -10,6 +10,8 @@ from torch import nn
 from trilora.adapters.layers import AdapterLayer
 
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+# kohya's UNET_TARGET_REPLACE_MODULE_CONV2D_3X3 (sd-scripts networks/lora.py): the blocks LoCon adds.
+CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 
 
 def unet_targets(unet: nn.Module) -> list[str]:
@@ -25,6 +27,23 @@ def unet_targets(unet: nn.Module) -> list[str]:
             if isinstance(module, nn.Linear) or (
                 isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
             ):
+                names.append(f"{block_name}.{name}")
+    return names
+
+
+def unet_conv_targets(unet: nn.Module) -> list[str]:
+    """The 3x3 convs LoCon adapts: conv1/conv2 of every ResnetBlock2D and the Downsample2D/Upsample2D convs.
+
+    50 modules on SD 1.5 (22 ResNet blocks, 3 downsamplers, 3 upsamplers); the UNet's own conv_in and
+    conv_out are left out, as in kohya's sd-scripts. kohya's `conv_dim` also gives the same blocks'
+    time_emb_proj (Linear) and conv_shortcut (1x1) adapters of the attention rank; those are not here.
+    """
+    names = []
+    for block_name, block in unet.named_modules():
+        if type(block).__name__ not in CONV_BLOCKS:
+            continue
+        for name, module in block.named_modules():
+            if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
                 names.append(f"{block_name}.{name}")
     return names
 
@@ -49,8 +68,15 @@ def add_adapters(
     sigma: str = "svd",
     dropout: float = 0.0,
 ) -> dict[str, AdapterLayer]:
-    """Replace each named layer by an AdapterLayer wrapping it. Freezes the whole model first."""
+    """Replace each named layer by an AdapterLayer wrapping it.
+
+    Freezes the whole model first but for the adapters already in it: a second call (LoCon's convs)
+    must leave the first call's adapters trainable.
+    """
+    earlier = trainable_parameters(model)
     model.requires_grad_(False)
+    for parameter in earlier:
+        parameter.requires_grad_(True)
     layers = {}
     for name in names:
         parent_name, _, child = name.rpartition(".")

@@ -12,6 +12,12 @@ The file has no alpha tensors: PEFT's scale alpha / r comes from the header key
 `LoraBaseMixin.write_lora_layers` writes it (diffusers/loaders/lora_base.py). Without it diffusers
 assumes alpha = r.
 
+Modules of another rank or alpha than their part's most common one (LoCon's 3x3 convs,
+`unet.down_blocks.0.resnets.0.conv1.lora_A.weight` of shape (r_conv, in, 3, 3)) are listed in
+`"unet.rank_pattern"` / `"unet.alpha_pattern"`, `{module path: value}`: diffusers passes the
+metadata to `LoraConfig` as it is (`_create_lora_config`), and PEFT gives a module the value of the
+first pattern that matches the end of its path (`peft.utils.other.get_pattern_key`).
+
 Text-encoder keys keep transformers 4's `text_model.` level, like every diffusers SD LoRA published
 so far: diffusers (0.42: `_load_lora_into_text_encoder`) strips it for the flat transformers-5
 CLIPTextModel, diffusers with transformers 4 needs it. The target module names in the metadata
@@ -19,10 +25,14 @@ leave it out: PEFT matches them as suffixes, so they fit either CLIPTextModel.
 """
 
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from trilora.formats.kohya import pair_alphas
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
@@ -43,36 +53,60 @@ def file_key(key: str) -> str:
 def save_diffusers(
     folder: str | Path,
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    rank: int,
-    alpha: float,
+    rank: int | None,
+    alpha: float | dict[str, float],
     dtype: torch.dtype = torch.float16,
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write LoRA pairs {`unet.<path>` | `text_encoder.<path>`: (down, up)} as a diffusers LoRA folder.
 
-    `metadata` (e.g. `kohya_metadata(...)`) is added to the header for `trilora inspect` and model
-    browsers; diffusers reads only its own key.
+    `rank`: the rank every pair must have, or None to take each pair's own (LoCon). `alpha`: one for
+    all, or per pair key. `metadata` (e.g. `kohya_metadata(...)`) is added to the header for
+    `trilora inspect` and model browsers; diffusers reads only its own key.
     """
-    tensors, targets = {}, {part: [] for part in PARTS}
+    alphas = pair_alphas(pairs, alpha)
+    tensors, ranks = {}, {part: {} for part in PARTS}
+    part_alphas = {part: {} for part in PARTS}
     for key, (down, up) in pairs.items():
-        if down.shape[0] != rank:
+        if rank is not None and down.shape[0] != rank:
             raise ValueError(f"{key}: rank {down.shape[0]}, expected {rank}")
         name = file_key(key)
         tensors[f"{name}.lora_A.weight"] = down.detach().to("cpu", dtype).contiguous()
         tensors[f"{name}.lora_B.weight"] = up.detach().to("cpu", dtype).contiguous()
         part, _, path = key.partition(".")
-        targets[part].append(path.removeprefix(TEXT_MODEL))
+        path = path.removeprefix(TEXT_MODEL)
+        ranks[part][path], part_alphas[part][path] = down.shape[0], alphas[key]
     adapter_metadata = {}
-    for part, modules in targets.items():
-        if modules:  # a part without modules must have no entry: diffusers would build LoraConfig() from {}
-            adapter_metadata |= {
-                f"{part}.r": rank,
-                f"{part}.lora_alpha": float(alpha),
-                f"{part}.target_modules": sorted(modules),
-            }
+    for part in PARTS:
+        # a part without modules must have no entry: diffusers would build LoraConfig() from {}
+        if ranks[part]:
+            adapter_metadata |= {f"{part}.target_modules": sorted(ranks[part])}
+            adapter_metadata |= _with_patterns(part, "r", "rank_pattern", ranks[part])
+            adapter_metadata |= _with_patterns(part, "lora_alpha", "alpha_pattern", part_alphas[part])
     header = {**(metadata or {}), "format": "pt"}
     header[ADAPTER_METADATA_KEY] = json.dumps(adapter_metadata, indent=2, sort_keys=True)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / WEIGHT_NAME), metadata=header)
     return folder
+
+
+def _with_patterns(part: str, field: str, pattern_field: str, values: dict[str, float]) -> dict:
+    """`{part.field: most common value}`, plus `{part.pattern_field: {path: value}}` for the others."""
+    common = Counter(values.values()).most_common(1)[0][0]
+    entries = {f"{part}.{field}": common}
+    others = {path: value for path, value in sorted(values.items()) if value != common}
+    if others:
+        entries[f"{part}.{pattern_field}"] = others
+    return entries
+
+
+def module_value(adapter_metadata: dict, part: str, path: str, field: str, pattern_field: str):
+    """The r or lora_alpha PEFT gives module `path` of `part` from the metadata; None if not stored.
+
+    As `peft.utils.other.get_pattern_key`: the first pattern that matches the end of the path.
+    """
+    for pattern, value in adapter_metadata.get(f"{part}.{pattern_field}", {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", path):
+            return value
+    return adapter_metadata.get(f"{part}.{field}")

@@ -1,7 +1,9 @@
 """`trilora inspect FILE`: what an adapter file holds, read from its header and shapes only.
 
 Recognises the kohya layout, the diffusers/PEFT layout (a file or its folder) and trilora's own
-checkpoints; anything else with LoRA-looking names is reported as "unknown".
+checkpoints; anything else with LoRA-looking names is reported as "unknown". Adapters of k x k
+convolutions (LoCon's 3x3 convs, kohya's `conv_dim`) are reported apart: `rank`/`alpha` describe
+the Linear and 1x1 modules, `conv` the others.
 """
 
 import json
@@ -12,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
 from trilora.errors import UserError
-from trilora.formats.diffusers_lora import ADAPTER_METADATA_KEY, WEIGHT_NAME
+from trilora.formats.diffusers_lora import ADAPTER_METADATA_KEY, WEIGHT_NAME, module_value
 from trilora.formats.kohya import PREFIXES
 
 # The model part of each kohya prefix; te1/te2 are SDXL's two text encoders.
@@ -24,7 +26,7 @@ MAX_VALUE_CHARS = 100
 
 
 def describe(path: str | Path) -> dict:
-    """Format, method, rank(s), alpha(s), module counts per model part, dtype and header metadata."""
+    """Format, method, rank(s) and alpha(s) (k x k convs apart), module counts per part, dtype, metadata."""
     path = Path(path)
     if path.is_dir() and (path / WEIGHT_NAME).is_file():
         path = path / WEIGHT_NAME
@@ -39,7 +41,7 @@ def describe(path: str | Path) -> dict:
             elif CHECKPOINT_METADATA_KEY in metadata or any(key.endswith(".mid") for key in keys):
                 found = _checkpoint(f, keys, metadata)
             elif any("lora" in key.lower() for key in keys):
-                found = {"format": "unknown", "ranks": {}, "alphas": {}}
+                found = {"format": "unknown", "ranks": {}, "alphas": {}, "convs": set()}
             else:
                 raise UserError(
                     f"{path} is not a LoRA file: none of its {len(keys)} tensor names is an adapter's"
@@ -49,31 +51,46 @@ def describe(path: str | Path) -> dict:
     except (OSError, SafetensorError) as error:
         raise UserError(f"cannot read {path} as a safetensors file: {error}") from None
 
-    ranks, alphas = found["ranks"], found["alphas"]  # per module key `<part>.<path>`
+    ranks, alphas, convs = found["ranks"], found["alphas"], found["convs"]  # per module key `<part>.<path>`
     modules = Counter(key.split(".", 1)[0] for key in ranks)
+    conv_ranks = {key: ranks.pop(key) for key in convs}
+    conv_alphas = {key: alphas.pop(key) for key in convs if key in alphas}
     trilora_method = metadata.get("trilora_method") or found.get("method")
     return {
         "file": str(path),
         "format": found["format"],
         "method": trilora_method or "lora (unknown trainer)",
         "trainer": f"trilora {metadata.get('trilora_version', '')}".strip() if trilora_method else None,
-        "rank": _single(ranks.values()),
-        "ranks": sorted(set(ranks.values())),
-        "alpha": _single(alphas.values()),
-        "alphas": sorted(set(alphas.values())),
+        **_rank_and_alpha(ranks, alphas),
         "modules": {
             "unet": modules.pop("unet", 0),
             "text_encoder": modules.pop("text_encoder", 0),
             **modules,
         },
+        "conv": {"modules": len(conv_ranks), **_rank_and_alpha(conv_ranks, conv_alphas)} if convs else None,
         "dtype": DTYPE_NAMES.get(dtype, dtype),
         "metadata": metadata,
+    }
+
+
+def _rank_and_alpha(ranks: dict, alphas: dict) -> dict:
+    """rank and alpha where all modules share one (else None), and the sorted distinct values."""
+    return {
+        "rank": _single(ranks.values()),
+        "ranks": sorted(set(ranks.values())),
+        "alpha": _single(alphas.values()),
+        "alphas": sorted(set(alphas.values())),
     }
 
 
 def _single(values):
     distinct = set(values)
     return distinct.pop() if len(distinct) == 1 else None
+
+
+def _is_conv(shape: list[int]) -> bool:
+    """A down factor of shape (r, in, kh, kw) with a kernel larger than 1x1."""
+    return len(shape) == 4 and tuple(shape[2:]) != (1, 1)
 
 
 def _is_kohya(keys: list[str]) -> bool:
@@ -85,42 +102,59 @@ def _is_kohya(keys: list[str]) -> bool:
 
 
 def _kohya(f, keys: list[str]) -> dict:
-    ranks, alphas = {}, {}
+    ranks, alphas, convs = {}, {}, set()
     for key in keys:
         if not key.endswith(".lora_down.weight"):
             continue
         name = key.removesuffix(".lora_down.weight")
         prefix = next(prefix for prefix in KOHYA_PARTS if name.startswith(prefix))
         module = f"{KOHYA_PARTS[prefix]}.{name}"
-        ranks[module] = f.get_slice(key).get_shape()[0]
+        shape = f.get_slice(key).get_shape()
+        ranks[module] = shape[0]
+        if _is_conv(shape):
+            convs.add(module)
         alpha_key = f"{name}.alpha"
         # kohya's convention for a module without alpha: alpha = rank (scale 1).
         alphas[module] = float(f.get_tensor(alpha_key).item()) if alpha_key in keys else float(ranks[module])
-    return {"format": "kohya", "ranks": ranks, "alphas": alphas}
+    return {"format": "kohya", "ranks": ranks, "alphas": alphas, "convs": convs}
 
 
 def _diffusers(f, keys: list[str], metadata: dict[str, str]) -> dict:
     adapter_metadata = json.loads(metadata.get(ADAPTER_METADATA_KEY) or "{}")
-    ranks, alphas = {}, {}
+    ranks, alphas, convs = {}, {}, set()
     for key in keys:
         if key.endswith(".lora_A.weight"):
             module = key.removesuffix(".lora_A.weight")
-            part = module.split(".", 1)[0]
-            ranks[module] = f.get_slice(key).get_shape()[0]
-            alpha = adapter_metadata.get(f"{part}.lora_alpha")
+            part, _, path = module.partition(".")
+            shape = f.get_slice(key).get_shape()
+            ranks[module] = shape[0]
+            if _is_conv(shape):
+                convs.add(module)
+            alpha = module_value(adapter_metadata, part, path, "lora_alpha", "alpha_pattern")
             if alpha is not None:  # without it diffusers loads the file with alpha = rank
                 alphas[module] = float(alpha)
-    return {"format": "diffusers-peft", "ranks": ranks, "alphas": alphas}
+    return {"format": "diffusers-peft", "ranks": ranks, "alphas": alphas, "convs": convs}
 
 
 def _checkpoint(f, keys: list[str], metadata: dict[str, str]) -> dict:
     info = json.loads(metadata.get(CHECKPOINT_METADATA_KEY) or "{}")
-    ranks = {
-        key.removesuffix(".down"): f.get_slice(key).get_shape()[0] for key in keys if key.endswith(".down")
+    shapes = {
+        key.removesuffix(".down"): f.get_slice(key).get_shape() for key in keys if key.endswith(".down")
     }
-    alphas = {module: float(info["alpha"]) for module in ranks} if "alpha" in info else {}
+    ranks = {module: shape[0] for module, shape in shapes.items()}
+    convs = {module for module, shape in shapes.items() if _is_conv(shape)}
+    alphas = {}
+    if "alpha" in info:
+        conv_alpha = info.get("conv_alpha", info["alpha"])
+        alphas = {module: float(conv_alpha if module in convs else info["alpha"]) for module in ranks}
     method = info.get("method") or ("trilora" if any(key.endswith(".mid") for key in keys) else None)
-    return {"format": "trilora checkpoint", "ranks": ranks, "alphas": alphas, "method": method}
+    return {
+        "format": "trilora checkpoint",
+        "ranks": ranks,
+        "alphas": alphas,
+        "method": method,
+        "convs": convs,
+    }
 
 
 def format_description(description: dict) -> str:
@@ -140,6 +174,16 @@ def format_description(description: dict) -> str:
         f"method:   {method}",
         f"rank:     {_join(d['ranks']) or 'unknown'}",
         f"alpha:    {alpha}",
+    ]
+    if d["conv"]:
+        conv = d["conv"]
+        conv_alpha = _join(conv["alphas"]) or "not stored"
+        if conv["rank"] and conv["alpha"] is not None:
+            conv_alpha += f" (scale {conv['alpha'] / conv['rank']:g})"
+        lines.append(
+            f"conv:     rank {_join(conv['ranks'])}, alpha {conv_alpha}, {conv['modules']} modules (LoCon)"
+        )
+    lines += [
         f"modules:  {modules}",
         f"dtype:    {d['dtype']}",
         "metadata:" + ("" if d["metadata"] else " none"),

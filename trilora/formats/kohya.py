@@ -8,12 +8,19 @@ every `.` turned into `_`:
     lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha             ()
     lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight                  ...
 
-The update is alpha / r * up @ down, r = lora_down's first dimension. Text-encoder names keep the
-`text_model.` level of the transformers-4 CLIPTextModel: transformers 5 dropped it, the files of
-the ecosystem (and every loader's key tables) did not. diffusers' reader of this layout is
-`_convert_non_diffusers_lora_to_diffusers` in diffusers/loaders/lora_conversion_utils.py.
+The update is alpha / r * up @ down, r = lora_down's first dimension; rank and alpha are per module,
+so LoCon's 3x3-conv adapters sit in the same file with their own (kohya's `conv_dim`/`conv_alpha`):
+
+    lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight   (r_conv, in, 3, 3)
+    lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight     (out, r_conv, 1, 1)
+    lora_unet_down_blocks_0_resnets_0_conv1.alpha              ()
+
+Text-encoder names keep the `text_model.` level of the transformers-4 CLIPTextModel: transformers 5
+dropped it, the files of the ecosystem (and every loader's key tables) did not. diffusers' reader of
+this layout is `_convert_non_diffusers_lora_to_diffusers` in diffusers/loaders/lora_conversion_utils.py.
 """
 
+import json
 from pathlib import Path
 
 import torch
@@ -68,12 +75,13 @@ def _dotted(name: str) -> str:
 def save_kohya(
     path: str | Path,
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    alpha: float,
+    alpha: float | dict[str, float],
     metadata: dict[str, str],
     dtype: torch.dtype = torch.float16,
 ) -> Path:
-    """Write LoRA pairs {`unet.<path>` | `text_encoder.<path>`: (down, up)} with one alpha for all."""
+    """Write LoRA pairs {`unet.<path>` | `text_encoder.<path>`: (down, up)}; alpha one for all or per pair key."""
     path = Path(path)
+    alphas = pair_alphas(pairs, alpha)
     tensors = {}
     for key, (down, up) in pairs.items():
         name = kohya_name(key)
@@ -81,10 +89,25 @@ def save_kohya(
         tensors[f"{name}.lora_up.weight"] = up.detach().to("cpu", dtype).contiguous()
         # kohya casts alpha to the save dtype too; every loader reads it with .item(), and fp32
         # keeps an alpha such as 0.1 exact.
-        tensors[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+        tensors[f"{name}.alpha"] = torch.tensor(alphas[key], dtype=torch.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=dict(metadata))
     return path
+
+
+def pair_alphas(pairs: dict, alpha: float | dict[str, float]) -> dict[str, float]:
+    """Alpha per pair key from one alpha for all or a dict that must name every pair."""
+    if not isinstance(alpha, dict):
+        return dict.fromkeys(pairs, float(alpha))
+    missing = sorted(set(pairs) - set(alpha))
+    if missing:
+        raise ValueError(f"no alpha for {len(missing)} adapter(s), e.g. {missing[0]!r}")
+    return {key: float(alpha[key]) for key in pairs}
+
+
+def conv_network_args(conv_rank: int, conv_alpha: float) -> dict[str, str]:
+    """kohya's header record of LoCon: `ss_network_args`, the JSON of its `--network_args` (string values)."""
+    return {"ss_network_args": json.dumps({"conv_dim": str(conv_rank), "conv_alpha": f"{conv_alpha:g}"})}
 
 
 def read_kohya(

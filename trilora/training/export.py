@@ -8,7 +8,7 @@ import torch
 from trilora.adapters.inject import adapter_layers, lora_pairs
 from trilora.config import RunConfig, ValidationConfig, to_dict
 from trilora.formats.diffusers_lora import save_diffusers
-from trilora.formats.kohya import save_kohya
+from trilora.formats.kohya import conv_network_args, save_kohya
 from trilora.formats.metadata import kohya_metadata
 from trilora.formats.native import save_adapter
 
@@ -18,6 +18,14 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 def adapter_alpha(config: RunConfig) -> float:
     return float(config.adapter.alpha if config.adapter.alpha is not None else config.adapter.rank)
+
+
+def conv_alpha(config: RunConfig) -> float | None:
+    """Alpha of LoCon's 3x3-conv adapters (default: the conv rank); None without them."""
+    adapter = config.adapter
+    if adapter.conv_rank is None:
+        return None
+    return float(adapter.conv_alpha if adapter.conv_alpha is not None else adapter.conv_rank)
 
 
 def write_adapter(path: Path, state: dict, config: RunConfig, step: int, val_loss: float | None) -> None:
@@ -30,6 +38,8 @@ def write_adapter(path: Path, state: dict, config: RunConfig, step: int, val_los
         "val_loss": val_loss,
         "config": to_dict(config),
     }
+    if config.adapter.conv_rank is not None:
+        metadata |= {"conv_rank": config.adapter.conv_rank, "conv_alpha": conv_alpha(config)}
     save_adapter(path, state, metadata)
 
 
@@ -38,9 +48,11 @@ def export_adapters(
 ) -> dict:
     """The files users share, from the adapters currently in the pipeline: kohya layout and diffusers layout."""
     name = config.export.name or output.resolve().name
-    pairs = {f"unet.{k}": v for k, v in lora_pairs(pipe.unet).items()}
-    if adapter_layers(pipe.text_encoder):
-        pairs |= {f"text_encoder.{k}": v for k, v in lora_pairs(pipe.text_encoder).items()}
+    pairs, alphas = {}, {}  # alphas: each layer's own, --alpha or (LoCon's 3x3 convs) --conv-alpha
+    for part in ("unet", "text_encoder"):
+        model = getattr(pipe, part)
+        pairs |= {f"{part}.{k}": v for k, v in lora_pairs(model).items()}
+        alphas |= {f"{part}.{k}": layer.alpha for k, layer in adapter_layers(model).items()}
     alpha, dtype = adapter_alpha(config), DTYPES[config.export.export_dtype]
     info = {
         "name": name,
@@ -56,9 +68,12 @@ def export_adapters(
     }
     kohya_file = output / f"{name}.safetensors"
     metadata = kohya_metadata(info)
-    save_kohya(kohya_file, pairs, alpha, metadata, dtype)
+    if config.adapter.conv_rank is not None:
+        metadata |= conv_network_args(config.adapter.conv_rank, conv_alpha(config))
+    save_kohya(kohya_file, pairs, alphas, metadata, dtype)
     diffusers_dir = output / f"{name}-diffusers"
-    save_diffusers(diffusers_dir, pairs, config.adapter.rank, alpha, dtype, metadata=metadata)
+    rank = config.adapter.rank if config.adapter.conv_rank is None else None  # LoCon: ranks per module
+    save_diffusers(diffusers_dir, pairs, rank, alphas, dtype, metadata=metadata)
     log.info("exported the adapter of step %d to %s and %s", step, kohya_file, diffusers_dir)
     return {"kohya": kohya_file, "diffusers": diffusers_dir / "pytorch_lora_weights.safetensors"}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from trilora.adapters.inject import add_adapters, text_encoder_targets, unet_targets
+from trilora.adapters.inject import add_adapters, text_encoder_targets, unet_conv_targets, unet_targets
 from trilora.base.load import load_pipeline
 from trilora.config import RunConfig
 from trilora.data.buckets import Bucket, make_buckets
@@ -121,6 +121,17 @@ def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
         adapter.sigma_init,
         adapter.dropout,
     )
+    if adapter.conv_rank is not None:  # LoCon
+        conv_alpha = adapter.conv_alpha if adapter.conv_alpha is not None else adapter.conv_rank
+        add_adapters(
+            pipe.unet,
+            unet_conv_targets(pipe.unet),
+            adapter.method,
+            adapter.conv_rank,
+            conv_alpha,
+            adapter.sigma_init,
+            adapter.dropout,
+        )
     if adapter.train_text_encoder:
         pipe.text_encoder.to(device=device, dtype=weight_dtype)
         targets = text_encoder_targets(pipe.text_encoder)

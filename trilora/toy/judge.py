@@ -14,9 +14,9 @@ The shipped weights (judge.safetensors, fp16, 0.79 MB) were written by
     .venv/bin/python scripts/train_toy_judge.py --seed 0
 
 (defaults: 30,000 renders over all six styles with render seeds below TRAIN_SEED_LIMIT, 500 steps
-of batch 128, 1 thread; 380 s on a shared 2-core CPU), with mild augmentation (shifts of up to
-2 px, brightness and contrast jitter, Gaussian noise, sometimes a slight blur). On 2,000 fresh
-renders with render seeds from EVAL_SEED_START it printed:
+of batch 128, 1 thread; 300-380 s on a shared 2-core CPU; a second run wrote the same bytes), with
+mild augmentation (shifts of up to 2 px, brightness and contrast jitter, Gaussian noise,
+sometimes a slight blur). On 2,000 fresh renders with render seeds from EVAL_SEED_START it printed:
 
     clean:     style 99.95 %  colour 100.00 %  floors 99.90 %  time 100.00 %  all 99.85 %
     augmented: style 99.80 %  colour 100.00 %  floors 99.85 %  time 100.00 %  all 99.65 %

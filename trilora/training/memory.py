@@ -1,0 +1,383 @@
+"""`trilora train --dry-run`: trainable parameters, adapter file size and peak GPU memory of a run,
+from the model's shapes alone.
+
+Nothing is read but configs: the UNet, text encoder and VAE are built on the meta device from the
+--base diffusers folder (or, for a single file, --base-config or the shipped SD 1.5 configs), the
+adapters are added as `setup` adds them, and every figure follows from the tensors' shapes.
+
+What is on the GPU, line by line:
+
+- base weights: the UNet in the training dtype (bf16 under mixed precision, fp32 with
+  --mixed-precision no). The text encoder is on the GPU when it is trained (training dtype), when
+  captions are encoded at every step (--shuffle-captions, --caption-dropout; fp32), or once samples
+  have been drawn: sampling moves it and the VAE (both fp32) to the GPU and they stay there.
+  Otherwise the VAE and the text encoder leave the GPU once latents and captions are cached.
+- adapter weights and their gradients: fp32, 4 bytes per trainable parameter each. The gradients
+  are freed (zero_grad(set_to_none=True)) before validation and sampling.
+- optimizer state: AdamW 2 x fp32 = 8 bytes per parameter; 8-bit AdamW 2 x 1 byte for tensors of
+  4096 elements or more (bitsandbytes keeps smaller ones, e.g. TriLoRA's Sigma, in fp32); Prodigy
+  4 x fp32 (exp_avg, exp_avg_sq, s and the initial weights p0). --ema keeps one more fp32 copy.
+- activations: measured on meta tensors at the run's sizes (trilora/training/activations.py): a
+  training step with gradient checkpointing off and on; validation, the UNet without gradients on
+  one image at --val-timesteps timesteps; sampling, the VAE decoding an image (the UNet's batch of
+  2 is below validation's); and, before training, the fp32 VAE encoding 8 images at a time with
+  nothing else on the GPU. The run's peak is the largest of these phases.
+- CUDA context and allocator slack: 0.5 GiB (the context with cuBLAS/cuDNN workspaces, 0.3-0.6 GiB
+  on recent GPUs) plus 10 % of the peak for the caching allocator's rounding and fragmentation.
+
+One process; with several, each holds the weights and its share of the batch. Not covered:
+generating DreamBooth class images (the whole pipeline, before setup).
+
+Unverified against a GPU: no GPU was available when this was written. Compare the figures with
+`torch.cuda.max_memory_allocated()` (allocated) and nvidia-smi (total) on a real run and record
+them in benchmarks/README.md ("Memory estimate").
+"""
+
+import inspect
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trilora.adapters.inject import (
+    adapter_layers,
+    add_adapters,
+    text_encoder_targets,
+    trainable_parameters,
+    unet_conv_targets,
+    unet_targets,
+)
+from trilora.config import RunConfig, to_dict
+from trilora.errors import UserError
+from trilora.training.activations import (
+    MetaScalars,
+    inference_bytes,
+    latent_size,
+    training_step_bytes,
+    vae_bytes,
+)
+
+GIB = 1024**3
+CUDA_CONTEXT_BYTES = GIB // 2
+ALLOCATOR_SLACK = 0.10
+BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes' min_8bit_size: smaller tensors keep fp32 state
+EXPORT_DTYPES = {"fp16": ("F16", 2), "bf16": ("BF16", 2), "fp32": ("F32", 4)}  # safetensors name, bytes
+
+
+@dataclass
+class MetaModels:
+    """The run's models on the meta device: base weights in the training dtype, adapters added."""
+
+    unet: nn.Module
+    text_encoder: nn.Module
+    vae: nn.Module
+    config_dir: Path
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes on the GPU in each phase of a run; a training step's activations for checkpointing off and on."""
+
+    base_weights: int
+    base_weights_what: str  # e.g. "UNet bf16 + text encoder fp32"
+    adapter_weights: int
+    gradients: int
+    optimizer_state: int
+    optimizer_what: str
+    ema: int
+    activations: dict[bool, int]  # a training step's, gradient checkpointing off/on, at the run's batch
+    validation: int  # activations of a validation batch (no gradients); 0 without validation
+    sampling: int  # activations of decoding a sample image; 0 without --sample-prompt
+    latent_caching: int  # VAE weights and activations while latents are encoded, before training
+    checkpointing: bool  # the run's setting
+
+    def phases(self, checkpointing: bool) -> dict[str, int]:
+        """Bytes allocated at the peak of each phase of the run."""
+        kept = self.base_weights + self.adapter_weights + self.optimizer_state + self.ema
+        phases = {
+            "training step": kept + self.gradients + self.activations[checkpointing],
+            "validation": kept + self.validation if self.validation else 0,
+            "sampling": kept + self.sampling if self.sampling else 0,
+            "latent caching": self.latent_caching,
+        }
+        return {name: value for name, value in phases.items() if value}
+
+    def allocated(self, checkpointing: bool) -> int:
+        """What torch.cuda.max_memory_allocated() should show at the end of the run."""
+        return max(self.phases(checkpointing).values())
+
+    def total(self, checkpointing: bool) -> int:
+        """What nvidia-smi should show: the peak plus the CUDA context and the allocator's slack."""
+        allocated = self.allocated(checkpointing)
+        return allocated + CUDA_CONTEXT_BYTES + round(ALLOCATOR_SLACK * allocated)
+
+
+def dry_run_report(config: RunConfig) -> str:
+    """What `trilora train --dry-run` prints: parameters, adapter file size, the memory table."""
+    config.validate()
+    models = meta_models(config)
+    return format_report(
+        config, models, estimate_memory(models.unet, models.text_encoder, models.vae, config)
+    )
+
+
+def format_report(config: RunConfig, models: MetaModels, estimate: MemoryEstimate) -> str:
+    unet, text_encoder = models.unet, models.text_encoder
+    adapter, data = config.adapter, config.data
+    count = sum(p.numel() for p in trained_parameters(unet, text_encoder))
+    names = {"unet": "UNet", "text_encoder": "text-encoder"}
+    layers = [f"{len(adapter_layers(m))} {names[part]} layers" for part, m in trained_models(unet, text_encoder).items()]  # fmt: skip
+    file_bytes = adapter_file_bytes(unet, text_encoder, config)
+    side = latent_size(models.vae, data.resolution)
+    alpha = adapter.alpha if adapter.alpha is not None else adapter.rank
+    convs = [
+        layer for layer in adapter_layers(unet).values() if layer.is_conv and layer.base.kernel_size != (1, 1)
+    ]
+    if convs:  # LoCon
+        layers[0] += f" ({len(convs)} of them 3x3 convs at rank {convs[0].rank}, alpha {convs[0].alpha:g})"
+    folded = ", TriLoRA's Sigma folded into up" if adapter.method == "trilora" else ""
+    return "\n".join([
+        f"dry run of {config.model.base} (configs: {models.config_dir}): nothing loaded, nothing trained",
+        f"adapters: {adapter.method} rank {adapter.rank}, alpha {alpha:g}, on {' and '.join(layers)}",
+        f"trainable parameters: {count:,} ({count / 1e6:.2f} M)",
+        f"adapter file: {file_bytes / 1024**2:.2f} MiB ({file_bytes:,} bytes: kohya layout, "
+        f"{config.export.export_dtype}{folded})",
+        "",
+        f"estimated peak GPU memory: batch {config.train.batch_size}, {data.resolution}x{data.resolution} px "
+        f"({side}x{side} latents), {'bf16 autocast' if uses_bf16(config) else 'fp32'}",
+        memory_table(estimate, config),
+        "Activations are measured on the meta device (trilora/training/activations.py); the figures are",
+        "not yet checked against a GPU.",
+    ])  # fmt: skip
+
+
+def memory_table(estimate: MemoryEstimate, config: RunConfig) -> str:
+    """The estimate's lines, one column per gradient-checkpointing setting, the run's marked."""
+    both = (False, True)
+    unit, scale = ("GiB", GIB) if estimate.allocated(False) >= GIB else ("MiB", 1024**2)
+    phase_rows = {
+        "training step": "training step",
+        "validation": f"validation ({config.validation.val_timesteps} timesteps, no grad)",
+        "sampling": "sampling (VAE decode, no grad)",
+        "latent caching": "latent caching (fp32 VAE)",
+    }
+    rows = [
+        (f"base weights ({estimate.base_weights_what})", estimate.base_weights),
+        ("adapter weights (fp32)", estimate.adapter_weights),
+        ("gradients (fp32)", estimate.gradients),
+        (f"optimizer state ({estimate.optimizer_what})", estimate.optimizer_state),
+        *([("EMA of the adapter weights (fp32)", estimate.ema)] if estimate.ema else []),
+        ("activations of a training step", estimate.activations),
+        *[(f"allocated: {phase_rows[name]}", {on: estimate.phases(on)[name] for on in both})
+          for name in estimate.phases(False)],
+        ("peak allocated (max_memory_allocated)", {on: estimate.allocated(on) for on in both}),
+        (f"CUDA context {CUDA_CONTEXT_BYTES / GIB:g} GiB + {ALLOCATOR_SLACK:.0%} slack",
+         {on: estimate.total(on) - estimate.allocated(on) for on in both}),
+        ("peak total (nvidia-smi)", {on: estimate.total(on) for on in both}),
+    ]  # fmt: skip
+    columns = [
+        ("on" if on else "off") + (" (this run)" if on == estimate.checkpointing else "") for on in both
+    ]
+    width, widths = max(len(label) for label, _ in rows) + 2, [max(len(c), 9) + 4 for c in columns]
+    lines = [" " * width + "gradient checkpointing".rjust(sum(widths)),
+             " " * width + "".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]  # fmt: skip
+    for label, value in rows:
+        values = value if isinstance(value, dict) else dict.fromkeys(both, value)
+        cells = [f"{values[on] / scale:.2f} {unit}".rjust(w) for on, w in zip(both, widths, strict=True)]
+        lines.append(label.ljust(width) + "".join(cells))
+    return "\n".join(lines)
+
+
+def uses_bf16(config: RunConfig) -> bool:
+    """The training dtype on a GPU: bf16 autocast unless --mixed-precision no (or --device cpu with auto)."""
+    opts = config.train
+    return opts.mixed_precision == "bf16" or (opts.mixed_precision == "auto" and opts.device != "cpu")
+
+
+def model_config_dir(config: RunConfig) -> Path:
+    """The diffusers-layout folder whose configs describe --base, checked as `load_pipeline` checks."""
+    from trilora.base.load import (
+        SD15_DIR,
+        SINGLE_FILE_SUFFIXES,
+        check_config_dir,
+        check_fits,
+        expected_ldm_shapes,
+        read_tensor_shapes,
+    )
+
+    base = Path(config.model.base)
+    if not base.exists():
+        raise UserError(f"base model {base} does not exist: give a diffusers folder or a .safetensors file")
+    if base.is_dir():
+        if not (base / "model_index.json").is_file():
+            raise UserError(f"{base} is a folder without model_index.json: give a diffusers model folder or a single .safetensors file")  # fmt: skip
+        if config.model.base_config:
+            raise UserError(f"{base} is a diffusers folder with its own configs; --base-config only applies to single files: drop it")  # fmt: skip
+        return base
+    if base.suffix not in SINGLE_FILE_SUFFIXES:
+        raise UserError(f"base model {base} has an unsupported extension {base.suffix!r}: give a diffusers folder or a {'/'.join(SINGLE_FILE_SUFFIXES)} file")  # fmt: skip
+    config_dir = Path(config.model.base_config) if config.model.base_config else SD15_DIR
+    check_config_dir(base, config_dir)
+    if base.suffix == ".safetensors":  # its header alone says whether the file fits the configs
+        check_fits(base, read_tensor_shapes(base), expected_ldm_shapes(base, config_dir), config_dir)
+    return config_dir
+
+
+def meta_models(config: RunConfig) -> MetaModels:
+    """The UNet, text encoder and VAE of the run on the meta device, with adapters as `setup` adds them."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config_dir = model_config_dir(config)
+    try:
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_dir / "unet"))
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir / "vae"))
+            text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(config_dir / "text_encoder"))
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise UserError(f"cannot build the model from the configs in {config_dir}: {error}") from error
+    adapter = config.adapter
+    weight_dtype = torch.bfloat16 if uses_bf16(config) else torch.float32
+    alpha = adapter.alpha if adapter.alpha is not None else adapter.rank
+    # Sigma's initial values change no shape: "identity" spares an SVD per layer.
+    with MetaScalars():
+        unet.to(weight_dtype)
+        add_adapters(
+            unet, unet_targets(unet), adapter.method, adapter.rank, alpha, "identity", adapter.dropout
+        )
+        if adapter.conv_rank is not None:  # LoCon
+            conv_alpha = adapter.conv_alpha if adapter.conv_alpha is not None else adapter.conv_rank
+            add_adapters(unet, unet_conv_targets(unet), adapter.method, adapter.conv_rank, conv_alpha, "identity",
+                         adapter.dropout)  # fmt: skip
+        if adapter.train_text_encoder:
+            text_encoder.to(weight_dtype)
+            targets = text_encoder_targets(text_encoder)
+            add_adapters(
+                text_encoder, targets, adapter.method, adapter.rank, alpha, "identity", adapter.dropout
+            )
+    return MetaModels(unet, text_encoder, vae, config_dir)
+
+
+def trained_models(unet: nn.Module, text_encoder: nn.Module) -> dict[str, nn.Module]:
+    return {"unet": unet} | ({"text_encoder": text_encoder} if adapter_layers(text_encoder) else {})
+
+
+def trained_parameters(unet: nn.Module, text_encoder: nn.Module) -> list[nn.Parameter]:
+    return [p for model in trained_models(unet, text_encoder).values() for p in trainable_parameters(model)]
+
+
+def estimate_memory(
+    unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, config: RunConfig
+) -> MemoryEstimate:
+    """Peak GPU memory of each phase of `config`'s run (the module docstring says what each line holds).
+
+    The models are `meta_models(config)`'s: base weights in the training dtype, adapters added.
+    """
+    from trilora.data.cache import encode_latents
+
+    data, adapter, opts, validation = config.data, config.adapter, config.train, config.validation
+    bf16 = uses_bf16(config)
+    train_dtype, itemsize = ("bf16", 2) if bf16 else ("fp32", 4)
+    base, what = frozen_numel(unet) * itemsize, [f"UNet {train_dtype}"]
+    if adapter.train_text_encoder:
+        base += frozen_numel(text_encoder) * itemsize
+        what.append(f"text encoder {train_dtype}")
+    elif data.shuffle_captions or data.caption_dropout > 0 or validation.sample_prompt:
+        base += frozen_numel(text_encoder) * 4
+        what.append("text encoder fp32")
+    if validation.sample_prompt:
+        base += frozen_numel(vae) * 4
+        what.append("VAE fp32")
+    params = trained_parameters(unet, text_encoder)
+    count = sum(p.numel() for p in params)
+    optimizer, optimizer_what = optimizer_state_bytes(params, opts.optimizer)
+    side = latent_size(vae, data.resolution)
+    step = {
+        checkpointing: training_step_bytes(unet, text_encoder, side, bf16, checkpointing,
+                                           adapter.train_text_encoder, opts.batch_size)
+        for checkpointing in (False, True)
+    }  # fmt: skip
+    validates = bool(data.val_data) or data.val_fraction > 0
+    encode_batch = inspect.signature(encode_latents).parameters["batch_size"].default
+    return MemoryEstimate(
+        base_weights=base,
+        base_weights_what=" + ".join(what),
+        adapter_weights=4 * count,
+        gradients=4 * count,
+        optimizer_state=optimizer,
+        optimizer_what=optimizer_what,
+        ema=4 * count if opts.ema else 0,
+        activations=step,
+        validation=inference_bytes(unet, text_encoder, side, bf16, validation.val_timesteps)
+        if validates
+        else 0,
+        sampling=vae_bytes(vae, data.resolution, bf16, decode=True) if validation.sample_prompt else 0,
+        latent_caching=frozen_numel(vae) * 4 + vae_bytes(vae, data.resolution, False, False, encode_batch),
+        checkpointing=opts.gradient_checkpointing,
+    )
+
+
+def frozen_numel(model: nn.Module) -> int:
+    """Parameters and buffers of a model, its adapters' trainable weights left out."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() for t in tensors) - sum(p.numel() for p in trainable_parameters(model))
+
+
+def optimizer_state_bytes(params: list[torch.Tensor], optimizer: str) -> tuple[int, str]:
+    """Bytes of the optimiser's per-parameter state, and what they are."""
+    if optimizer == "adamw8bit":
+        total = sum(2 * p.numel() if p.numel() >= BNB_MIN_8BIT_SIZE else 8 * p.numel() for p in params)
+        return total, "8-bit AdamW: 2 x 1 byte"
+    if optimizer == "prodigy":
+        return 16 * sum(p.numel() for p in params), "Prodigy: 4 x fp32"
+    return 8 * sum(p.numel() for p in params), "AdamW: 2 x fp32"
+
+
+def adapter_file_bytes(unet: nn.Module, text_encoder: nn.Module, config: RunConfig) -> int:
+    """Size of the exported kohya file: per module the LoRA pair in the export dtype (TriLoRA's Sigma
+    folds into up, so its file is a LoRA's) and an fp32 alpha, plus the safetensors header."""
+    from trilora.formats.kohya import conv_network_args, kohya_name
+    from trilora.formats.metadata import kohya_metadata
+    from trilora.training.export import conv_alpha
+
+    dtype, itemsize = EXPORT_DTYPES[config.export.export_dtype]
+    header, offset = {}, 0
+    for part, model in trained_models(unet, text_encoder).items():
+        for path, layer in adapter_layers(model).items():
+            name = kohya_name(f"{part}.{path}")
+            tensors = [("lora_down.weight", dtype, layer.down.weight.shape, itemsize),
+                       ("lora_up.weight", dtype, layer.up.weight.shape, itemsize), ("alpha", "F32", (), 4)]  # fmt: skip
+            for suffix, kind, shape, size in tensors:
+                end = offset + math.prod(shape) * size
+                header[f"{name}.{suffix}"] = {
+                    "dtype": kind,
+                    "shape": list(shape),
+                    "data_offsets": [offset, end],
+                }
+                offset = end
+    metadata = kohya_metadata(export_info(config))
+    if config.adapter.conv_rank is not None:
+        metadata |= conv_network_args(config.adapter.conv_rank, conv_alpha(config))
+    header["__metadata__"] = metadata
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    return 8 + -(-len(text) // 8) * 8 + offset  # length, the header padded to 8 bytes, the data
+
+
+def export_info(config: RunConfig) -> dict:
+    """What `export_adapters` writes into the header, with typical values for what only training knows."""
+    adapter, steps = config.adapter, config.train.steps or 1000
+    return {
+        "name": config.export.name or Path(config.output).resolve().name,
+        "method": adapter.method,
+        "rank": adapter.rank,
+        "alpha": float(adapter.alpha if adapter.alpha is not None else adapter.rank),
+        "sigma_init": adapter.sigma_init if adapter.method == "trilora" else "",
+        "best_step": steps,
+        "best_val_loss": 0.1234567890123456,
+        "steps": steps,
+        "base_model": Path(config.model.base).name,
+        "config": to_dict(config),
+    }

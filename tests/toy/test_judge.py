@@ -29,8 +29,10 @@ EVERY = [Attributes(*combination) for combination in itertools.product(STYLES, C
 
 @pytest.fixture(scope="module")
 def judge():
-    torch.set_num_threads(1)
-    return load_judge()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the judge's figures are pinned at one thread; other tests must not inherit it
+    yield load_judge()
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,82 @@
+"""The toy world's miniature base model: Stable Diffusion 1.x's architecture, trained on four styles.
+
+Same classes and wiring as SD 1.5 (AutoencoderKL, CLIPTextModel with the real CLIP tokenizer,
+UNet2DConditionModel with cross-attention, SD's scaled-linear noise schedule with epsilon
+prediction), sized so that `scripts/pretrain_toy_base.py` trains it from scratch on a 2-core CPU
+in about an hour. Images are 32x32; the VAE halves that to 16x16x4 latents. The weights ship in
+the package as an fp16 diffusers folder (`trilora/toy/base/`).
+"""
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from trilora.base.tiny import SD15_DIR
+
+TOY_BASE = Path(__file__).with_name("base")
+RESOLUTION = 32
+
+TOY_VAE = dict(
+    sample_size=RESOLUTION,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    norm_num_groups=16,
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+)
+TOY_UNET = dict(
+    sample_size=RESOLUTION // 2,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    norm_num_groups=16,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=64,
+    attention_head_dim=8,
+)
+TOY_TEXT = dict(
+    vocab_size=49408,
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+)
+
+
+def build_toy_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """The untrained miniature pipeline, identical for identical seeds."""
+    torch.manual_seed(seed)
+    return StableDiffusionPipeline(
+        vae=AutoencoderKL(**TOY_VAE),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**TOY_TEXT)),
+        tokenizer=CLIPTokenizer.from_pretrained(SD15_DIR / "tokenizer"),
+        unet=UNet2DConditionModel(**TOY_UNET),
+        scheduler=PNDMScheduler.from_pretrained(SD15_DIR / "scheduler"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def toy_base_path() -> Path:
+    """The shipped base model's folder; a clear message if it is missing."""
+    from trilora.errors import UserError
+
+    if not (TOY_BASE / "model_index.json").is_file():
+        raise UserError(
+            f"the toy base model is missing at {TOY_BASE}; restore it from git or build it with "
+            "scripts/pretrain_toy_base.py"
+        )
+    return TOY_BASE

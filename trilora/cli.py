@@ -108,6 +108,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.output, steps=args.steps)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from trilora.toy.bench import bench_from_args
+
+    bench_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trilora", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="runs/demo")
     demo.add_argument("--steps", type=int, default=300)
     demo.set_defaults(handler=cmd_demo)
+
+    bench = sub.add_parser("bench", help="Benchmark LoRA against TriLoRA in the toy world (report.md).")
+    from trilora.toy.bench import add_bench_flags
+
+    add_bench_flags(bench)
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 

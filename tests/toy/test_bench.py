@@ -1,0 +1,170 @@
+"""`trilora bench toy`: end to end on a random-weight toy base, and its replayed early stopping."""
+
+import json
+import math
+import shlex
+
+import pytest
+import torch
+
+from trilora.cli import build_parser, main
+from trilora.toy.base import build_toy_pipeline
+from trilora.toy.report import analyse_run, early_stopping_point, mean_std
+
+SETTINGS = ["--methods", "lora,trilora", "--ranks", "2", "--seeds", "2", "--steps", "6", "--eval-every", "3",
+            "--prompts", "4"]  # fmt: skip
+SCORES = ("style", "colour", "floors", "time", "all", "fidelity", "fid", "nfid", "nearest")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """The bench output folder of one reduced run (two methods, one rank, two seeds, 6 steps, 4 prompts)."""
+    root = tmp_path_factory.mktemp("bench")
+    build_toy_pipeline(0).save_pretrained(root / "base")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core CPU, two threads per process oversubscribe it several-fold
+    try:
+        code = main(["bench", "toy", *SETTINGS, "--output", str(root / "out"), "--base", str(root / "base")])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def results(bench):
+    return json.loads((bench / "results.json").read_text())
+
+
+def numbers(value):
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in numbers(v)]
+    return [value] if isinstance(value, int | float) and not isinstance(value, bool) else []
+
+
+@pytest.mark.slow  # ~25 s on a 2-core CPU: four 6-step trainings and nine scorings of 4 prompts
+def test_every_run_is_scored_at_every_checkpoint(results):
+    assert [(r["method"], r["rank"], r["seed"]) for r in results["runs"]] == [
+        ("lora", 2, 0), ("lora", 2, 1), ("trilora", 2, 0), ("trilora", 2, 1)
+    ]  # fmt: skip
+    base = results["base"]
+    assert base["nfid"] == 1.0  # the base against itself
+    assert all(math.isfinite(n) for n in numbers(results))
+    for run in results["runs"]:
+        steps = [c["step"] for c in run["checkpoints"]]
+        assert steps == [0, 3, 6] and [v["step"] for v in run["validations"]] == steps
+        assert run["checkpoints"][0] == {"step": 0} | base  # every adapter starts as the identity
+        for checkpoint in run["checkpoints"]:
+            assert set(SCORES) <= set(checkpoint)
+            assert all(0 <= checkpoint[k] <= 1 for k in ("style", "colour", "fidelity", "all"))
+            assert checkpoint["nfid"] == pytest.approx(checkpoint["fid"] / base["fid"])
+        # trained adapters are in the pipeline when it generates: the images, hence the FID, moved
+        assert all(c["fid"] != base["fid"] for c in run["checkpoints"][1:])
+    last_fids = {(r["method"], r["seed"]): r["last"]["fid"] for r in results["runs"]}
+    assert len(set(last_fids.values())) == 4
+
+
+@pytest.mark.slow
+def test_best_is_the_lowest_validation_loss_and_last_the_last_step(results):
+    for run in results["runs"]:
+        stopping = run["early_stopping"]
+        lowest_val = min(run["validations"], key=lambda v: v["val_loss"])["step"]
+        assert stopping["stop_step"] is None  # patience 5 cannot run out in 3 validations
+        assert run["best"]["step"] == stopping["chosen_step"] == lowest_val
+        assert run["last"]["step"] == 6
+        lowest_fid = min(run["checkpoints"], key=lambda c: c["fid"])
+        assert stopping["best_fid_step"] == lowest_fid["step"]
+        assert stopping["step_gap"] == stopping["chosen_step"] - lowest_fid["step"]
+        assert (
+            stopping["fid_gap"] == pytest.approx(run["best"]["fid"] - lowest_fid["fid"])
+            and stopping["fid_gap"] >= 0
+        )
+
+
+@pytest.mark.slow
+def test_summary_is_the_mean_and_std_over_seeds(results):
+    assert [(s["method"], s["rank"], s["seeds"]) for s in results["summary"]] == [
+        ("lora", 2, [0, 1]), ("trilora", 2, [0, 1])
+    ]  # fmt: skip
+    for entry in results["summary"]:
+        runs = [r for r in results["runs"] if r["method"] == entry["method"]]
+        for which in ("best", "last"):
+            for key in ("step", "style", "fidelity", "colour", "fid", "nfid", "nearest"):
+                values = [r[which][key] for r in runs]
+                assert entry[which][key]["mean"] == pytest.approx(sum(values) / 2)
+                assert entry[which][key]["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+
+
+@pytest.mark.slow
+def test_report_states_its_command_and_shows_every_configuration(bench, results):
+    report = (bench / "report.md").read_text()
+    lines = report.splitlines()
+    assert lines[0].startswith("# ") and lines[2] == "```sh"
+    command = lines[3]
+    assert command == results["command"]
+    args = build_parser().parse_args(shlex.split(command)[1:])  # the command reruns the same bench
+    assert (args.world, args.methods, args.ranks, args.seeds, args.steps, args.eval_every, args.prompts) == (
+        "toy", "lora,trilora", "2", 2, 6, 3, 4
+    )  # fmt: skip
+    assert args.output == str(bench)
+    rows = [line for line in lines if line.startswith("| lora |") or line.startswith("| trilora |")]
+    for method in ("lora", "trilora"):
+        for which in ("best", "last"):
+            assert sum(row.startswith(f"| {method} | 2 | {which} |") for row in rows) == 1
+    assert "| base model |" in report and " ± " in report
+    for name in ("plots/fid.png", "plots/curves-lora-r2.png", "plots/curves-trilora-r2.png"):
+        assert f"]({name})" in report
+        assert (bench / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--methods", "lora,dora"], "unknown method 'dora'"),
+        (["--ranks", "4,0"], "--ranks must all be at least 1"),
+        (["--ranks", "four"], "--ranks must be comma-separated whole numbers"),
+        (["--steps", "10", "--eval-every", "3"], "must be a multiple of --eval-every"),
+        (["--prompts", "1"], "--prompts must be at least 2"),
+        (["--eval-every", "0"], "--steps and --eval-every must be at least 1"),
+    ],
+)
+def test_bad_settings_are_one_line_and_exit_2(capsys, tmp_path, flags, message):
+    code = main(["bench", "toy", *flags, "--output", str(tmp_path / "out"), "--base", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("trilora: error:")
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_missing_base_is_one_line_and_exit_2(capsys, tmp_path):
+    code = main(["bench", "toy", "--output", str(tmp_path / "out"), "--base", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code == 2 and "toy base model not found" in err and str(tmp_path / "nowhere") in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_early_stopping_replay_stops_where_the_trainer_would():
+    validations = [(0, 5.0), (10, 4.0), (20, 3.0), (30, 3.5), (40, 3.0), (50, 2.0)]
+    assert early_stopping_point(validations, patience=2) == (40, 20)  # an equal loss is no improvement
+    assert early_stopping_point(validations, patience=3) == (None, 50)
+    assert early_stopping_point(validations, patience=0) == (None, 50)  # 0 never stops
+    assert early_stopping_point([(0, 1.0)], patience=1) == (None, 0)
+
+
+def test_analyse_run_measures_the_gap_to_the_lowest_fid():
+    run = {
+        "validations": [{"step": s, "val_loss": v} for s, v in [(0, 3.0), (5, 2.0), (10, 2.5), (15, 2.6)]],
+        "checkpoints": [{"step": s, "fid": f} for s, f in [(0, 90.0), (5, 60.0), (10, 40.0), (15, 50.0)]],
+    }
+    analysed = analyse_run(run, patience=2)
+    assert analysed["early_stopping"] == {"patience": 2, "stop_step": 15, "chosen_step": 5, "best_fid_step": 10,
+                                          "step_gap": -5, "fid_gap": 20.0}  # fmt: skip
+    assert analysed["best"]["step"] == 5 and analysed["last"]["step"] == 15
+
+
+def test_mean_std_has_no_spread_for_one_seed():
+    assert mean_std([2.0]) == {"mean": 2.0, "std": None}
+    assert mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2))}

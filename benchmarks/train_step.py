@@ -20,9 +20,8 @@ from diffusers import DDPMScheduler
 
 from trilora.adapters.inject import add_adapters, trainable_parameters, unet_targets
 from trilora.base.load import load_pipeline
-from trilora.base.tiny import TINY_RESOLUTION, save_tiny_pipeline
+from trilora.base.tiny import TINY_RESOLUTION, make_shapes_dataset, save_tiny_pipeline
 from trilora.config import from_dict
-from trilora.demo import make_shapes_dataset
 from trilora.training.loop import train
 from trilora.training.metrics import read_metrics
 from trilora.training.setup import resolve_device

@@ -1,87 +1,85 @@
-"""`trilora demo`: the whole path on a machine with no model at all.
+"""`trilora demo`: teach the shipped toy base model a style it has never seen, on a CPU in minutes.
 
-A tiny random-weight SD-shaped model and a small generated image set (coloured shapes with
-captions), trained for about a minute on a CPU with validation-driven stopping, exported, and used
-to generate images before and after. It only proves the plumbing: a random base model makes no
-meaningful pictures.
+The toy base model (trilora/toy/base/: Stable Diffusion 1.x's architecture at 32 px, trained on
+four styles) has never seen onion domes. The demo renders 30 onion-domed buildings in three wall
+colours plus a held-out validation set, trains a TriLoRA adapter with validation-driven stopping,
+exports it, and generates the same prompts (all eight colours) before and after. The toy world's
+judge counts how many images show the new style and the asked-for colour, floors and time.
 """
 
+import json
 import logging
-import random
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from trilora.base.tiny import TINY_RESOLUTION, save_tiny_pipeline
 from trilora.config import RunConfig, from_dict
+from trilora.toy.base import RESOLUTION
+from trilora.toy.evaluate import ADAPTER_STYLE, adapter_dataset, prompt_set
+from trilora.toy.world import caption
 
 log = logging.getLogger("trilora")
-
-COLOURS = {"red": (200, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 200), "yellow": (220, 200, 40)}
-SHAPES = ("circle", "square")
-
-
-def make_shapes_dataset(folder: Path, count: int = 24, size: int = TINY_RESOLUTION, seed: int = 0) -> Path:
-    """`count` images of one coloured shape on a light background, each with a caption .txt."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    for i in range(count):
-        colour, shape = rng.choice(sorted(COLOURS)), rng.choice(SHAPES)
-        image = Image.new("RGB", (size * 4, size * 4), (235, 235, 225))
-        draw = ImageDraw.Draw(image)
-        radius = rng.randint(size, size * 3 // 2)
-        cx, cy = rng.randint(radius, size * 4 - radius), rng.randint(radius, size * 4 - radius)
-        box = (cx - radius, cy - radius, cx + radius, cy + radius)
-        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=COLOURS[colour])
-        image.resize((size, size), Image.Resampling.BOX).save(folder / f"{i:03d}.png")
-        (folder / f"{i:03d}.txt").write_text(f"a {colour} {shape}")
-    return folder
+TRAIN_IMAGES = 30
+VAL_IMAGES = 12
+GRID_PROMPTS = 16
 
 
-def demo_config(output: Path, steps: int) -> RunConfig:
+def demo_config(output: Path, base: Path, steps: int) -> RunConfig:
     return from_dict(
         {
             "output": str(output / "run"),
-            "model": {"base": str(output / "base")},
-            "data": {"data": str(output / "data"), "resolution": TINY_RESOLUTION, "val_fraction": 0.2},
-            "adapter": {"method": "trilora", "rank": 4},
-            "train": {"lr": 1e-3, "batch_size": 4, "steps": steps, "seed": 0},
-            "validation": {
-                "validate_every": 20,
-                "patience": 5,
-                "sample_prompt": ["a red circle"],
-                "sample_steps": 10,
-            },
-            "export": {"name": "demo"},
+            "model": {"base": str(base)},
+            "data": {"data": str(output / "data"), "val_data": str(output / "val"), "resolution": RESOLUTION},
+            "adapter": {"method": "trilora", "rank": 8},
+            "train": {"lr": 2e-3, "batch_size": 8, "steps": steps, "seed": 0, "warmup_steps": 20},
+            "validation": {"validate_every": 20, "patience": 5, "val_timesteps": 8},
+            "export": {"name": "onion"},
         },
         source="demo",
     )
 
 
-def run_demo(output: str | Path, steps: int = 300) -> dict:
+def run_demo(output: str | Path, steps: int = 400, base: str | Path | None = None) -> dict:
     from trilora.base.load import load_pipeline
-    from trilora.inference.generate import generate, load_adapters
+    from trilora.inference.generate import load_adapters
+    from trilora.toy.base import toy_base_path
+    from trilora.toy.evaluate import generate_images, score
+    from trilora.toy.judge import load_judge
     from trilora.training.loop import train
 
-    output = Path(output)
-    log.info("demo: writing a tiny random-weight base model and a shapes data set to %s", output)
-    save_tiny_pipeline(output / "base")
-    make_shapes_dataset(output / "data")
-    summary = train(demo_config(output, steps))
+    output, base = Path(output), Path(base) if base else toy_base_path()
+    log.info("demo: rendering %d %s buildings to %s", TRAIN_IMAGES + VAL_IMAGES, ADAPTER_STYLE, output)
+    adapter_dataset(output / "data", TRAIN_IMAGES, seed=0)
+    adapter_dataset(output / "val", VAL_IMAGES, seed=1)
+    summary = train(demo_config(output, base, steps))
 
-    pipe = load_pipeline(output / "base")
+    pipe = load_pipeline(base)
     pipe.set_progress_bar_config(disable=True)
-    kwargs = dict(steps=10, height=TINY_RESOLUTION, width=TINY_RESOLUTION, num_images=4)
-    before = generate(pipe, "a red circle", **kwargs)
+    judge = load_judge()
+    wanted = prompt_set(GRID_PROMPTS, (ADAPTER_STYLE,), seed=0)
+    before = generate_images(pipe, wanted)
     load_adapters(pipe, [(Path(summary["exported"]["kohya"]), 1.0)])
-    after = generate(pipe, "a red circle", **kwargs)
-    grid = image_grid([before, after])
-    grid.save(output / "before_after.png")
-    print(f"demo finished: best step {summary['best_step']} of {summary['steps_run']}")
-    print(f"  run folder:   {output / 'run'}  (metrics.csv, loss.png, summary.json, samples/)")
+    after = generate_images(pipe, wanted)
+    scores = {"before": score(judge, before, wanted), "after": score(judge, after, wanted)}
+    half = GRID_PROMPTS // 2
+    image_grid([before[:half], before[half:], after[:half], after[half:]]).save(output / "before_after.png")
+    (output / "prompts.txt").write_text("".join(caption(a) + "\n" for a in wanted))
+    (output / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
+
+    b, a = scores["before"], scores["after"]
+    print(
+        f"demo finished: best step {summary['best_step']} of {summary['steps_run']} (chosen by validation loss)"
+    )
+    print(f"  {ADAPTER_STYLE} style hit (judge): {b['style']:.0%} before -> {a['style']:.0%} after")
+    print(f"  colour right: {b['colour']:.0%} -> {a['colour']:.0%}; colour, floors and time all right: "
+          f"{b['fidelity']:.0%} -> {a['fidelity']:.0%}")  # fmt: skip
+    print(f"  run folder:   {output / 'run'}  (metrics.csv, loss.png, summary.json)")
     print(f"  adapter:      {summary['exported']['kohya']}")
-    print(f"  before/after: {output / 'before_after.png'} (top: base model, bottom: with the adapter)")
-    return summary
+    print(
+        f"  before/after: {output / 'before_after.png'} (top two rows: base model, bottom two: with the adapter;"
+    )
+    print(f"                prompts in {output / 'prompts.txt'}, scores in {output / 'metrics.json'})")
+    return {"summary": summary, "scores": scores}
 
 
 def image_grid(rows: list[list[Image.Image]], scale: int = 4) -> Image.Image:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trilora.base.tiny import make_shapes_dataset
 from trilora.cli import main
-from trilora.demo import make_shapes_dataset
 from trilora.training.metrics import read_metrics
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ import logging
 
 from PIL import Image
 
+from trilora.base.tiny import make_shapes_dataset
 from trilora.config import from_dict
-from trilora.demo import make_shapes_dataset
 from trilora.formats.native import load_adapter
 from trilora.training.loop import train
 

@@ -10,8 +10,8 @@ import time
 import pytest
 from safetensors.torch import load_file
 
+from trilora.base.tiny import make_shapes_dataset
 from trilora.cli import main
-from trilora.demo import make_shapes_dataset
 
 pytestmark = pytest.mark.slow
 STEPS = 12

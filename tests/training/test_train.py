@@ -8,8 +8,8 @@ import torch
 
 from trilora.adapters.inject import add_adapters, load_adapter_state_dict, unet_targets
 from trilora.base.load import load_pipeline
+from trilora.base.tiny import make_shapes_dataset
 from trilora.config import from_dict
-from trilora.demo import make_shapes_dataset
 from trilora.formats.native import load_adapter
 from trilora.training.loop import train
 

@@ -5,10 +5,12 @@ tokenizer, UNet2DConditionModel with cross-attention, the SD noise schedule), on
 shallower, so that it builds in a second and trains on a CPU.
 """
 
+import random
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image, ImageDraw
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 SD15_DIR = Path(__file__).parent / "sd15"
@@ -77,3 +79,29 @@ def save_tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
     path = Path(path)
     build_tiny_pipeline(seed).save_pretrained(path, safe_serialization=True)
     return path
+
+
+SHAPE_COLOURS = {
+    "red": (200, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 70, 200),
+    "yellow": (220, 200, 40),
+}
+SHAPES = ("circle", "square")
+
+
+def make_shapes_dataset(folder: Path, count: int = 24, size: int = TINY_RESOLUTION, seed: int = 0) -> Path:
+    """`count` images of one coloured shape on a light background, each with a caption .txt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for i in range(count):
+        colour, shape = rng.choice(sorted(SHAPE_COLOURS)), rng.choice(SHAPES)
+        image = Image.new("RGB", (size * 4, size * 4), (235, 235, 225))
+        draw = ImageDraw.Draw(image)
+        radius = rng.randint(size, size * 3 // 2)
+        cx, cy = rng.randint(radius, size * 4 - radius), rng.randint(radius, size * 4 - radius)
+        box = (cx - radius, cy - radius, cx + radius, cy + radius)
+        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=SHAPE_COLOURS[colour])
+        image.resize((size, size), Image.Resampling.BOX).save(folder / f"{i:03d}.png")
+        (folder / f"{i:03d}.txt").write_text(f"a {colour} {shape}")
+    return folder

@@ -30,7 +30,7 @@ from trilora.training.checkpoint import (
 )
 from trilora.training.distributed import init_distributed
 from trilora.training.ema import EMA
-from trilora.training.export import adapter_alpha, export_adapters, save_samples, write_adapter
+from trilora.training.export import adapter_alpha, conv_alpha, export_adapters, save_samples, write_adapter
 from trilora.training.losses import denoising_loss, min_snr_weights
 from trilora.training.metrics import MetricsLog, plot_losses, read_metrics
 from trilora.training.noise import training_noise
@@ -290,6 +290,8 @@ def train(config: RunConfig) -> dict:
         "method": config.adapter.method,
         "rank": config.adapter.rank,
         "alpha": adapter_alpha(config),
+        "conv_rank": config.adapter.conv_rank,
+        "conv_alpha": conv_alpha(config),
         "steps_run": step,
         "best_step": stopper.best_step,
         "best_val_loss": stopper.best_loss if stopper.best_step is not None else None,

@@ -109,11 +109,27 @@ def train_stage(args, stage, modules, steps, lr, batch_loss):
         return ema
     for m in modules.values():
         m.train()
+
+    def save():
+        state = {
+            "modules": {n: m.state_dict() for n, m in modules.items()},
+            "ema": {n: m.state_dict() for n, m in ema.items()},
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+        }
+        torch.save(state, state_path.with_suffix(".tmp"))
+        state_path.with_suffix(".tmp").replace(state_path)
+
     saved, started, running = time.monotonic(), time.monotonic(), []
     while step < steps:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, lr)
-        loss = batch_loss(step_generator(args.seed, stage, step))
+        try:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, steps, lr)
+            loss = batch_loss(step_generator(args.seed, stage, step))
+        except KeyboardInterrupt:  # before this step changed anything: save and stop cleanly
+            save()
+            log(f"{stage}: interrupted, saved step {step}; run the same command to continue")
+            raise SystemExit(130) from None
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -130,14 +146,7 @@ def train_stage(args, stage, modules, steps, lr, batch_loss):
             log(f"{stage} step {step}/{steps} loss {np.mean(running):.4f} ({rate:.2f} s/step)")
             running, started = [], time.monotonic()
         if time.monotonic() - saved > args.save_every or step == steps:
-            state = {
-                "modules": {n: m.state_dict() for n, m in modules.items()},
-                "ema": {n: m.state_dict() for n, m in ema.items()},
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-            }
-            torch.save(state, state_path.with_suffix(".tmp"))
-            state_path.with_suffix(".tmp").replace(state_path)
+            save()
             saved = time.monotonic()
     return ema
 

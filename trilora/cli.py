@@ -114,6 +114,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
     bench_from_args(args)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from trilora.evaluation.evaluate import evaluate_from_args
+
+    evaluate_from_args(args)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from trilora.evaluation.compare import compare_from_args
+
+    compare_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trilora", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_flags(bench)
     bench.set_defaults(handler=cmd_bench)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="FID, NFID, KID and CLIP score of adapters across strengths (report.html)."
+    )
+    from trilora.evaluation.evaluate import add_evaluate_flags
+
+    add_evaluate_flags(evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    compare = sub.add_parser(
+        "compare", help="Train each method on the same data and settings, evaluate them in one report."
+    )
+    from trilora.evaluation.compare import add_compare_flags
+
+    add_compare_flags(compare)
+    compare.set_defaults(handler=cmd_compare)
     return parser
 
 

@@ -1,0 +1,84 @@
+"""`trilora evaluate` end to end on the tiny model: images, cache, metrics files and report."""
+
+import csv
+import json
+import re
+
+import pytest
+
+from trilora.cli import main
+from trilora.evaluation.inception import WEIGHTS_URL
+
+PROMPTS = ["a red circle", "a blue square", "a green circle"]
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir, lora_file, reference_dir, inception_file, clip_dir, prompts_file, tmp_path_factory):
+    output = tmp_path_factory.mktemp("evaluate") / "out"
+
+    def evaluate(strengths: str, *extra: str) -> dict:
+        args = ["evaluate", "--base", str(tiny_model_dir), "--lora", str(lora_file), "--prompts", str(prompts_file),
+                "--reference", str(reference_dir), "--strengths", strengths, "--steps", "2", "--num-images", "2",
+                "--inception-weights", str(inception_file), "--clip-model", str(clip_dir), "--kid-subsets", "10",
+                "--kid-subset-size", "4", "--output", str(output), *extra]  # fmt: skip
+        assert main(args) == 0
+        return json.loads((output / "metrics.json").read_text())
+
+    return output, evaluate, evaluate("0,1")
+
+
+@pytest.mark.slow
+def test_metrics_files_and_report(run):
+    output, _, results = run
+    assert results["generated"] == 2 * len(PROMPTS) * 2  # base and strength 1; strength 0 is the base model
+    rows = results["rows"]
+    assert [(r["label"], r["strength"]) for r in rows] == [("base model", 0.0), ("style", 1.0)]
+    assert rows[0]["nfid"] == 1.0 and rows[1]["nfid"] == pytest.approx(rows[1]["fid"] / rows[0]["fid"])
+    for row in rows:
+        assert row["images"] == 6 and row["fid"] > 0 and row["kid_std"] > 0
+        assert 0 <= row["clip_score"] <= 100 and row["clip_score"] > 0
+    assert results["recommended"]["style"] in (0.0, 1.0)
+    assert results["protocol"] | {"steps": 20, "num_images": 1} == {
+        "seed": 30, "steps": 20, "guidance": 7.5, "num_images": 1, "height": None, "width": None, "scheduler": None,
+    }  # fmt: skip
+    with (output / "metrics.csv").open() as file:
+        table = list(csv.DictReader(file))
+    assert [float(r["fid"]) for r in table] == pytest.approx([r["fid"] for r in rows])
+    assert sum(r["recommended"] == "True" for r in table) == (results["recommended"]["style"] == 1.0)
+    report = (output / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 1  # the plot
+    assert report.count("data:image/jpeg;base64,") == len(PROMPTS) * 2  # grid: prompt x (base, strength 1)
+    assert 'src="http' not in report and "<link" not in report  # self-contained
+    assert all(prompt in report for prompt in PROMPTS) and "recommended" in report
+
+
+@pytest.mark.slow
+def test_rerun_generates_only_what_is_new(run):
+    output, evaluate, first = run
+    again = evaluate("0,1")
+    assert again["generated"] == 0
+    assert again["rows"] == first["rows"]  # the same images give the same numbers
+    more = evaluate("0,0.5,1")
+    assert more["generated"] == len(PROMPTS) * 2
+    assert [r["strength"] for r in more["rows"]] == [0.0, 0.5, 1.0]
+    assert more["rows"][0] == first["rows"][0] and more["rows"][2] == first["rows"][1]
+    pngs = list((output / "cache").rglob("*.png"))
+    assert len(pngs) == 3 * len(PROMPTS) * 2
+
+
+@pytest.mark.slow
+def test_missing_metric_weights_stop_before_generating(tiny_model_dir, lora_file, reference_dir, clip_dir,
+                                                       prompts_file, tmp_path, capsys):  # fmt: skip
+    args = ["evaluate", "--base", str(tiny_model_dir), "--lora", str(lora_file), "--prompts", str(prompts_file),
+            "--reference", str(reference_dir), "--clip-model", str(clip_dir), "--output", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 2
+    message = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"trilora: error: .*--inception-weights.*", message) and WEIGHTS_URL in message
+    assert not (tmp_path / "out").exists()

@@ -27,7 +27,7 @@ def run(tiny_model_dir, lora_file, reference_dir, inception_file, clip_dir, prom
         args = ["evaluate", "--base", str(tiny_model_dir), "--lora", str(lora_file), "--prompts", str(prompts_file),
                 "--reference", str(reference_dir), "--strengths", strengths, "--steps", "2", "--num-images", "2",
                 "--inception-weights", str(inception_file), "--clip-model", str(clip_dir), "--kid-subsets", "10",
-                "--kid-subset-size", "4", "--output", str(output), *extra]  # fmt: skip
+                "--output", str(output), *extra]  # fmt: skip
         assert main(args) == 0
         return json.loads((output / "metrics.json").read_text())
 
@@ -45,6 +45,7 @@ def test_metrics_files_and_report(run):
         assert row["images"] == 6 and row["fid"] > 0 and row["kid_std"] > 0
         assert 0 <= row["clip_score"] <= 100 and row["clip_score"] > 0
     assert results["recommended"]["style"] in (0.0, 1.0)
+    assert results["metrics"]["kid_subset_size"] == 3  # half of the 6 images per row
     assert results["protocol"] | {"steps": 20, "num_images": 1} == {
         "seed": 30, "steps": 20, "guidance": 7.5, "num_images": 1, "height": None, "width": None, "scheduler": None,
     }  # fmt: skip
@@ -82,3 +83,29 @@ def test_missing_metric_weights_stop_before_generating(tiny_model_dir, lora_file
     message = capsys.readouterr().err.strip()
     assert re.fullmatch(r"trilora: error: .*--inception-weights.*", message) and WEIGHTS_URL in message
     assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_the_protocol(capsys):
+    for command in ("evaluate", "compare"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        for flag in ["--base", "--prompts", "--reference", "--strengths", "--seed", "--steps", "--guidance",
+                     "--num-images", "--inception-weights", "--clip-model", "--output"]:  # fmt: skip
+            assert flag in out, (command, flag)
+    assert "--methods" in out and "--train-steps" in out
+
+
+def test_bad_inputs_are_one_line_errors(tiny_model_dir, prompts_file, reference_dir, tmp_path, capsys):
+    common = ["--base", str(tiny_model_dir), "--prompts", str(prompts_file), "--reference", str(reference_dir),
+              "--output", str(tmp_path / "out")]  # fmt: skip
+    cases = {
+        "adapter file not found": ["--lora", str(tmp_path / "none.safetensors")],
+        "--strengths": ["--strengths", "0,full"],
+        "at least 2 images": ["--num-images", "1", "--prompts", str(tmp_path / "one.txt")],
+    }
+    (tmp_path / "one.txt").write_text("a cat\n")
+    for expected, extra in cases.items():
+        assert main(["evaluate", *common, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and "\n" not in err, err

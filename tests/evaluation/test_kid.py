@@ -7,7 +7,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trilora.evaluation.kid import kernel_inception_distance, mmd2_unbiased, polynomial_kernel
+from trilora.evaluation.kid import (
+    kernel_inception_distance,
+    mmd2_unbiased,
+    polynomial_kernel,
+    subset_size_for,
+)
 
 
 def brute_force_mmd2(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -79,5 +84,9 @@ def test_kid_over_subsets():
     # a subset as large as the smaller set: that set whole, the larger one subsampled
     whole_mean, whole_std = kernel_inception_distance(a[:20], b, subsets=3, subset_size=1000)
     assert whole_mean == pytest.approx(mmd2_unbiased(a[:20], b), rel=1e-9) and whole_std < 1e-12
+    # by default half the smaller set, so that subsets differ and their spread means something
+    assert kernel_inception_distance(a[:20], b, subsets=3)[1] > 0
+    assert [subset_size_for(*sizes) for sizes in [(30, 20), (5000, 3000), (3, 3)]] == [10, 1000, 2]
+    assert subset_size_for(30, 20, requested=15) == 15 and subset_size_for(30, 20, requested=50) == 20
     with pytest.raises(ValueError, match="at least 2"):
         kernel_inception_distance(a[:1], b)

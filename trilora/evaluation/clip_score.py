@@ -89,4 +89,4 @@ def load_clip_scorer(path: str | Path | None, device: torch.device | str = "cpu"
             f"cannot load the CLIP model in {path}: {str(error).strip().splitlines()[0]}; it must be a transformers "
             f"CLIP folder such as {CLIP_MODEL_ID} (config.json, weights, tokenizer and preprocessor_config.json)"
         ) from None
-    return ClipScorer(model.to(device).eval(), tokenizer, image_processor)
+    return ClipScorer(model.float().to(device).eval(), tokenizer, image_processor)

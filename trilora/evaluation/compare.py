@@ -32,8 +32,7 @@ def parse_methods(text: str) -> list[str]:
 def method_config(args: argparse.Namespace, method: str) -> RunConfig:
     """The training settings of one method: the TOML file, then the flags; only the method and output differ."""
     data = load_toml(args.config) if args.config else {}
-    for key in ("output",):
-        data.pop(key, None)
+    data.pop("output", None)  # each method has its own folder
     sections = {
         "model": {"base": args.base, "base_config": args.base_config},
         "data": {"data": args.data, "val_data": args.val_data, "resolution": args.resolution},

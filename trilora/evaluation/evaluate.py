@@ -19,6 +19,7 @@ from trilora.errors import UserError
 from trilora.evaluation.cache import ImageCache, file_identity, settings_key
 from trilora.evaluation.generation import Protocol, Variant, all_keys, generate_missing
 from trilora.evaluation.inputs import load_image, parse_strengths, read_prompts, reference_files
+from trilora.evaluation.kid import subset_size_for
 from trilora.evaluation.metrics import fid, nfid, recommend_strength
 
 log = logging.getLogger("trilora")
@@ -42,7 +43,7 @@ class EvalSettings:
     device: str = "auto"
     cache: Path | None = None  # default OUTPUT/cache
     kid_subsets: int = 100
-    kid_subset_size: int = 1000
+    kid_subset_size: int | None = None  # None: min(1000, half the smaller set)
     clip_tolerance: float = 1.0  # CLIP-score points below the best that a recommended strength may lose
     grid_prompts: int = 8  # prompts shown in the report's image grids
     training: dict | None = None  # `trilora compare`: each method's training summary, for the report
@@ -72,7 +73,7 @@ def check_settings(s: EvalSettings) -> None:
         raise UserError("--num-images, --steps and --batch-size must be at least 1")
     if len(s.prompts) * p.num_images < 2:
         raise UserError("FID and KID need at least 2 images per row: give more prompts or --num-images")
-    if s.kid_subsets < 1 or s.kid_subset_size < 2:
+    if s.kid_subsets < 1 or (s.kid_subset_size is not None and s.kid_subset_size < 2):
         raise UserError("--kid-subsets must be at least 1 and --kid-subset-size at least 2")
     if s.clip_tolerance < 0:
         raise UserError("--clip-tolerance must be 0 or more")
@@ -169,7 +170,7 @@ def evaluate(s: EvalSettings) -> dict:
             "inception_weights": str(s.inception_weights),
             "clip_model": str(s.clip_model),
             "kid_subsets": s.kid_subsets,
-            "kid_subset_size": min(s.kid_subset_size, len(references), rows[0]["images"]),
+            "kid_subset_size": subset_size_for(len(references), rows[0]["images"], s.kid_subset_size),
             "clip_tolerance": s.clip_tolerance,
         },
         "rows": rows,
@@ -267,8 +268,7 @@ def add_protocol_flags(parser: argparse.ArgumentParser, defaults_from_data: bool
     parser.add_argument(
         "--kid-subset-size",
         type=int,
-        default=1000,
-        help="Images per KID subset (default: 1000, or fewer if fewer).",
+        help="Images per KID subset (default: half the smaller set, at most 1000).",
     )
     parser.add_argument(
         "--clip-tolerance",

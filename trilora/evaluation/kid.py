@@ -29,18 +29,31 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(within_x + within_y - 2 * k_xy.mean())
 
 
+def subset_size_for(n_a: int, n_b: int, requested: int | None = None) -> int:
+    """Images per KID subset: `requested` capped at the smaller set, or by default min(1000, half of it).
+
+    Subsets as large as a whole set would all be that set, with a spread of 0 that says nothing; half
+    the images (down to 2) leaves the subsets different, so their spread shows the sampling noise
+    (a little more of it than the full-set estimate has). 1000 is the paper's subset size.
+    """
+    smallest = min(n_a, n_b)
+    size = min(requested, smallest) if requested is not None else min(1000, smallest // 2)
+    return max(size, 2)
+
+
 def kernel_inception_distance(
-    features_a, features_b, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+    features_a, features_b, subsets: int = 100, subset_size: int | None = None, seed: int = 0
 ) -> tuple[float, float]:
     """KID between feature sets (N, D) and (M, D): (mean, standard deviation) over `subsets` subsets.
 
-    Each subset draws min(subset_size, N, M) rows of each set without replacement (a fixed seed, so
-    the same features give the same number). The deviation is over subsets (ddof 0, as torch-fidelity).
+    Each subset draws subset_size_for(N, M, subset_size) rows of each set without replacement (with a
+    fixed seed, so the same features give the same number). The deviation is over subsets (ddof 0,
+    as torch-fidelity reports it).
     """
     a, b = torch.as_tensor(features_a, dtype=torch.float64), torch.as_tensor(features_b, dtype=torch.float64)
-    size = min(subset_size, a.shape[0], b.shape[0])
-    if size < 2:
+    if min(a.shape[0], b.shape[0]) < 2:
         raise ValueError(f"KID needs at least 2 images in each set; got {a.shape[0]} and {b.shape[0]}")
+    size = subset_size_for(a.shape[0], b.shape[0], subset_size)
     generator = torch.Generator().manual_seed(seed)
     values = []
     for _ in range(subsets):

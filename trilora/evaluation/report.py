@@ -72,7 +72,7 @@ def plot_png(results: dict) -> Image.Image:
     ax.scatter(
         [base["fid"]], [base["clip_score"]], marker="*", s=220, color="black", zorder=3, label="base model"
     )
-    for label, points in curves(results).items():
+    for index, (label, points) in enumerate(curves(results).items()):
         strengths, fids, clips = zip(*points, strict=True)
         (line,) = ax.plot(fids, clips, marker="o", label=label)
         for strength, x, y in points[1:]:
@@ -83,8 +83,8 @@ def plot_png(results: dict) -> Image.Image:
             ax.scatter(
                 [x], [y], s=380, facecolors="none", edgecolors=line.get_color(), linewidths=2, zorder=4
             )
-            ax.annotate(f"recommended: {chosen:g}", (x, y), textcoords="offset points", xytext=(8, -16),
-                        fontsize=9, color=line.get_color(), fontweight="bold")  # fmt: skip
+            ax.annotate(f"{label}: recommended {chosen:g}", (x, y), textcoords="offset points",
+                        xytext=(10, -16 - 13 * index), fontsize=9, color=line.get_color(), fontweight="bold")  # fmt: skip
     ax.set_xlabel("FID against the reference images (lower: closer)")
     ax.set_ylabel("CLIP score (higher: follows the prompt)")
     ax.set_title("Strength sweep: CLIP score against FID")
@@ -108,6 +108,7 @@ th, td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 tr.recommended { background: #e8f5e9; font-weight: 600; }
 .tag { background: #2e7d32; color: white; border-radius: 3px; padding: 1px 5px; font-size: 0.8em; }
+.grid th { text-align: center; }
 .grid td { text-align: center; vertical-align: top; border: none; padding: 2px; }
 .grid td.prompt { text-align: left; max-width: 220px; font-size: 0.85em; vertical-align: middle; }
 .grid img { display: block; image-rendering: auto; }
@@ -143,7 +144,9 @@ def render_html(results: dict, grids: dict, plot: Image.Image) -> str:
         )
         grid_html.append(f'<h3>{esc(label)}</h3><table class="grid"><tr>{header}</tr>{body}</table>')
     recommended = "".join(
-        f"<li><b>{esc(label)}</b>: strength {strength:g}</li>"
+        f"<li><b>{esc(label)}</b>: strength {strength:g}"
+        + (" (the base model: no strength improved FID within the tolerance)" if strength == 0 else "")
+        + "</li>"
         for label, strength in results["recommended"].items()
     )
     training = ""
@@ -163,8 +166,8 @@ def render_html(results: dict, grids: dict, plot: Image.Image) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>trilora evaluate: {esc(Path(results["base"]).name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>Adapter evaluation</h1>
-<p>Base model <code>{esc(results["base"])}</code>; {results["prompts"]} prompts × {protocol["num_images"]} images
-per row; reference: {results["reference"]["images"]} images in <code>{esc(results["reference"]["folder"])}</code>.
+<p>Base model <code>{esc(results["base"])}</code>; {results["prompts"]} prompts × {protocol["num_images"]}
+image(s) each per row; reference: {results["reference"]["images"]} images in <code>{esc(results["reference"]["folder"])}</code>.
 Seed {protocol["seed"]} (image <i>k</i> of a prompt: seed + <i>k</i>), {protocol["steps"]} steps, guidance
 {protocol["guidance"]:g}, size {size}, scheduler {esc(protocol["scheduler"] or "the base model's")},
 {esc(results["device"])} in {esc(results["dtype"])}.</p>
@@ -179,7 +182,7 @@ number of images, and prefer KID below a few hundred images.</p>
 <h2>CLIP score against FID</h2>
 <img src="{data_uri(plot, "PNG")}" alt="CLIP score against FID across strengths">
 <p>Recommended strength: the lowest FID among the strengths whose CLIP score is within
-{metrics["clip_tolerance"]:g} points of the adapter's best.</p><ul>{recommended}</ul>
+{metrics["clip_tolerance"]:g} CLIP-score point(s) of the adapter's best.</p><ul>{recommended}</ul>
 <h2>Images</h2>
 <p class="note">Image 0 of the first {max((len(g["rows"]) for g in grids.values()), default=0)} prompts;
 base model first, then each strength.</p>

@@ -8,7 +8,7 @@ from PIL import Image
 
 from trilora.errors import UserError
 from trilora.evaluation.cache import ImageCache, content_hash, file_identity, settings_key
-from trilora.evaluation.generation import Protocol, Variant, variant_keys
+from trilora.evaluation.generation import Protocol, Variant, images_per_prompt, variant_keys
 from trilora.evaluation.inputs import parse_strengths, read_prompts, reference_files
 
 SETTINGS = dict(base=["/m", ["unet.bin", 10, 1]], adapter="abc", strength=0.5, prompt="a cat", seed=30, index=0,
@@ -29,12 +29,26 @@ def test_key_changes_with_every_setting():
 def test_variant_keys_share_the_base_images_at_strength_zero(tmp_path):
     adapter = tmp_path / "a.safetensors"
     hashes = {adapter: "hash"}
-    args = (["p1", "p2"], Protocol(num_images=2), ["/base"], hashes, torch.device("cpu"), torch.float32)
+    args = ({"p1": 2, "p2": 2}, Protocol(), ["/base"], hashes, torch.device("cpu"), torch.float32)
     base = variant_keys(Variant("base"), *args)
     zero = variant_keys(Variant("a", adapter, 0.0), *args)
     half = variant_keys(Variant("a", adapter, 0.5), *args)
     assert base == zero
     assert len({key for row in base + half for key in row}) == 8
+
+
+def test_a_repeated_prompt_gets_more_images_not_copies():
+    counts = images_per_prompt(["a cat", "a dog", "a cat"], num_images=2)
+    assert counts == {"a cat": 4, "a dog": 2}
+    keys = variant_keys(
+        Variant("base"), counts, Protocol(seed=30), ["/b"], {}, torch.device("cpu"), torch.float32
+    )
+    assert [len(row) for row in keys] == [4, 2] and len({k for row in keys for k in row}) == 6
+    # image k of a prompt is the same image whatever else is in the list
+    alone = variant_keys(
+        Variant("base"), {"a cat": 2}, Protocol(seed=30), ["/b"], {}, torch.device("cpu"), torch.float32
+    )
+    assert alone[0] == keys[0][:2]
 
 
 def test_identity_follows_modification_and_content_follows_bytes(tmp_path):

@@ -48,6 +48,7 @@ def test_compare_trains_each_method_alike_and_writes_one_report(
         ("trilora", 1.0),
     ]
     assert results["reference"]["images"] == 6 and results["prompts"] == 6  # the training images and captions
+    assert all(row["images"] == 6 for row in results["rows"])  # repeated captions get more images, not copies
     assert set(results["training"]) == {"lora", "trilora"} and set(results["recommended"]) == {
         "lora",
         "trilora",

@@ -17,7 +17,7 @@ import torch
 
 from trilora.errors import UserError
 from trilora.evaluation.cache import ImageCache, file_identity, settings_key
-from trilora.evaluation.generation import Protocol, Variant, all_keys, generate_missing
+from trilora.evaluation.generation import Protocol, Variant, all_keys, generate_missing, images_per_prompt
 from trilora.evaluation.inputs import load_image, parse_strengths, read_prompts, reference_files
 from trilora.evaluation.kid import subset_size_for
 from trilora.evaluation.metrics import fid, nfid, recommend_strength
@@ -104,7 +104,9 @@ def evaluate(s: EvalSettings) -> dict:
         for label, path in zip(labels, s.loras, strict=True)
     }
     variants = [base_variant] + [v for group in adapter_variants.values() for v in group]
-    keys = all_keys(variants, s.prompts, s.protocol, Path(s.base), s.base_config, device, dtype)
+    prompt_images = images_per_prompt(s.prompts, s.protocol.num_images)
+    prompts = list(prompt_images)  # distinct, in order
+    keys = all_keys(variants, prompt_images, s.protocol, Path(s.base), s.base_config, device, dtype)
     cache = ImageCache(s.cache or Path(s.output) / "cache")
 
     def load_pipe():
@@ -116,7 +118,7 @@ def evaluate(s: EvalSettings) -> dict:
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device)
 
-    generated = generate_missing(load_pipe, variants, keys, s.prompts, s.protocol, cache, s.batch_size)
+    generated = generate_missing(load_pipe, variants, keys, prompts, s.protocol, cache, s.batch_size)
 
     metric_settings = dict(
         reference=[file_identity(p) for p in references],
@@ -139,8 +141,8 @@ def evaluate(s: EvalSettings) -> dict:
                     inception, [load_image(p) for p in references], metric_batch
                 )
             images = [cache.get(key) for key in image_keys]
-            prompts = [prompt for prompt, row in zip(s.prompts, keys[variant], strict=True) for _ in row]
-            metrics = row_metrics(images, prompts, reference_features, inception, clip, s, metric_batch)
+            image_prompts = [prompt for prompt, row in zip(prompts, keys[variant], strict=True) for _ in row]
+            metrics = row_metrics(images, image_prompts, reference_features, inception, clip, s, metric_batch)
             cache.put_metrics(row_key, metrics)
         rows.append({"label": variant.label, "adapter": None if variant.adapter is None else str(variant.adapter),
                      "strength": variant.strength, **metrics})  # fmt: skip
@@ -162,6 +164,7 @@ def evaluate(s: EvalSettings) -> dict:
         "base": str(s.base),
         "reference": {"folder": str(s.reference), "images": len(references)},
         "prompts": len(s.prompts),
+        "distinct_prompts": len(prompts),
         "strengths": s.strengths,
         "protocol": asdict(s.protocol),
         "device": str(device),
@@ -183,10 +186,10 @@ def evaluate(s: EvalSettings) -> dict:
             "columns": [BASE_LABEL] + [f"{v.strength:g}" for v in group],
             "rows": [
                 (prompt, [cache.get(keys[v][p][0]) for v in [base_variant, *group]])
-                for p, prompt in enumerate(s.prompts[: s.grid_prompts])
+                for p, prompt in enumerate(prompts[: s.grid_prompts])
             ],
         }
-        for label, group in adapter_variants.items()
+        for label, group in (adapter_variants or {BASE_LABEL: []}).items()
     }
     write_outputs(Path(s.output), results, grids)
     return results

@@ -2,7 +2,9 @@
 
 Image k of every prompt starts from the latent of seed `seed + k` (the TriLoRA paper's protocol is
 seed 30, 20 steps, guidance 7.5), so the same prompt and k give comparable images across models
-and strengths, whatever the batching. Strength 0 is the base model itself and shares its images.
+and strengths, whatever the batching. A prompt listed m times gets m x K images (seeds seed ...
+seed + mK - 1), not m copies of the same K: captions folders often repeat a caption. Strength 0 is
+the base model itself and shares its images.
 """
 
 import logging
@@ -24,7 +26,7 @@ class Protocol:
     seed: int = 30
     steps: int = 20
     guidance: float = 7.5
-    num_images: int = 1  # per prompt
+    num_images: int = 1  # per prompt (per occurrence of a prompt in the list)
     height: int | None = None  # None: the base model's own size
     width: int | None = None
     scheduler: str | None = None  # a name in trilora.inference.generate.SCHEDULERS; None: the base model's
@@ -43,16 +45,24 @@ class Variant:
         return self.adapter is None or self.strength == 0
 
 
+def images_per_prompt(prompts: list[str], num_images: int) -> dict[str, int]:
+    """Distinct prompt -> its number of images (occurrences x num_images), in the order of first appearance."""
+    counts = {}
+    for prompt in prompts:
+        counts[prompt] = counts.get(prompt, 0) + num_images
+    return counts
+
+
 def variant_keys(
     variant: Variant,
-    prompts: list[str],
+    prompt_images: dict[str, int],
     protocol: Protocol,
     base_identity: list,
     adapter_hashes: dict[Path, str],
     device: torch.device,
     dtype: torch.dtype,
 ) -> list[list[str]]:
-    """Cache keys [prompt][image index] of a variant's images."""
+    """Cache keys [distinct prompt][image index] of a variant's images."""
     common = dict(
         base=base_identity,
         adapter=None if variant.is_base else adapter_hashes[variant.adapter],
@@ -66,17 +76,14 @@ def variant_keys(
         dtype=str(dtype),
     )
     return [
-        [
-            settings_key(prompt=prompt, seed=protocol.seed + k, index=k, **common)
-            for k in range(protocol.num_images)
-        ]
-        for prompt in prompts
+        [settings_key(prompt=prompt, seed=protocol.seed + k, index=k, **common) for k in range(count)]
+        for prompt, count in prompt_images.items()
     ]
 
 
 def all_keys(
     variants: list[Variant],
-    prompts: list[str],
+    prompt_images: dict[str, int],
     protocol: Protocol,
     base: Path,
     base_config: Path | None,
@@ -86,7 +93,8 @@ def all_keys(
     base_identity = file_identity(base) + (file_identity(base_config) if base_config else [])
     adapter_hashes = {v.adapter: content_hash(v.adapter) for v in variants if not v.is_base}
     return {
-        v: variant_keys(v, prompts, protocol, base_identity, adapter_hashes, device, dtype) for v in variants
+        v: variant_keys(v, prompt_images, protocol, base_identity, adapter_hashes, device, dtype)
+        for v in variants
     }
 
 

@@ -166,8 +166,8 @@ def render_html(results: dict, grids: dict, plot: Image.Image) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>trilora evaluate: {esc(Path(results["base"]).name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>Adapter evaluation</h1>
-<p>Base model <code>{esc(results["base"])}</code>; {results["prompts"]} prompts × {protocol["num_images"]}
-image(s) each per row; reference: {results["reference"]["images"]} images in <code>{esc(results["reference"]["folder"])}</code>.
+<p>Base model <code>{esc(results["base"])}</code>; {results["rows"][0]["images"]} images per row, from
+{results["prompts"]} prompts ({results["distinct_prompts"]} distinct) × {protocol["num_images"]} image(s) each; reference: {results["reference"]["images"]} images in <code>{esc(results["reference"]["folder"])}</code>.
 Seed {protocol["seed"]} (image <i>k</i> of a prompt: seed + <i>k</i>), {protocol["steps"]} steps, guidance
 {protocol["guidance"]:g}, size {size}, scheduler {esc(protocol["scheduler"] or "the base model's")},
 {esc(results["device"])} in {esc(results["dtype"])}.</p>

@@ -214,7 +214,7 @@ def train_unet(args, pipe, data, latents):
     return train_stage(args, "unet", modules, args.unet_steps, args.lr, batch_loss)
 
 
-def export(args, vae, ema, latents, seconds):
+def export(args, vae, ema, latents):
     pipe = build_toy_pipeline(args.seed)
     pipe.vae.load_state_dict(vae.state_dict())
     pipe.unet.load_state_dict(ema["unet"].state_dict())
@@ -226,7 +226,6 @@ def export(args, vae, ema, latents, seconds):
         "command": "python scripts/pretrain_toy_base.py " + " ".join(sys.argv[1:]),
         "settings": {k: str(v) for k, v in vars(args).items() if k not in ("work", "out", "device")},
         "vae_recon_mse": latents["recon_mse"],
-        "train_seconds_last_session": round(seconds),
     }
 
 
@@ -248,13 +247,12 @@ def evaluate(args, record):
 def main(argv=None):
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
     pipe = build_toy_pipeline(args.seed)
     data = make_renders(args)
     vae = train_vae(args, pipe, data)
     latents = encode_latents(args, vae, data)
     ema = train_unet(args, pipe, data, latents)
-    record = export(args, vae, ema, latents, time.monotonic() - started)
+    record = export(args, vae, ema, latents)
     evaluate(args, record)
 
 

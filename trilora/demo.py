@@ -21,7 +21,7 @@ from trilora.toy.world import caption
 log = logging.getLogger("trilora")
 TRAIN_IMAGES = 30
 VAL_IMAGES = 12
-GRID_PROMPTS = 16
+GRID_PROMPTS = 24
 
 
 def demo_config(output: Path, base: Path, steps: int) -> RunConfig:
@@ -30,16 +30,23 @@ def demo_config(output: Path, base: Path, steps: int) -> RunConfig:
             "output": str(output / "run"),
             "model": {"base": str(base)},
             "data": {"data": str(output / "data"), "val_data": str(output / "val"), "resolution": RESOLUTION},
-            "adapter": {"method": "trilora", "rank": 8},
-            "train": {"lr": 2e-3, "batch_size": 8, "steps": steps, "seed": 0, "warmup_steps": 20},
-            "validation": {"validate_every": 20, "patience": 5, "val_timesteps": 8},
+            "adapter": {"method": "trilora", "rank": 16, "conv_rank": 16},
+            "train": {
+                "lr": 2e-3,
+                "batch_size": 8,
+                "steps": steps,
+                "seed": 0,
+                "warmup_steps": 20,
+                "min_snr_gamma": 5.0,
+            },
+            "validation": {"validate_every": 20, "patience": 10, "val_timesteps": 8},
             "export": {"name": "onion"},
         },
         source="demo",
     )
 
 
-def run_demo(output: str | Path, steps: int = 400, base: str | Path | None = None) -> dict:
+def run_demo(output: str | Path, steps: int = 500, base: str | Path | None = None) -> dict:
     from trilora.base.load import load_pipeline
     from trilora.inference.generate import load_adapters
     from trilora.toy.base import toy_base_path
@@ -61,8 +68,8 @@ def run_demo(output: str | Path, steps: int = 400, base: str | Path | None = Non
     load_adapters(pipe, [(Path(summary["exported"]["kohya"]), 1.0)])
     after = generate_images(pipe, wanted)
     scores = {"before": score(judge, before, wanted), "after": score(judge, after, wanted)}
-    half = GRID_PROMPTS // 2
-    image_grid([before[:half], before[half:], after[:half], after[half:]]).save(output / "before_after.png")
+    rows = [images[i : i + 8] for images in (before, after) for i in range(0, GRID_PROMPTS, 8)]
+    image_grid(rows).save(output / "before_after.png")
     (output / "prompts.txt").write_text("".join(caption(a) + "\n" for a in wanted))
     (output / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
 
@@ -76,7 +83,7 @@ def run_demo(output: str | Path, steps: int = 400, base: str | Path | None = Non
     print(f"  run folder:   {output / 'run'}  (metrics.csv, loss.png, summary.json)")
     print(f"  adapter:      {summary['exported']['kohya']}")
     print(
-        f"  before/after: {output / 'before_after.png'} (top two rows: base model, bottom two: with the adapter;"
+        f"  before/after: {output / 'before_after.png'} (top three rows: base model, bottom three: with the adapter;"
     )
     print(f"                prompts in {output / 'prompts.txt'}, scores in {output / 'metrics.json'})")
     return {"summary": summary, "scores": scores}

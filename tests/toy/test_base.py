@@ -1,0 +1,62 @@
+"""The shipped toy base model: SD 1.x's architecture, small, and as good as the README says."""
+
+import json
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel
+
+from trilora.base.load import load_pipeline
+from trilora.demo import run_demo
+from trilora.toy.base import TOY_BASE, toy_base_path
+from trilora.toy.evaluate import generate_images, prompt_set, score
+from trilora.toy.judge import load_judge
+from trilora.toy.world import BASE_STYLES
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_base_is_sd_shaped_fp16_and_under_25_mb():
+    pipe = load_pipeline(toy_base_path())
+    assert isinstance(pipe.unet, UNet2DConditionModel) and isinstance(pipe.vae, AutoencoderKL)
+    assert isinstance(pipe.text_encoder, CLIPTextModel)
+    assert pipe.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    files = list(TOY_BASE.rglob("*.safetensors"))
+    assert len(files) == 3 and sum(f.stat().st_size for f in files) < 25e6
+    assert json.loads((TOY_BASE / "quality.json").read_text())["quality"]["prompts"] == 200
+
+
+@pytest.mark.slow
+def test_the_base_draws_what_it_is_asked_for(one_thread):
+    """A regression check on 32 prompts (the README's figures are on 200): well above chance (1/8 colours,
+    1/3 floors and times, 1/6 styles), a little below the 200-prompt figures to allow for CPU float noise."""
+    pipe = load_pipeline(toy_base_path())
+    pipe.set_progress_bar_config(disable=True)
+    wanted = prompt_set(32, BASE_STYLES, seed=123)
+    result = score(load_judge(), generate_images(pipe, wanted, seed=1000), wanted)
+    assert (
+        result["colour"] >= 0.8
+        and result["time"] >= 0.7
+        and result["floors"] >= 0.6
+        and result["style"] >= 0.7
+    )
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, one_thread, capsys):
+    """The demo's whole path on a few steps (make demo runs the full one)."""
+    result = run_demo(tmp_path, steps=4)
+    out = capsys.readouterr().out
+    assert "onion style hit (judge)" in out and str(tmp_path / "before_after.png") in out
+    assert (tmp_path / "before_after.png").is_file() and (tmp_path / "run" / "loss.png").is_file()
+    scores = json.loads((tmp_path / "metrics.json").read_text())
+    assert scores == json.loads(json.dumps(result["scores"]))
+    assert set(scores) == {"before", "after"} and 0 <= scores["after"]["style"] <= 1

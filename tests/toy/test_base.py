@@ -36,18 +36,13 @@ def test_the_base_is_sd_shaped_fp16_and_under_25_mb():
 
 @pytest.mark.slow
 def test_the_base_draws_what_it_is_asked_for(one_thread):
-    """A regression check on 32 prompts (the README's figures are on 200): well above chance (1/8 colours,
-    1/3 floors and times, 1/6 styles), a little below the 200-prompt figures to allow for CPU float noise."""
+    """A regression check on 32 other prompts and seeds (the README's figures are on 200: 99-100 %),
+    with room for a few images that CPU float noise may flip."""
     pipe = load_pipeline(toy_base_path())
     pipe.set_progress_bar_config(disable=True)
     wanted = prompt_set(32, BASE_STYLES, seed=123)
     result = score(load_judge(), generate_images(pipe, wanted, seed=1000), wanted)
-    assert (
-        result["colour"] >= 0.8
-        and result["time"] >= 0.7
-        and result["floors"] >= 0.6
-        and result["style"] >= 0.7
-    )
+    assert min(result[k] for k in ("style", "colour", "floors", "time")) >= 0.9, result
 
 
 @pytest.mark.slow

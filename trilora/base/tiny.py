@@ -39,18 +39,15 @@ TINY_VAE = dict(
     up_block_types=("UpDecoderBlock2D",) * 3,
     scaling_factor=0.5,
 )
-TINY_TEXT = dict(
+CLIP_TEXT = dict(  # what every CLIP text encoder here shares with SD 1.5's: vocabulary, length, tokens
     vocab_size=49408,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
     max_position_embeddings=77,
     hidden_act="quick_gelu",
     bos_token_id=49406,
     eos_token_id=49407,
     pad_token_id=49407,
 )
+TINY_TEXT = CLIP_TEXT | dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 TINY_RESOLUTION = 32  # pixels; the VAE downsamples by 4 to 8x8 latents
 
 
@@ -60,14 +57,17 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     unet = UNet2DConditionModel(**TINY_UNET)
     vae = AutoencoderKL(**TINY_VAE)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
-    tokenizer = CLIPTokenizer.from_pretrained(SD15_DIR / "tokenizer")
-    scheduler = PNDMScheduler.from_pretrained(SD15_DIR / "scheduler")
+    return sd_pipeline(unet, vae, text_encoder)
+
+
+def sd_pipeline(unet, vae, text_encoder) -> StableDiffusionPipeline:
+    """An SD 1.x pipeline around these models, with the real CLIP tokenizer and SD 1.5's scheduler."""
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=tokenizer,
+        tokenizer=CLIPTokenizer.from_pretrained(SD15_DIR / "tokenizer"),
         unet=unet,
-        scheduler=scheduler,
+        scheduler=PNDMScheduler.from_pretrained(SD15_DIR / "scheduler"),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

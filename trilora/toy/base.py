@@ -10,10 +10,10 @@ the package as an fp16 diffusers folder (`trilora/toy/base/`).
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
 
-from trilora.base.tiny import SD15_DIR
+from trilora.base.tiny import CLIP_TEXT, sd_pipeline
 
 TOY_BASE = Path(__file__).with_name("base")
 RESOLUTION = 32
@@ -41,33 +41,16 @@ TOY_UNET = dict(
     cross_attention_dim=64,
     attention_head_dim=8,
 )
-TOY_TEXT = dict(
-    vocab_size=49408,
-    hidden_size=64,
-    intermediate_size=256,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=49407,
-)
+TOY_TEXT = CLIP_TEXT | dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
 
 
 def build_toy_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """The untrained miniature pipeline, identical for identical seeds."""
     torch.manual_seed(seed)
-    return StableDiffusionPipeline(
-        vae=AutoencoderKL(**TOY_VAE),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**TOY_TEXT)),
-        tokenizer=CLIPTokenizer.from_pretrained(SD15_DIR / "tokenizer"),
-        unet=UNet2DConditionModel(**TOY_UNET),
-        scheduler=PNDMScheduler.from_pretrained(SD15_DIR / "scheduler"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    vae = AutoencoderKL(**TOY_VAE)  # this order of construction is what initialised the shipped weights
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TOY_TEXT))
+    unet = UNet2DConditionModel(**TOY_UNET)
+    return sd_pipeline(unet, vae, text_encoder)
 
 
 def toy_base_path() -> Path:

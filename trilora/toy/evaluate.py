@@ -16,7 +16,9 @@ from trilora.toy.metrics import attribute_accuracy, toy_fid
 from trilora.toy.world import BASE_STYLES, Attributes, caption, render, render_dataset, sample_attributes
 
 STEPS = 20
-GUIDANCE = 3.0  # classifier-free guidance of the toy protocol: above ~4 the shipped base oversaturates colours
+GUIDANCE = (
+    3.0  # classifier-free guidance of the toy protocol: above ~4 the shipped base oversaturates colours
+)
 # The adapter task of the demo and the benchmark: a style the base model never saw, shown in only
 # three wall colours; test prompts ask for all eight, so overfitting shows as lost colour fidelity.
 ADAPTER_STYLE = "onion"

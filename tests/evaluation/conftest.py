@@ -37,21 +37,3 @@ def clip_dir(tmp_path_factory):
 def reference_dir(tmp_path_factory):
     """Eight 32-px images of coloured shapes with captions: the 'real images' and a captions folder."""
     return make_shapes_dataset(tmp_path_factory.mktemp("reference") / "shapes", count=8, seed=3)
-
-
-@pytest.fixture(scope="session")
-def lora_file(tiny_model_dir, tmp_path_factory):
-    """A TriLoRA adapter for the tiny model (kohya file) with random weights strong enough to change images."""
-    from trilora.adapters.inject import adapter_layers, add_adapters, lora_pairs, unet_targets
-    from trilora.base.load import load_pipeline
-    from trilora.formats.kohya import save_kohya
-
-    pipe = load_pipeline(tiny_model_dir)
-    add_adapters(pipe.unet, unet_targets(pipe.unet), "trilora", 4, 4)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for layer in adapter_layers(pipe.unet).values():
-            layer.down.weight.normal_(std=0.3)
-    path = tmp_path_factory.mktemp("lora") / "style.safetensors"
-    save_kohya(path, {f"unet.{k}": v for k, v in lora_pairs(pipe.unet).items()}, 4.0, {}, torch.float32)
-    return path

@@ -1,28 +1,10 @@
 """`trilora generate`: diffusers' pipeline and loader, the paper's defaults, strength 0 = base model."""
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
-from trilora.adapters.inject import adapter_layers, add_adapters, lora_pairs, unet_targets
-from trilora.base.load import load_pipeline
 from trilora.cli import main
-from trilora.formats.kohya import save_kohya
 from trilora.inference.generate import parse_lora
-
-
-@pytest.fixture(scope="module")
-def lora_file(tiny_model_dir, tmp_path_factory):
-    pipe = load_pipeline(tiny_model_dir)
-    add_adapters(pipe.unet, unet_targets(pipe.unet), "trilora", 4, 4)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for layer in adapter_layers(pipe.unet).values():
-            layer.down.weight.normal_(std=0.3)
-    path = tmp_path_factory.mktemp("lora") / "style.safetensors"
-    save_kohya(path, {f"unet.{k}": v for k, v in lora_pairs(pipe.unet).items()}, 4.0, {}, torch.float32)
-    return path
 
 
 def generate(tiny_model_dir, tmp_path, name, *extra):

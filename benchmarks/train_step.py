@@ -22,9 +22,9 @@ from trilora.adapters.inject import add_adapters, trainable_parameters, unet_tar
 from trilora.base.load import load_pipeline
 from trilora.base.tiny import TINY_RESOLUTION, make_shapes_dataset, save_tiny_pipeline
 from trilora.config import from_dict
+from trilora.device import resolve_device
 from trilora.training.loop import train
 from trilora.training.metrics import read_metrics
-from trilora.training.setup import resolve_device
 
 
 def save_sd15_random(path: Path) -> Path:

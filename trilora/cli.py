@@ -48,9 +48,11 @@ def config_from_args(args: argparse.Namespace):
     data = {}
     resume = getattr(args, "checkpoint.resume", None)
     if resume:
-        from trilora.training.checkpoint import find_checkpoint, load_checkpoint
+        from trilora.training.checkpoint import find_checkpoint, load_checkpoint, run_folder_of
 
-        data = load_checkpoint(find_checkpoint(resume))["config"]
+        checkpoint = find_checkpoint(resume)
+        data = load_checkpoint(checkpoint)["config"]
+        data["output"] = str(run_folder_of(checkpoint))  # where it is now, not where it was started
     for section, values in (load_toml(args.config) if getattr(args, "config", None) else {}).items():
         if isinstance(values, dict) and isinstance(data.get(section), dict):
             data[section] = data[section] | values

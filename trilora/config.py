@@ -137,7 +137,14 @@ class ValidationConfig:
 class CheckpointConfig:
     checkpoint_every: int = opt(250, "Save the full training state every N steps (0 = only on Ctrl-C).")
     keep_checkpoints: int = opt(2, "How many checkpoints to keep (older ones are deleted).")
-    resume: str | None = opt(None, "Resume from OUTPUT (its latest checkpoint) or OUTPUT/checkpoints/step-N.")
+    resume: str | None = opt(
+        None,
+        "Resume from OUTPUT (its latest checkpoint) or OUTPUT/checkpoints/step-N; the run continues in "
+        "that folder, or in --output if given (a new folder; the original is left as it is).",
+    )
+    overwrite: bool = opt(
+        False, "Replace an earlier run in --output: its files are deleted first (default: refuse)."
+    )
 
 
 @dataclass
@@ -193,6 +200,31 @@ class RunConfig:
             (self.checkpoint.checkpoint_every >= 0, "--checkpoint-every must be 0 or more"),
             (self.checkpoint.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
             (
+                not (self.checkpoint.overwrite and self.checkpoint.resume),
+                "--overwrite and --resume contradict each other: resume keeps the run, overwrite deletes it",
+            ),
+            (
+                self.adapter.conv_rank is None or self.adapter.conv_rank >= 1,
+                f"--conv-rank must be at least 1, got {self.adapter.conv_rank} (leave it out to adapt no 3x3 convs)",
+            ),
+            (self.adapter.conv_alpha is None or self.adapter.conv_alpha > 0, "--conv-alpha must be positive"),
+            (
+                self.adapter.conv_alpha is None or self.adapter.conv_rank is not None,
+                "--conv-alpha needs --conv-rank (the 3x3-conv adapters it scales)",
+            ),
+            (
+                self.validation.sample_steps >= 1,
+                f"--sample-steps must be at least 1, got {self.validation.sample_steps}",
+            ),
+            (
+                self.validation.sample_every is None or self.validation.sample_every >= 1,
+                "--sample-every must be at least 1",
+            ),
+            (self.validation.min_delta >= 0, "--min-delta must be 0 or more"),
+            (self.train.weight_decay >= 0, "--weight-decay must be 0 or more"),
+            (self.train.noise_offset >= 0, "--noise-offset must be 0 or more"),
+            (self.data.prior_loss_weight >= 0, "--prior-loss-weight must be 0 or more"),
+            (
                 bool(self.model.base),
                 "no base model: pass --base PATH (a diffusers folder or a .safetensors file)",
             ),
@@ -238,8 +270,44 @@ def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
             unknown += [f"{name}.{k}" for k in values if k not in known]
     if unknown:
         raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}; see `trilora train --help`")
-    sections = {name: classes[name](**data.get(name, {})) for name in classes}
-    return RunConfig(output=data.get("output", ""), **sections)
+    sections = {}
+    for name, cls in classes.items():
+        hints, fields = get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+        values = data.get(name, {})
+        sections[name] = cls(
+            **{k: checked(v, hints[k], fields[k], f"{name}.{k}", source) for k, v in values.items()}
+        )
+    output = checked(data.get("output", ""), str, None, "output", source)
+    return RunConfig(output=output, **sections)
+
+
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def checked(value: Any, annotation: Any, spec: dataclasses.Field | None, key: str, source: str) -> Any:
+    """`value` if it has the field's type (an int is a float too) and is among its choices; else an
+    error naming the key, the type wanted and the value given."""
+    kind, optional = base_type(annotation), type(None) in get_args(annotation)
+    if value is None and optional:
+        return None
+    is_list = get_origin(annotation) is list
+    wanted = TYPE_NAMES.get(kind, kind.__name__)
+    if is_list:
+        wanted = f"a list of {wanted.removeprefix('an ').removeprefix('a ')}s"
+        if not isinstance(value, list):
+            raise UserError(f"{source}: {key} must be {wanted}, got {value!r}")
+    for item in value if is_list else [value]:
+        fits = isinstance(item, kind) and not (kind is int and isinstance(item, bool))
+        if kind is float and isinstance(item, int) and not isinstance(item, bool):
+            fits = True
+        if not fits:
+            raise UserError(f"{source}: {key} must be {wanted}, got {value!r}")
+        choices = spec.metadata.get("choices") if spec is not None else None
+        if choices and item not in choices:
+            raise UserError(f"{source}: {key} must be one of {', '.join(choices)}, got {item!r}")
+    if kind is float and not isinstance(value, list):
+        return float(value)
+    return value
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

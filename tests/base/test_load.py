@@ -68,7 +68,10 @@ def test_loads_diffusers_folder(tiny_model_dir):
     original = build_tiny_pipeline(seed=0)
     assert pipe.safety_checker is None
     assert not pipe.config.requires_safety_checker
-    assert torch.equal(unet_output(pipe), unet_output(original))
+    assert_same_weights(pipe, original)  # the weights bit for bit
+    # Outputs only to a tolerance: weights read from safetensors sit at offset 8 + header length in the
+    # file, not 16-byte aligned in general, and oneDNN then sums in another order (seen: 8e-7 apart).
+    torch.testing.assert_close(unet_output(pipe), unet_output(original), rtol=1e-5, atol=1e-5)
     assert pipe.tokenizer("a cat").input_ids == [49406, 320, 2368, 49407]
 
 

@@ -84,10 +84,10 @@ def check_settings(s: EvalSettings) -> None:
 def evaluate(s: EvalSettings) -> dict:
     """Generate what the cache lacks, score every row, write metrics.json/.csv and report.html; the results."""
     from trilora.base.load import load_pipeline
+    from trilora.device import resolve_device
     from trilora.evaluation.clip_score import load_clip_scorer
     from trilora.evaluation.inception import inception_features, load_inception
     from trilora.evaluation.report import write_outputs
-    from trilora.training.setup import resolve_device
 
     check_settings(s)
     device = resolve_device(s.device)
@@ -110,11 +110,11 @@ def evaluate(s: EvalSettings) -> dict:
     cache = ImageCache(s.cache or Path(s.output) / "cache")
 
     def load_pipe():
-        from trilora.inference.generate import SCHEDULERS
+        from trilora.inference.generate import scheduler_from
 
         pipe = load_pipeline(s.base, s.base_config, dtype=dtype)
         if s.protocol.scheduler:
-            pipe.scheduler = SCHEDULERS[s.protocol.scheduler].from_config(pipe.scheduler.config)
+            pipe.scheduler = scheduler_from(s.protocol.scheduler, pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device)
 

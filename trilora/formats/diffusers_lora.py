@@ -30,8 +30,8 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
+from trilora.files import save_safetensors
 from trilora.formats.kohya import pair_alphas
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
@@ -86,8 +86,7 @@ def save_diffusers(
     header = {**(metadata or {}), "format": "pt"}
     header[ADAPTER_METADATA_KEY] = json.dumps(adapter_metadata, indent=2, sort_keys=True)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / WEIGHT_NAME), metadata=header)
+    save_safetensors(tensors, folder / WEIGHT_NAME, header)
     return folder
 
 

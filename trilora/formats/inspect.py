@@ -14,8 +14,8 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
 from trilora.errors import UserError
-from trilora.formats.diffusers_lora import ADAPTER_METADATA_KEY, WEIGHT_NAME, module_value
-from trilora.formats.kohya import PREFIXES
+from trilora.formats.diffusers_lora import ADAPTER_METADATA_KEY, TEXT_MODEL, WEIGHT_NAME, module_value
+from trilora.formats.kohya import PREFIXES, module_key
 
 # The model part of each kohya prefix; te1/te2 are SDXL's two text encoders.
 KOHYA_PARTS = {prefix: part for part, prefix in PREFIXES.items()}
@@ -198,3 +198,32 @@ def format_description(description: dict) -> str:
 
 def _join(values) -> str:
     return ", ".join(f"{value:g}" for value in values)
+
+
+def adapter_shapes(path: str | Path) -> tuple[dict[str, tuple[list[int], list[int]]], dict[str, str]]:
+    """({module key `<part>.<path>`: (down shape, up shape)}, header metadata) of a kohya or
+    diffusers-layout LoRA file, from its header only; other files give no shapes."""
+    path = Path(path)
+    if path.is_dir() and (path / WEIGHT_NAME).is_file():
+        path = path / WEIGHT_NAME
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys, metadata = list(f.keys()), dict(f.metadata() or {})
+            if _is_kohya(keys):
+                pairs = {key.removesuffix(".lora_down.weight"): (key, key.replace(".lora_down.", ".lora_up."))
+                         for key in keys if key.endswith(".lora_down.weight")}  # fmt: skip
+                modules = {module_key(name): pair for name, pair in pairs.items()}
+            else:
+                modules = {key.removesuffix(".lora_A.weight"): (key, key.replace(".lora_A.", ".lora_B."))
+                           for key in keys if key.endswith(".lora_A.weight")}  # fmt: skip
+                modules = {_module_of_file_key(k): pair for k, pair in modules.items()}
+            shapes = {module: (f.get_slice(down).get_shape(), f.get_slice(up).get_shape())
+                      for module, (down, up) in modules.items() if up in keys}  # fmt: skip
+    except (OSError, SafetensorError) as error:
+        raise UserError(f"cannot read {path} as a safetensors file: {error}") from None
+    return shapes, metadata
+
+
+def _module_of_file_key(key: str) -> str:
+    part, _, module_path = key.partition(".")
+    return f"{part}.{module_path.removeprefix(TEXT_MODEL)}"

@@ -24,9 +24,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from trilora.errors import UserError
+from trilora.files import save_safetensors
 from trilora.formats.metadata import read_safetensors
 
 # Pairs are keyed `<part>.<module path>`; each part has its own kohya prefix.
@@ -90,8 +90,7 @@ def save_kohya(
         # kohya casts alpha to the save dtype too; every loader reads it with .item(), and fp32
         # keeps an alpha such as 0.1 exact.
         tensors[f"{name}.alpha"] = torch.tensor(alphas[key], dtype=torch.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=dict(metadata))
+    save_safetensors(tensors, path, dict(metadata))
     return path
 
 

@@ -11,7 +11,8 @@ SD-1.x-shaped model maps, the tiny test model as well as SD 1.5.
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+
+from trilora.files import save_safetensors
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -193,5 +194,5 @@ def save_single_file(pipe, path: str | Path) -> Path:
     """Write a StableDiffusionPipeline's unet, vae and text encoder as one LDM-layout `.safetensors`."""
     path = Path(path)
     state_dict = ldm_state_dict(pipe.unet, pipe.vae, pipe.text_encoder)
-    save_file({key: tensor.detach().cpu().contiguous() for key, tensor in state_dict.items()}, path)
+    save_safetensors({key: tensor.detach().cpu().contiguous() for key, tensor in state_dict.items()}, path)
     return path

@@ -9,18 +9,15 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
 from trilora.errors import UserError
+from trilora.files import save_safetensors
 
 
 def save_adapter(path: Path, state: dict[str, torch.Tensor], metadata: dict) -> None:
-    """Write atomically: a crash mid-write leaves any previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    save_file(tensors, str(tmp), metadata={"trilora_adapter": json.dumps(metadata)})
-    tmp.replace(path)
+    save_safetensors(tensors, path, {"trilora_adapter": json.dumps(metadata)})
 
 
 def load_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -7,33 +7,29 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
-
-from trilora.base.load import load_pipeline
 from trilora.errors import UserError
+from trilora.files import save_image
+from trilora.run_folder import check_folder_path, prepare_folder
 
 log = logging.getLogger("trilora")
 
+# Sampler names -> diffusers scheduler classes (imported when used: `--help` stays fast).
 SCHEDULERS = {
-    "ddim": DDIMScheduler,
-    "ddpm": DDPMScheduler,
-    "dpm++": DPMSolverMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-    "euler_a": EulerAncestralDiscreteScheduler,
-    "lms": LMSDiscreteScheduler,
-    "pndm": PNDMScheduler,
-    "unipc": UniPCMultistepScheduler,
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+    "unipc": "UniPCMultistepScheduler",
 }
+
+
+def scheduler_from(name: str, config):
+    import diffusers
+
+    return getattr(diffusers, SCHEDULERS[name]).from_config(config)
 
 
 def parse_lora(spec: str) -> tuple[Path, float]:
@@ -50,12 +46,37 @@ def parse_lora(spec: str) -> tuple[Path, float]:
     return Path(path), strength
 
 
+def check_fits(pipe, path: Path) -> None:
+    """Refuse, naming the module and both shapes, an adapter made for another base model."""
+    from trilora.formats.inspect import adapter_shapes
+
+    shapes, metadata = adapter_shapes(path)
+    made_for = metadata.get("ss_sd_model_name") or metadata.get("ss_base_model_version")
+    made_for = f"; its metadata says it was made for {made_for}" if made_for else ""
+    for key, (down, up) in shapes.items():
+        part, _, module_path = key.partition(".")
+        model = getattr(pipe, part, None)
+        try:
+            module = model.get_submodule(module_path) if model is not None else None
+        except AttributeError:
+            module = None
+        if module is None or not hasattr(module, "weight"):
+            raise UserError(f"cannot load adapter {path}: it adapts {key}, which this base model does not have"
+                            f"{made_for}; use the base model it was trained for")  # fmt: skip
+        weight = module.weight.shape  # (out, in[, kh, kw])
+        if down[1] != weight[1] or up[0] != weight[0]:
+            raise UserError(f"cannot load adapter {path}: {key} is {weight[1]} -> {weight[0]} in this base model "
+                            f"but {down[1]} -> {up[0]} in the file{made_for}; use the base model it was "
+                            "trained for")  # fmt: skip
+
+
 def load_adapters(pipe, loras: list[tuple[Path, float]]) -> None:
     """Load each adapter with diffusers' loader and set its strength."""
     names = []
     for i, (path, _) in enumerate(loras):
         name = f"adapter{i}"
         folder, weight_name = (path, None) if path.is_dir() else (path.parent, path.name)
+        check_fits(pipe, path)
         try:
             pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=name)
         except (ValueError, KeyError, OSError, RuntimeError) as error:
@@ -79,6 +100,8 @@ def generate(
     num_images: int = 1,
 ):
     """PIL images; the defaults are the TriLoRA paper's protocol (seed 30, 20 steps, guidance 7.5)."""
+    import torch
+
     generator = torch.Generator(device="cpu").manual_seed(seed)
     return pipe(
         prompt,
@@ -117,29 +140,40 @@ def add_generate_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="A .png file (one image) or a folder.")
 
 
+def check_size(flag: str, value: int | None) -> None:
+    if value is not None and (value < 8 or value % 8):
+        raise UserError(f"{flag} must be a positive multiple of 8 (the VAE's factor), got {value}")
+
+
 def generate_from_args(args: argparse.Namespace) -> list[Path]:
-    from trilora.training.setup import resolve_device
+    import torch
+
+    from trilora.base.load import load_pipeline
+    from trilora.device import resolve_device
 
     loras = [parse_lora(spec) for spec in args.lora]
     if args.num_images < 1 or args.steps < 1:
         raise UserError("--num-images and --steps must be at least 1")
+    check_size("--height", args.height)
+    check_size("--width", args.width)
+    output = Path(args.output)
+    single = output.suffix.lower() == ".png" and args.num_images == 1
+    check_folder_path(output.parent if single else output, "--output")
     device = resolve_device(args.device)
     pipe = load_pipeline(
         args.base, args.base_config, dtype=torch.float16 if device.type == "cuda" else torch.float32
     )
     if args.scheduler:
-        pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config)
+        pipe.scheduler = scheduler_from(args.scheduler, pipe.scheduler.config)
     load_adapters(pipe, loras)
     pipe.to(device)
     images = generate(pipe, args.prompt, args.negative_prompt, args.seed, args.steps, args.guidance,
                       args.height, args.width, args.num_images)  # fmt: skip
-    output = Path(args.output)
-    if output.suffix.lower() == ".png" and len(images) == 1:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        images[0].save(output)
+    if single:
+        save_image(images[0], output)
         return [output]
-    output.mkdir(parents=True, exist_ok=True)
+    prepare_folder(output)
     paths = [output / f"{i:02d}.png" for i in range(len(images))]
     for image, path in zip(images, paths, strict=True):
-        image.save(path)
+        save_image(image, path)
     return paths

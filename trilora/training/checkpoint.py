@@ -2,7 +2,7 @@
 
 A checkpoint is a folder `OUTPUT/checkpoints/step-NNNNNN/` holding `state.pt`: a plain dict
 (nanoGPT style) of adapter factors, optimizer state, step, early-stopping counters, the best adapter
-so far and the resolved config. Noise, timesteps and data order are functions of the seed and
+so far, the metrics rows so far and the resolved config. Noise, timesteps and data order are functions of the seed and
 the step (training/noise.py, data/order.py), so no random-generator state is needed.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from trilora.errors import UserError
+from trilora.files import torch_save
 
 # Settings that may change on resume without breaking bit-exact continuation.
 RESUMABLE_CHANGES = {
@@ -28,6 +29,7 @@ RESUMABLE_CHANGES = {
     "checkpoint.checkpoint_every",
     "checkpoint.keep_checkpoints",
     "checkpoint.resume",
+    "checkpoint.overwrite",
     "export.name",
     "export.export",
     "export.export_dtype",
@@ -44,7 +46,7 @@ def save_checkpoint(output: Path, step: int, state: dict, keep: int) -> Path:
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save(state, tmp / "state.pt")
+    torch_save(state, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in list_checkpoints(output)[:-keep] if keep > 0 else []:
@@ -73,11 +75,31 @@ def find_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
+def run_folder_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to: OUTPUT for OUTPUT/checkpoints/step-N."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
+
+
+REQUIRED_KEYS = ("step", "adapter", "optimizer", "stopper", "best_state", "config", "data")
+
+
 def load_checkpoint(path: Path) -> dict:
+    """The state dict of `path`/state.pt, read with torch's weights-only loader: a file that holds
+    anything but tensors and plain containers (a pickle that would run code) is refused, not run."""
+    file = Path(path) / "state.pt"
     try:
-        return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as error:
-        raise UserError(f"cannot read checkpoint {path}: {error}; resume from an earlier one") from None
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged or foreign file
+        kind = "it holds objects other than tensors" if "Weights only load failed" in str(error) else (
+            f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else 'damaged'}")  # fmt: skip
+        raise UserError(f"cannot read checkpoint {file}: not a trilora training state ({kind}); "
+                        "resume from another checkpoint of the run") from None  # fmt: skip
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing or not isinstance(state["config"], dict) or not isinstance(state["step"], int):
+        raise UserError(f"cannot read checkpoint {file}: not a trilora training state "
+                        f"(missing {', '.join(missing) or 'a valid step or config'}); resume from another checkpoint")  # fmt: skip
+    return state
 
 
 def flatten(config: dict, prefix: str = "") -> dict:

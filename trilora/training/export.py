@@ -7,12 +7,24 @@ import torch
 
 from trilora.adapters.inject import adapter_layers, lora_pairs
 from trilora.config import RunConfig, ValidationConfig, to_dict
+from trilora.files import save_image, write_text
 from trilora.formats.diffusers_lora import save_diffusers
 from trilora.formats.kohya import conv_network_args, save_kohya
 from trilora.formats.metadata import kohya_metadata
 from trilora.formats.native import save_adapter
 
 log = logging.getLogger("trilora")
+RUN_FILES = (
+    "config.json",
+    "metrics.csv",
+    "summary.json",
+    "loss.png",
+    "checkpoints",
+    "best",
+    "last",
+    "samples",
+    "tb",
+)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -26,6 +38,19 @@ def conv_alpha(config: RunConfig) -> float | None:
     if adapter.conv_rank is None:
         return None
     return float(adapter.conv_alpha if adapter.conv_alpha is not None else adapter.conv_rank)
+
+
+def run_files(folder: Path) -> list[Path]:
+    """What of a training run `folder` holds: our files, and exported adapters (any top-level
+    .safetensors, and NAME-diffusers folders)."""
+    if not folder.is_dir():
+        return []
+    found = [folder / name for name in RUN_FILES if (folder / name).exists()]
+    found += sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith("."))
+    found += sorted(
+        p for p in folder.glob("*-diffusers") if (p / "pytorch_lora_weights.safetensors").exists()
+    )
+    return found
 
 
 def write_adapter(path: Path, state: dict, config: RunConfig, step: int, val_loss: float | None) -> None:
@@ -103,6 +128,6 @@ def save_samples(
                 generator=torch.Generator(device="cpu").manual_seed(config.train.seed),
                 output_type="pil",
             ).images[0]
-        image.save(folder / f"{i:02d}.png")
-    (folder / "prompts.txt").write_text("\n".join(opts.sample_prompt) + "\n")
+        save_image(image, folder / f"{i:02d}.png")
+    write_text(folder / "prompts.txt", "\n".join(opts.sample_prompt) + "\n")
     pipe.unet.train(unet_training)

@@ -5,10 +5,10 @@ stopping and checkpoints in plain sight, no callbacks.
 """
 
 import contextlib
-import json
 import logging
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -21,16 +21,27 @@ from trilora.data.cache import encode_text, tokenize
 from trilora.data.captions import transform_caption
 from trilora.data.order import BatchOrder
 from trilora.errors import Interrupted, UserError
+from trilora.files import write_json
+from trilora.run_folder import FolderLock, claim
 from trilora.training.checkpoint import (
     StopRequest,
     find_checkpoint,
     incompatible_changes,
+    list_checkpoints,
     load_checkpoint,
+    run_folder_of,
     save_checkpoint,
 )
-from trilora.training.distributed import init_distributed
+from trilora.training.distributed import Distributed, init_distributed
 from trilora.training.ema import EMA
-from trilora.training.export import adapter_alpha, conv_alpha, export_adapters, save_samples, write_adapter
+from trilora.training.export import (
+    adapter_alpha,
+    conv_alpha,
+    export_adapters,
+    run_files,
+    save_samples,
+    write_adapter,
+)
 from trilora.training.losses import denoising_loss, min_snr_weights
 from trilora.training.metrics import MetricsLog, plot_losses, read_metrics
 from trilora.training.noise import training_noise
@@ -44,20 +55,55 @@ log = logging.getLogger("trilora")
 
 
 def train(config: RunConfig) -> dict:
+    """Train into config.output, which this run holds locked from start to end (see run_folder.py)."""
     config.validate()
-    output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
-    opts, val_opts, ckpt_opts, data_opts = config.train, config.validation, config.checkpoint, config.data
-    resume = load_checkpoint(find_checkpoint(ckpt_opts.resume)) if ckpt_opts.resume else None
+    source = find_checkpoint(config.checkpoint.resume) if config.checkpoint.resume else None
+    resume = load_checkpoint(source) if source is not None else None
     if resume is not None:
         changed = incompatible_changes(resume["config"], to_dict(config))
         if changed:
             raise UserError(f"cannot resume with changed settings: {'; '.join(changed)}")
     dist = init_distributed()
+    lock = claim_run_folder(config, source, dist)
+    try:
+        return run(config, resume, source, dist)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def claim_run_folder(config: RunConfig, source: Path | None, dist: Distributed) -> FolderLock | None:
+    """The main process claims the output folder; every process stops if it could not.
+
+    `--resume` continues in the checkpoint's own run folder; given another --output, the run
+    continues there instead (a new folder, as for a new run) and the original is left untouched.
+    """
+    output = Path(config.output)
+    in_place = source is not None and output.resolve() == run_folder_of(source).resolve()
+    error, lock = None, None
+    if dist.main:
+        hint = f"continue it with --resume {output}" if list_checkpoints(output) else "it cannot be resumed"
+        try:
+            lock = claim(output, run_files, "train", config.checkpoint.overwrite, in_place, hint)
+        except UserError as refused:
+            error = refused
+    failed = torch.tensor([float(error is not None)])
+    dist.sum_([failed])
+    if error is not None:
+        raise error
+    if failed.item():
+        raise UserError(f"the main process could not take the run folder {output}; see its message")
+    return lock
+
+
+def run(config: RunConfig, resume: dict | None, source: Path | None, dist: Distributed) -> dict:
+    output = Path(config.output)
+    opts, val_opts, ckpt_opts, data_opts = config.train, config.validation, config.checkpoint, config.data
+    in_place = source is not None and output.resolve() == run_folder_of(source).resolve()
     if not dist.main:
         log.setLevel(logging.WARNING)  # one process tells the story
     if dist.main:
-        (output / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+        write_json(output / "config.json", to_dict(config))
     torch.manual_seed(opts.seed)
     s = setup(config, dist)
     if resume is not None and resume["data"] != s.data_fingerprint:
@@ -129,8 +175,7 @@ def train(config: RunConfig) -> dict:
 
     stopper = EarlyStopping(val_opts.patience, val_opts.min_delta)
     best_state, start_step = None, 0
-    previous_rows = read_metrics(output / "metrics.csv") if resume is not None else []
-    metrics = MetricsLog(output / "metrics.csv" if dist.main else None, resume["step"] if resume else 0)
+    metrics = MetricsLog(output / "metrics.csv" if dist.main else None, resume["step"] if in_place else 0)
     if resume is not None:
         load_state(resume["adapter"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -138,15 +183,29 @@ def train(config: RunConfig) -> dict:
             ema.load_state_dict(resume["ema"])
         stopper.__dict__.update(resume["stopper"])
         best_state, start_step = resume["best_state"], resume["step"]
-        metrics.restore([row for row in previous_rows if row["step"] <= start_step])
-        log.info("resumed from step %d (%s)", start_step, find_checkpoint(ckpt_opts.resume))
+        rows = resume.get("metrics")
+        if rows is None:  # checkpoints written before the rows were kept in them
+            csv_file = run_folder_of(source) / "metrics.csv"
+            rows = read_metrics(csv_file) if csv_file.is_file() else []
+        metrics.restore([row for row in rows if row["step"] <= start_step], to_tensorboard=not in_place)
+        if dist.main and in_place:
+            for later in [
+                p for p in list_checkpoints(output) if int(p.name.removeprefix("step-")) > start_step
+            ]:
+                log.warning("removing %s: it continues the run past the checkpoint resumed from", later)
+                shutil.rmtree(later, ignore_errors=True)
+        if dist.main and not in_place and best_state is not None:
+            write_adapter(output / "best" / "adapter.safetensors", best_state, config, stopper.best_step,
+                          stopper.best_loss)  # fmt: skip
+        log.info("resumed from step %d (%s) into %s", start_step, source, output)
 
     def checkpoint(step: int) -> Path | None:
         if not dist.main:
             return None
         state = {"step": step, "adapter": adapter_state(), "optimizer": optimizer.state_dict(),
                  "stopper": dict(vars(stopper)), "best_state": best_state, "config": to_dict(config),
-                 "data": s.data_fingerprint, "ema": ema.state_dict() if ema else None}  # fmt: skip
+                 "data": s.data_fingerprint, "ema": ema.state_dict() if ema else None,
+                 "metrics": list(metrics.rows)}  # fmt: skip
         return save_checkpoint(output, step, state, ckpt_opts.keep_checkpoints)
 
     def sample(step: int) -> None:
@@ -299,5 +358,5 @@ def train(config: RunConfig) -> dict:
         "exported": {k: str(v) for k, v in exported.items()},
         "exported_step": exported_step,
     }
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(output / "summary.json", summary)
     return summary

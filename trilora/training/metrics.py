@@ -1,8 +1,11 @@
 """metrics.csv (one row per optimiser step, written as we go) and the loss plot."""
 
 import csv
+import io
 import math
 from pathlib import Path
+
+from trilora.files import save_figure, write_text
 
 COLUMNS = ("step", "train_loss", "val_loss", "val_loss_se", "lr", "elapsed_s")
 
@@ -25,16 +28,25 @@ class MetricsLog:
         self._start_file()
 
     def _start_file(self) -> None:
+        """The header and the rows so far, replacing the file atomically; later rows are appended."""
         if self.path is not None:
-            with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(COLUMNS)
+            buffer = io.StringIO(newline="")
+            writer = csv.writer(buffer)
+            writer.writerow(COLUMNS)
+            writer.writerows(_csv_row(row) for row in self.rows)
+            write_text(self.path, buffer.getvalue())
 
-    def restore(self, rows: list[dict]) -> None:
-        """Start over from these rows (on resume: the rows up to the checkpoint's step)."""
-        self.rows = []
+    def restore(self, rows: list[dict], to_tensorboard: bool = False) -> None:
+        """Start over from these rows (on resume: the rows up to the checkpoint's step).
+
+        `to_tensorboard`: also log them as scalars (a run continued into a new folder; in its own
+        folder the event files have them already).
+        """
+        self.rows = [{k: (int(row[k]) if k == "step" else row.get(k)) for k in COLUMNS} for row in rows]
         self._start_file()
-        for row in rows:
-            self.write(**{k: (int(v) if k == "step" else v) for k, v in row.items()})
+        if self.tensorboard is not None and to_tensorboard:
+            for row in self.rows:
+                self._scalars(row)
 
     def write(self, **row) -> None:
         row = {k: row.get(k) for k in COLUMNS}
@@ -42,15 +54,22 @@ class MetricsLog:
         if self.path is None:
             return
         if self.tensorboard is not None:
-            for key in ("train_loss", "val_loss", "lr"):
-                if row[key] is not None:
-                    self.tensorboard.add_scalar(key, row[key], row["step"])
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow(["" if row[k] is None else _fmt(row[k]) for k in COLUMNS])
+            self._scalars(row)
+        with self.path.open("a", newline="") as f:  # an append: a crash loses at most this row
+            csv.writer(f).writerow(_csv_row(row))
+
+    def _scalars(self, row: dict) -> None:
+        for key in ("train_loss", "val_loss", "lr"):
+            if row[key] is not None:
+                self.tensorboard.add_scalar(key, row[key], row["step"])
 
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def _csv_row(row: dict) -> list[str]:
+    return ["" if row[k] is None else _fmt(row[k]) for k in COLUMNS]
 
 
 def _fmt(value) -> str:
@@ -102,5 +121,5 @@ def plot_losses(rows: list[dict], path: Path, best_step: int | None = None, titl
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)

@@ -18,7 +18,7 @@ from trilora.data.disk_cache import LatentCache, cached_encode, vae_fingerprint
 from trilora.data.folder import IMAGE_EXTENSIONS, Item, image_size, load_images, scan, split_validation
 from trilora.data.order import BatchOrder
 from trilora.data.subsets import load_dataset_config, scan_subsets
-from trilora.errors import UserError
+from trilora.device import resolve_device
 from trilora.training.distributed import Distributed
 from trilora.training.validation import ValidationSet, make_validation_set
 
@@ -39,14 +39,6 @@ class Setup:
     validation: ValidationSet | None
     total_steps: int
     data_fingerprint: str  # what resume checks to refuse changed data
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return torch.device(name)
 
 
 def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:

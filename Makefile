@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
+DEMO_FLAGS ?=
+
 demo: install
-	$(PY) -m trilora demo --output runs/demo
+	$(PY) -m trilora demo --output runs/demo $(DEMO_FLAGS)
 
 lint: install
 	$(VENV)/bin/ruff check trilora tests benchmarks scripts

@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+from pathlib import Path
 
 from trilora.config import base_type, from_dict, iter_fields, load_toml
 from trilora.errors import Interrupted, UserError
@@ -48,8 +49,10 @@ def config_from_args(args: argparse.Namespace):
     data = {}
     resume = getattr(args, "checkpoint.resume", None)
     if resume:
+        from trilora.run_folder import refuse_if_in_use
         from trilora.training.checkpoint import find_checkpoint, load_checkpoint, run_folder_of
 
+        refuse_if_in_use(run_folder_of(Path(resume)))
         checkpoint = find_checkpoint(resume)
         data = load_checkpoint(checkpoint)["config"]
         data["output"] = str(run_folder_of(checkpoint))  # where it is now, not where it was started
@@ -107,7 +110,7 @@ def cmd_check_data(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from trilora.demo import run_demo
 
-    run_demo(args.output, steps=args.steps, base=args.base)
+    run_demo(args.output, steps=args.steps, base=args.base, overwrite=args.overwrite)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -170,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, default=400, help="At most this many steps (validation may stop sooner)."
     )
     demo.add_argument("--base", help="Another toy-world base model folder (default: the shipped one).")
+    demo.add_argument(
+        "--overwrite", action="store_true", help="Replace an earlier demo in --output (default: refuse)."
+    )
     demo.set_defaults(handler=cmd_demo)
 
     bench = sub.add_parser("bench", help="Benchmark LoRA against TriLoRA in the toy world (report.md).")

@@ -248,6 +248,9 @@ class RunConfig:
         for what, path in paths:
             if path and not Path(path).exists():
                 raise UserError(f"{what} not found: {path}")
+        from trilora.device import resolve_device
+
+        resolve_device(self.train.device)  # a bad --device stops here, before anything is written
 
 
 def section_classes() -> dict[str, type]:

@@ -7,13 +7,14 @@ exports it, and generates the same prompts (all eight colours) before and after.
 judge counts how many images show the new style and the asked-for colour, floors and time.
 """
 
-import json
 import logging
 from pathlib import Path
 
 from PIL import Image
 
 from trilora.config import RunConfig, from_dict
+from trilora.errors import UserError
+from trilora.files import save_image, write_json, write_text
 from trilora.toy.base import RESOLUTION
 from trilora.toy.evaluate import ADAPTER_STYLE, adapter_dataset, prompt_set
 from trilora.toy.world import caption
@@ -46,15 +47,47 @@ def demo_config(output: Path, base: Path, steps: int) -> RunConfig:
     )
 
 
-def run_demo(output: str | Path, steps: int = 500, base: str | Path | None = None) -> dict:
+DEMO_FILES = ("data", "val", "run", "before_after.png", "prompts.txt", "metrics.json")
+
+
+def demo_files(folder: Path) -> list[Path]:
+    return [folder / name for name in DEMO_FILES if (folder / name).exists()]
+
+
+def run_demo(
+    output: str | Path, steps: int = 500, base: str | Path | None = None, overwrite: bool = False
+) -> dict:
+    """The demo into `output`, which it holds locked; an earlier demo there is replaced only with `overwrite`."""
+    from trilora.run_folder import claim
+    from trilora.toy.base import toy_base_path
+
+    output, base = Path(output), Path(base) if base else toy_base_path()
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    if not (base / "model_index.json").is_file():
+        raise UserError(f"--base {base} is not a toy-world base model folder (no model_index.json)")
+    lock = claim(
+        output,
+        demo_files,
+        "demo",
+        overwrite,
+        False,
+        "its results are in before_after.png and run/ (make demo DEMO_FLAGS=--overwrite replaces them)",
+        what="a demo",
+    )
+    try:
+        return demo_locked(output, steps, base)
+    finally:
+        lock.release()
+
+
+def demo_locked(output: Path, steps: int, base: Path) -> dict:
     from trilora.base.load import load_pipeline
     from trilora.inference.generate import load_adapters
-    from trilora.toy.base import toy_base_path
     from trilora.toy.evaluate import generate_images, score
     from trilora.toy.judge import load_judge
     from trilora.training.loop import train
 
-    output, base = Path(output), Path(base) if base else toy_base_path()
     log.info("demo: rendering %d %s buildings to %s", TRAIN_IMAGES + VAL_IMAGES, ADAPTER_STYLE, output)
     adapter_dataset(output / "data", TRAIN_IMAGES, seed=0)
     adapter_dataset(output / "val", VAL_IMAGES, seed=1)
@@ -69,9 +102,9 @@ def run_demo(output: str | Path, steps: int = 500, base: str | Path | None = Non
     after = generate_images(pipe, wanted)
     scores = {"before": score(judge, before, wanted), "after": score(judge, after, wanted)}
     rows = [images[i : i + 8] for images in (before, after) for i in range(0, GRID_PROMPTS, 8)]
-    image_grid(rows).save(output / "before_after.png")
-    (output / "prompts.txt").write_text("".join(caption(a) + "\n" for a in wanted))
-    (output / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
+    save_image(image_grid(rows), output / "before_after.png")
+    write_text(output / "prompts.txt", "".join(caption(a) + "\n" for a in wanted))
+    write_json(output / "metrics.json", scores)
 
     b, a = scores["before"], scores["after"]
     print(

@@ -125,43 +125,49 @@ def describe(record: dict | None) -> str:
             f"started {record.get('started', '?')})")  # fmt: skip
 
 
+def refuse_if_in_use(folder: Path) -> None:
+    holder = FolderLock(folder, "").holder() if folder.is_dir() else None
+    if holder is not None:
+        raise UserError(in_use_message(folder, holder))
+
+
 def in_use_message(folder: Path, holder: str) -> str:
     return f"{folder} is in use by {holder}; wait for it to finish (or stop it), or choose another --output"
 
 
 def claim(folder: Path, earlier_files: Callable[[Path], list[Path]], command: str, overwrite: bool,
-          resuming: bool, hint: str) -> FolderLock:  # fmt: skip
+          resuming: bool, hint: str, delete_earlier: bool = True, what: str = "a run") -> FolderLock:  # fmt: skip
     """Lock `folder` for this command, after checking that it may write there; see the module doc.
 
     `earlier_files(folder)`: what of an earlier run the folder holds (each command knows its files).
     `hint`: how the user continues the earlier run instead, for the message.
+    `delete_earlier`: with `overwrite`, delete the earlier files now (a run), or leave them to be
+    replaced file by file (a report).
     Nothing is written before every check has passed; the check is repeated under the lock, in case
     another command started in between.
     """
     check_folder_path(folder)
     lock = FolderLock(folder, command)
-    holder = lock.holder()
-    if holder is not None:
-        raise UserError(in_use_message(folder, holder))
-    refuse_mixing(folder, earlier_files(folder) if folder.is_dir() else [], overwrite or resuming, hint)
+    refuse_if_in_use(folder)
+    refuse_mixing(folder, earlier_files(folder) if folder.is_dir() else [], overwrite or resuming, hint, what)
     prepare_folder(folder)
     lock.acquire()
     try:
         earlier = earlier_files(folder)
-        refuse_mixing(folder, earlier, overwrite or resuming, hint)
+        refuse_mixing(folder, earlier, overwrite or resuming, hint, what)
     except UserError:
         lock.release()
         raise
-    if overwrite and earlier:
+    if overwrite and earlier and delete_earlier:
         for path in earlier:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
         log.warning("--overwrite: deleted the earlier run's files in %s: %s", folder, listing(earlier))
     return lock
 
 
-def refuse_mixing(folder: Path, earlier: list[Path], allowed: bool, hint: str) -> None:
+def refuse_mixing(folder: Path, earlier: list[Path], allowed: bool, hint: str, what: str) -> None:
     if earlier and not allowed:
-        raise UserError(f"{folder} already holds a run ({listing(earlier, 6)}): {hint}, "
+        raise UserError(f"{folder} already holds {what} ({listing(earlier, 6)}): {hint}, "
                         "replace it with --overwrite, or choose another --output")  # fmt: skip
 
 

@@ -56,11 +56,22 @@ def test_compare_trains_each_method_alike_and_writes_one_report(
     report = (tmp_path / "out" / "report.html").read_text()
     assert "Training" in report and report.count("<h3>") == 2  # one image grid per method
 
-    # a second run reuses both trained adapters and every cached image
-    assert main([*args, "--config", str(tmp_path / "train.toml")]) == 0
+    # a second run refuses to replace the report unless told; told, it reuses both trained adapters
+    # and every cached image
+    report_bytes = (tmp_path / "out" / "metrics.json").read_bytes()
+    assert main([*args, "--config", str(tmp_path / "train.toml")]) == 2
+    assert (tmp_path / "out" / "metrics.json").read_bytes() == report_bytes
+    assert main([*args, "--config", str(tmp_path / "train.toml"), "--overwrite"]) == 0
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["generated"] == 0
-    # ... but refuses to mix runs trained with other settings
+    # ... and refuses to mix runs trained with other settings (here: without train.toml)
+    for name in ("metrics.json", "metrics.csv", "report.html"):
+        (tmp_path / "out" / name).unlink()
     assert main([*args]) == 2
+    assert json.loads((tmp_path / "out" / "train" / "lora" / "config.json").read_text()) == {
+        **configs["lora"], "output": str(tmp_path / "out" / "train" / "lora"),
+        "adapter": {**configs["lora"]["adapter"], "method": "lora"},
+        "export": {**configs["lora"]["export"], "name": "lora"},
+    }  # fmt: skip
 
 
 def test_methods_flag():

@@ -63,10 +63,14 @@ def test_metrics_files_and_report(run):
 @pytest.mark.slow
 def test_rerun_generates_only_what_is_new(run):
     output, evaluate, first = run
-    again = evaluate("0,1")
+    before = {p.name: p.read_bytes() for p in output.iterdir() if p.is_file()}
+    with pytest.raises(AssertionError):  # an earlier report is replaced only with --overwrite
+        evaluate("0,1")
+    assert {p.name: p.read_bytes() for p in output.iterdir() if p.is_file()} == before
+    again = evaluate("0,1", "--overwrite")
     assert again["generated"] == 0
     assert again["rows"] == first["rows"]  # the same images give the same numbers
-    more = evaluate("0,0.5,1")
+    more = evaluate("0,0.5,1", "--overwrite")
     assert more["generated"] == len(PROMPTS) * 2
     assert [r["strength"] for r in more["rows"]] == [0.0, 0.5, 1.0]
     assert more["rows"][0] == first["rows"][0] and more["rows"][2] == first["rows"][1]

@@ -87,6 +87,16 @@ def add_adapters(
     return layers
 
 
+def narrower_than(model: nn.Module, names: list[str], rank: int) -> dict[str, int]:
+    """The named layers whose weight has rank below `rank` ({name: min(out, in*kh*kw)}): an adapter
+    there cannot use all of its rank (TriLoRA's Sigma repeats the smallest singular value)."""
+    widths = {}
+    for name in names:
+        weight = model.get_submodule(name).weight
+        widths[name] = min(weight.shape[0], weight[0].numel())
+    return {name: width for name, width in widths.items() if width < rank}
+
+
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
     """The adapters in a model, by the path of the layer they wrap."""
     return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLayer)}

@@ -39,11 +39,35 @@ def sigma_init(weight: torch.Tensor, rank: int) -> torch.Tensor:
     Normalising by s_1 keeps the scale of dW independent of the base layer's norm.
     A rank above the weight's own rank repeats the smallest singular value.
     """
-    values = torch.linalg.svdvals(flat(weight).float())
+    values = top_singular_values(flat(weight).float(), rank)
     values = values / values[0].clamp_min(1e-12)
     if rank > values.numel():
         values = torch.cat([values, values[-1].expand(rank - values.numel())])
     return torch.diag(values[:rank])
+
+
+def top_singular_values(matrix: torch.Tensor, k: int, power_iterations: int = 4) -> torch.Tensor:
+    """The k largest singular values of a 2-D matrix (all of them if it has fewer), descending.
+
+    Sigma's initialisation needs only s_1..s_r, not all min(out, in) of them: a randomised range
+    finder (Halko, Martinsson & Tropp 2011, algorithms 4.4 and 5.1) with 2k + 16 probe vectors
+    and `power_iterations` re-orthonormalised power steps, on the matrix's own device. Each
+    estimate is a lower bound of the true value; on Gaussian matrices (a flat spectrum, the worst
+    case) s_i/s_1 is within 0.03 of svdvals' at SD 1.5's shapes, and far closer on trained weights,
+    whose spectra decay (tests/adapters/test_math.py). Small matrices take the exact route. The
+    probe vectors come from a fixed seed: no global random state is used or changed.
+    """
+    rows, cols = matrix.shape
+    probes = 2 * k + 16
+    if min(rows, cols) <= 2 * probes or matrix.is_meta:  # meta: --dry-run's shapes-only model
+        return torch.linalg.svdvals(matrix)[:k]
+    tall = matrix if rows >= cols else matrix.T  # (m, n), m >= n
+    generator = torch.Generator(device=matrix.device).manual_seed(0)
+    omega = torch.randn(tall.shape[1], probes, generator=generator, device=matrix.device, dtype=matrix.dtype)
+    basis = torch.linalg.qr(tall @ omega).Q  # (m, probes): an orthonormal basis of the top range
+    for _ in range(power_iterations):
+        basis = torch.linalg.qr(tall @ torch.linalg.qr(tall.T @ basis).Q).Q
+    return torch.linalg.svdvals(basis.T @ tall)[:k]  # of a (probes, n) matrix: cheap
 
 
 def up_init_std(fan_in: int, rank: int, mid: torch.Tensor) -> float:

@@ -13,6 +13,8 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from PIL import Image, ImageDraw
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from trilora.files import save_image, write_text
+
 SD15_DIR = Path(__file__).parent / "sd15"
 
 TINY_UNET = dict(
@@ -102,6 +104,6 @@ def make_shapes_dataset(folder: Path, count: int = 24, size: int = TINY_RESOLUTI
         cx, cy = rng.randint(radius, size * 4 - radius), rng.randint(radius, size * 4 - radius)
         box = (cx - radius, cy - radius, cx + radius, cy + radius)
         (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=SHAPE_COLOURS[colour])
-        image.resize((size, size), Image.Resampling.BOX).save(folder / f"{i:03d}.png")
-        (folder / f"{i:03d}.txt").write_text(f"a {colour} {shape}")
+        save_image(image.resize((size, size), Image.Resampling.BOX), folder / f"{i:03d}.png")
+        write_text(folder / f"{i:03d}.txt", f"a {colour} {shape}")
     return folder

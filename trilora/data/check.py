@@ -19,6 +19,7 @@ from trilora.errors import UserError
 TOKENIZER_DIR = Path(__file__).parents[1] / "base" / "sd15" / "tokenizer"
 CLIP_TOKEN_LIMIT = 75  # 77 positions less the start and end tokens; SD 1.x truncates the rest
 TOP = 10  # how many tags and sizes the report lists
+TAG_CHARS = 60  # longer tags are cut in the report
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,11 @@ def summary(values: list[float], digits: int = 1) -> dict:
     }
 
 
+def shorten(text: str, most: int = TAG_CHARS) -> str:
+    """A tag for the report: a caption without commas is one "tag", possibly thousands of words long."""
+    return text if len(text) <= most else text[: most - 1].rstrip() + "…"
+
+
 def caption_statistics(captions: list[str], problems: list[FileProblem], count_tokens: bool) -> dict:
     """Of the usable images' captions as trained (trigger included): words, CLIP tokens, top tags."""
     tags = Counter(tag for caption in captions for tag in {t.strip() for t in caption.split(",")} - {""})
@@ -115,7 +121,9 @@ def caption_statistics(captions: list[str], problems: list[FileProblem], count_t
         "problems": {kind: sum(p.kind == kind for p in problems) for kind in CAPTION_KINDS},
         "with_text": sum(bool(caption) for caption in captions),
         "words": summary([len(caption.split()) for caption in captions]),
-        "top_tags": [[tag, n] for tag, n in sorted(tags.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]],
+        "top_tags": [
+            [shorten(tag), n] for tag, n in sorted(tags.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]
+        ],
     }
     if count_tokens:
         tokens = clip_token_counts(captions)

@@ -138,8 +138,8 @@ def scan(folder: str | Path, trigger: str | None = None, caption_extension: str 
         raise UserError(f'caption extension must start with a dot, such as ".txt"; got {caption_extension!r}')
     items = []
     for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
-            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file() or path.name.startswith("."):
+            continue  # hidden files: macOS's ._ resource forks, a killed writer's .partial files
         repeats = 1
         for part in path.relative_to(folder).parts[:-1]:
             match = REPEAT_FOLDER.match(part)

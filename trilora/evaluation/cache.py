@@ -13,10 +13,11 @@ the steps, the guidance, the size, the scheduler, the device type and the dtype.
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 from PIL import Image
+
+from trilora.files import save_image, write_text
 
 KEY_VERSION = 1  # bump when the generation code changes what a key's image looks like
 
@@ -71,11 +72,7 @@ class ImageCache:
             return image.convert("RGB")
 
     def put(self, key: str, image: Image.Image) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.png")
-        image.save(partial)
-        os.replace(partial, path)  # a run killed mid-write leaves no half image under the key
+        save_image(image, self.path(key))  # a run killed mid-write leaves no half image under the key
 
     def metrics_path(self, key: str) -> Path:
         return self.folder / "metrics" / f"{key}.json"
@@ -87,8 +84,4 @@ class ImageCache:
     def put_metrics(self, key: str, metrics: dict) -> None:
         if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
             return  # a NaN is not worth keeping: score the row again next time
-        path = self.metrics_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(metrics))
-        os.replace(partial, path)
+        write_text(self.metrics_path(key), json.dumps(metrics))

@@ -4,7 +4,10 @@ Each method (LoRA, TriLoRA) is trained with the same settings and seed into OUTP
 the exported adapters are evaluated together with `trilora evaluate`'s protocol: one report, the
 base model first. By default the prompts are the training captions (with the trigger word) and the
 reference images are the training images, as in the paper's NFID against the target style.
-A method whose run folder already holds a finished run with the same settings is not trained again.
+A method whose run folder already holds a finished run with the same settings is not trained again;
+an interrupted one with the same settings is resumed from its last checkpoint. OUTPUT is locked
+for the whole command, and an earlier report (or a method run with other settings) is replaced only
+with --overwrite.
 """
 
 import argparse
@@ -55,23 +58,49 @@ def method_config(args: argparse.Namespace, method: str) -> RunConfig:
     return from_dict(data, source=args.config or "compare")
 
 
-def finished_run(config: RunConfig) -> dict | None:
-    """The summary of a finished run in the config's output folder with exactly these settings, or None."""
+def settings_of(config: dict) -> dict:
+    """A run's settings as compared between runs: how it was started (resume, overwrite) is not one."""
+    config = json.loads(json.dumps(config))
+    for key in ("resume", "overwrite"):
+        config.get("checkpoint", {}).pop(key, None)
+    return config
+
+
+def earlier_run(config: RunConfig, overwrite: bool) -> tuple[str, dict | None]:
+    """What the method's folder holds: ("finished", summary) or ("interrupted", None) for a run with
+    exactly these settings, else ("new", None); a run with other settings is refused without
+    --overwrite (with it, the training replaces it)."""
+    from trilora.training.checkpoint import list_checkpoints
+
     output = Path(config.output)
     summary_file, config_file = output / "summary.json", output / "config.json"
-    if not summary_file.is_file() or not config_file.is_file():
-        return None
-    if json.loads(config_file.read_text()) != json.loads(json.dumps(to_dict(config))):
-        raise UserError(
-            f"{output} holds a run with other settings; delete it, or give another --output, to compare anew"
-        )
-    summary = json.loads(summary_file.read_text())
-    return summary if Path(summary["exported"].get("kohya", "")).is_file() else None
+    if not config_file.is_file():
+        return "new", None
+    try:
+        same = settings_of(json.loads(config_file.read_text())) == settings_of(to_dict(config))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError):
+        same = False
+    if not same:
+        if overwrite:
+            return "new", None
+        raise UserError(f"{output} holds a run with other settings; give --overwrite to train it anew, "
+                        "or choose another --output")  # fmt: skip
+    if summary_file.is_file():
+        summary = json.loads(summary_file.read_text())
+        if Path(summary["exported"].get("kohya", "")).is_file():
+            return "finished", summary
+    return ("interrupted", None) if list_checkpoints(output) else ("new", None)
 
 
 def compare_from_args(args: argparse.Namespace) -> dict:
     from trilora.data.folder import with_trigger
-    from trilora.evaluation.evaluate import evaluate, print_summary, settings_from_args
+    from trilora.evaluation.evaluate import (
+        check_settings,
+        claim_output,
+        evaluate,
+        print_summary,
+        settings_from_args,
+    )
     from trilora.evaluation.inputs import read_prompts
     from trilora.training.loop import train
 
@@ -87,6 +116,15 @@ def compare_from_args(args: argparse.Namespace) -> dict:
     )
     reference = Path(args.reference or args.data)
     settings = settings_from_args(args, [], prompts, reference, labels=methods)
+    check_settings(settings)
+    lock = claim_output(Path(args.output), args.overwrite, "compare")
+    try:
+        return compare_locked(args, methods, configs, settings, train, evaluate, print_summary)
+    finally:
+        lock.release()
+
+
+def compare_locked(args, methods, configs, settings, train, evaluate, print_summary) -> dict:
     # Check the metric networks before hours of training.
     from trilora.evaluation.clip_score import load_clip_scorer
     from trilora.evaluation.inception import load_inception
@@ -96,12 +134,17 @@ def compare_from_args(args: argparse.Namespace) -> dict:
 
     summaries = {}
     for method, config in configs.items():
-        summary = finished_run(config)
-        if summary is None:
-            log.info("compare: training %s into %s", method, config.output)
-            summary = train(config)
-        else:
+        state, summary = earlier_run(config, args.overwrite)
+        if state == "finished":
             log.info("compare: %s already trained in %s; reusing it", method, config.output)
+        else:
+            if state == "interrupted":
+                log.info("compare: resuming the interrupted %s run in %s", method, config.output)
+                config.checkpoint.resume = config.output
+            else:
+                log.info("compare: training %s into %s", method, config.output)
+                config.checkpoint.overwrite = args.overwrite
+            summary = train(config)
         if not summary["exported"]:
             raise UserError(f"the {method} run in {config.output} exported no adapter")
         summaries[method] = summary
@@ -112,7 +155,7 @@ def compare_from_args(args: argparse.Namespace) -> dict:
         }
         for method in methods
     }
-    results = evaluate(settings)
+    results = evaluate(settings, lock_held=True)
     print_summary(results, Path(args.output))
     return results
 

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import torch
 
+from trilora.device import resolve_device
 from trilora.errors import UserError
 from trilora.evaluation.cache import ImageCache, file_identity, settings_key
 from trilora.evaluation.generation import Protocol, Variant, all_keys, generate_missing, images_per_prompt
 from trilora.evaluation.inputs import load_image, parse_strengths, read_prompts, reference_files
 from trilora.evaluation.kid import subset_size_for
 from trilora.evaluation.metrics import fid, nfid, recommend_strength
+from trilora.inference.generate import check_size
+from trilora.run_folder import check_folder_path
 
 log = logging.getLogger("trilora")
 BASE_LABEL = "base model"
@@ -47,6 +50,7 @@ class EvalSettings:
     clip_tolerance: float = 1.0  # CLIP-score points below the best that a recommended strength may lose
     grid_prompts: int = 8  # prompts shown in the report's image grids
     training: dict | None = None  # `trilora compare`: each method's training summary, for the report
+    overwrite: bool = False  # replace an earlier report in `output` (its image cache is kept either way)
 
 
 def adapter_labels(loras: list[Path], labels: list[str] | None) -> list[str]:
@@ -79,23 +83,58 @@ def check_settings(s: EvalSettings) -> None:
         raise UserError("--clip-tolerance must be 0 or more")
     if any(strength < 0 for strength in s.strengths):
         raise UserError("--strengths must be 0 or more (0 is the base model)")
+    check_size("--height", p.height)
+    check_size("--width", p.width)
+    resolve_device(s.device)  # a bad --device stops here, before the output folder is touched
+    check_folder_path(Path(s.output))
 
 
-def evaluate(s: EvalSettings) -> dict:
-    """Generate what the cache lacks, score every row, write metrics.json/.csv and report.html; the results."""
-    from trilora.base.load import load_pipeline
-    from trilora.device import resolve_device
+REPORT_FILES = ("metrics.json", "metrics.csv", "report.html")
+
+
+def report_files(folder: Path) -> list[Path]:
+    """An earlier evaluation's results in `folder` (its cache/ is not one: it is reused by design)."""
+    return [folder / name for name in REPORT_FILES if (folder / name).exists()]
+
+
+def claim_output(output: Path, overwrite: bool, command: str):
+    """Lock the report folder; an earlier report is replaced only with --overwrite, and only once the
+    new one is written (atomically), so a failed run leaves the old report as it was."""
+    from trilora.run_folder import claim
+
+    hint = f"to reuse its generated images elsewhere, give --cache {output / 'cache'} with another --output"
+    return claim(output, report_files, command, overwrite, False, hint, delete_earlier=False, what="a report")
+
+
+def evaluate(s: EvalSettings, lock_held: bool = False) -> dict:
+    """Generate what the cache lacks, score every row, write metrics.json/.csv and report.html; the results.
+
+    The output folder is locked for the whole run (`lock_held`: the caller, `trilora compare`, holds it).
+    """
     from trilora.evaluation.clip_score import load_clip_scorer
-    from trilora.evaluation.inception import inception_features, load_inception
-    from trilora.evaluation.report import write_outputs
+    from trilora.evaluation.inception import load_inception
 
     check_settings(s)
     device = resolve_device(s.device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    # The metric networks load first, so that a missing file stops the run before hours of generation.
+    # The metric networks and references load first, so that a missing file stops the run before
+    # the output folder is touched and hours of generation are spent.
     inception = load_inception(s.inception_weights).to(device)
     clip = load_clip_scorer(s.clip_model, device)
     references = reference_files(s.reference)
+    lock = None if lock_held else claim_output(Path(s.output), s.overwrite, "evaluate")
+    try:
+        return evaluate_locked(s, device, inception, clip, references)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def evaluate_locked(s: EvalSettings, device, inception, clip, references: list[Path]) -> dict:
+    from trilora.base.load import load_pipeline
+    from trilora.evaluation.inception import inception_features
+    from trilora.evaluation.report import write_outputs
+
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
 
     labels = adapter_labels([Path(p) for p in s.loras], s.labels)
     base_variant = Variant(BASE_LABEL)
@@ -282,6 +321,11 @@ def add_protocol_flags(parser: argparse.ArgumentParser, defaults_from_data: bool
     )
     parser.add_argument("--cache", metavar="DIR", help="Cache of generated images (default: OUTPUT/cache).")
     parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace an earlier report in --output (default: refuse); its image cache is kept and reused.",
+    )
 
 
 def add_evaluate_flags(parser: argparse.ArgumentParser) -> None:
@@ -327,6 +371,7 @@ def settings_from_args(args: argparse.Namespace, loras: list[Path], prompts: lis
         kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size,
         clip_tolerance=args.clip_tolerance,
+        overwrite=args.overwrite,
     )
 
 

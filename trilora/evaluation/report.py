@@ -8,10 +8,12 @@ import base64
 import csv
 import html
 import io
-import json
 from pathlib import Path
 
 from PIL import Image
+
+from trilora.files import write_json, write_text
+from trilora.plotting import pyplot
 
 CSV_COLUMNS = ("label", "adapter", "strength", "images", "fid", "nfid", "kid", "kid_std", "clip_score",
                "clip_score_std", "recommended")  # fmt: skip
@@ -20,16 +22,15 @@ THUMBNAIL = 192  # pixels, the longer side of each image in the grids
 
 def write_outputs(output: Path, results: dict, grids: dict) -> None:
     """`grids`: adapter label -> {"columns": [titles], "rows": [(prompt, [PIL images, one per column])]}."""
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-    with open(output / "metrics.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, CSV_COLUMNS)
-        writer.writeheader()
-        for row in results["rows"]:
-            writer.writerow(
-                {k: row.get(k) for k in CSV_COLUMNS} | {"recommended": is_recommended(row, results)}
-            )
-    (output / "report.html").write_text(render_html(results, grids, plot_png(results)), encoding="utf-8")
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, CSV_COLUMNS)
+    writer.writeheader()
+    for row in results["rows"]:
+        writer.writerow({k: row.get(k) for k in CSV_COLUMNS} | {"recommended": is_recommended(row, results)})
+    page = render_html(results, grids, plot_png(results))  # everything is drawn before anything is written
+    write_json(output / "metrics.json", results)
+    write_text(output / "metrics.csv", buffer.getvalue())
+    write_text(output / "report.html", page)
 
 
 def is_recommended(row: dict, results: dict) -> bool:
@@ -62,11 +63,7 @@ def curves(results: dict) -> dict[str, list[tuple[float, float, float]]]:
 
 def plot_png(results: dict) -> Image.Image:
     """CLIP score against FID, one line per adapter through its strengths, the recommended ones ringed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     base = results["rows"][0]
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=100)
     ax.scatter(

@@ -21,7 +21,6 @@ import copy
 import dataclasses
 import logging
 import shlex
-import shutil
 import time
 from collections.abc import Sequence
 from itertools import product
@@ -74,6 +73,9 @@ def add_bench_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", default="runs/bench-toy")
     parser.add_argument("--base", help="Toy base model folder (default: the shipped trilora/toy/base).")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Replace an earlier benchmark in --output (default: refuse)."
+    )
 
 
 def bench_from_args(args: argparse.Namespace) -> dict:
@@ -88,6 +90,7 @@ def bench_from_args(args: argparse.Namespace) -> dict:
         base=args.base,
         lr=args.lr,
         patience=args.patience,
+        overwrite=args.overwrite,
     )
     print(f"report: {Path(args.output) / 'report.md'} ({results['seconds']['total']:.0f} s)")
     return results
@@ -111,22 +114,43 @@ def run_bench(
     base: str | Path | None = None,
     lr: float = LR,
     patience: int = PATIENCE,
+    overwrite: bool = False,
 ) -> dict:
-    """Train and score every (method, rank, seed); write report.md, plots/ and results.json to `output`."""
-    from trilora.toy.report import analyse_run, summarise, write_report
-    from trilora.training.loop import train
+    """Train and score every (method, rank, seed); write report.md, plots/ and results.json to `output`,
+    which the bench holds locked; an earlier bench there is deleted first only with `overwrite`."""
+    from trilora.run_folder import claim
 
     methods, ranks = list(dict.fromkeys(methods)), list(dict.fromkeys(ranks))
     check_settings(methods, ranks, seeds, steps, eval_every, prompts, lr, patience)
     base = resolve_base(base)
     output = Path(output)
+    lock = claim(
+        output, bench_files, "bench toy", overwrite, False, "its report is report.md", what="a benchmark"
+    )
+    try:
+        return bench_locked(output, methods, ranks, seeds, steps, eval_every, prompts, base, lr, patience)
+    finally:
+        lock.release()
+
+
+BENCH_FILES = ("report.md", "results.json", "plots", "runs", "data")
+
+
+def bench_files(folder: Path) -> list[Path]:
+    return [folder / name for name in BENCH_FILES if (folder / name).exists()]
+
+
+def bench_locked(output: Path, methods: list[str], ranks: list[int], seeds: int, steps: int, eval_every: int,
+                 prompts: int, base: Path, lr: float, patience: int) -> dict:  # fmt: skip
+    from trilora.toy.report import analyse_run, summarise, write_report
+    from trilora.training.loop import train
+
     started = time.perf_counter()
     adapter_dataset(output / "data" / "train", TRAIN_IMAGES, TRAIN_SEED)
     adapter_dataset(output / "data" / "val", VAL_IMAGES, VAL_SEED)
     runs, configs = [], {}
     for method, rank, seed in product(methods, ranks, range(seeds)):
         folder = output / "runs" / f"{method}-r{rank}-s{seed}"
-        shutil.rmtree(folder, ignore_errors=True)  # an earlier bench's checkpoints must not be scored
         log.info("bench: training %s rank %d seed %d", method, rank, seed)
         run_started = time.perf_counter()
         config = configs[method, rank] = bench_config(

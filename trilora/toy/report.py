@@ -1,11 +1,12 @@
 """The toy bench's analysis and report: replayed early stopping, means over seeds, report.md, plots
 and results.json. Everything but the writing is pure functions on the bench's numbers."""
 
-import json
 import math
 import statistics
 from pathlib import Path
 
+from trilora.files import save_figure, write_json, write_text
+from trilora.plotting import pyplot
 from trilora.training.validation import EarlyStopping
 
 # (key in evaluate.score's result, column title, digits)
@@ -76,7 +77,7 @@ def summarise(runs: list[dict]) -> list[dict]:
 def write_report(output: Path, results: dict) -> None:
     """results.json, plots/*.png and report.md (which embeds the plots) in `output`."""
     output = Path(output)
-    (output / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(output / "results.json", results)
     (output / "plots").mkdir(parents=True, exist_ok=True)
     plots = []
     for entry in results["summary"]:
@@ -85,7 +86,7 @@ def write_report(output: Path, results: dict) -> None:
         plot_curves(runs, results["base"]["fid"], output / name, f"{entry['method']} rank {entry['rank']}")
         plots.append((f"{entry['method']} rank {entry['rank']}", name))
     plot_fid_overview(results, output / "plots" / "fid.png")
-    (output / "report.md").write_text(report_markdown(results, plots))
+    write_text(output / "report.md", report_markdown(results, plots))
 
 
 def report_markdown(results: dict, plots: list[tuple[str, str]]) -> str:
@@ -182,7 +183,7 @@ def report_markdown(results: dict, plots: list[tuple[str, str]]) -> str:
 
 
 def plot_curves(runs: list[dict], base_fid: float, path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6.5), dpi=100)
     for k, run in enumerate(runs):
         colour = f"C{k % 10}"
@@ -213,12 +214,12 @@ def plot_curves(runs: list[dict], base_fid: float, path: Path, title: str) -> No
     top.legend()
     bottom.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
 def plot_fid_overview(results: dict, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     for entry in results["summary"]:
         runs = [r for r in results["runs"] if (r["method"], r["rank"]) == (entry["method"], entry["rank"])]
@@ -234,7 +235,7 @@ def plot_fid_overview(results: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -248,12 +249,3 @@ def _fmt(stat: dict, digits: int, sign: str = "") -> str:
     if stat["std"] is None or not math.isfinite(stat["std"]):
         return mean
     return f"{mean} ± {stat['std']:.{digits}f}"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from trilora.files import save_image, write_text
+
 STYLES = ("modern", "classical", "gothic", "tudor", "pagoda", "onion")
 BASE_STYLES = ("modern", "classical", "gothic", "tudor")  # what the base model is trained on
 UNSEEN_STYLES = ("onion", "pagoda")  # never in the base model's data: for adapters to learn
@@ -162,8 +164,8 @@ def render_dataset(
     for index in range(count):
         a = sample_attributes(rng, styles, colours)
         image = render(a, rng.getrandbits(32), size)
-        image.save(folder / f"{index:0{digits}d}.png")
-        (folder / f"{index:0{digits}d}.txt").write_text(caption(a) + "\n")
+        save_image(image, folder / f"{index:0{digits}d}.png")
+        write_text(folder / f"{index:0{digits}d}.txt", caption(a) + "\n")
         written.append(a)
     return written
 

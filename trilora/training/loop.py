@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler
 
 from trilora.adapters.inject import adapter_state_dict, load_adapter_state_dict
 from trilora.config import RunConfig, to_dict
@@ -48,7 +47,6 @@ from trilora.training.noise import training_noise
 from trilora.training.optim import make_optimizer
 from trilora.training.progress import Progress
 from trilora.training.schedule import lr_at
-from trilora.training.setup import setup
 from trilora.training.validation import EarlyStopping, mean_and_standard_error
 
 log = logging.getLogger("trilora")
@@ -97,6 +95,10 @@ def claim_run_folder(config: RunConfig, source: Path | None, dist: Distributed) 
 
 
 def run(config: RunConfig, resume: dict | None, source: Path | None, dist: Distributed) -> dict:
+    from diffusers import DDPMScheduler  # here, not at the top: a refused run stops in a second
+
+    from trilora.training.setup import setup
+
     output = Path(config.output)
     opts, val_opts, ckpt_opts, data_opts = config.train, config.validation, config.checkpoint, config.data
     in_place = source is not None and output.resolve() == run_folder_of(source).resolve()

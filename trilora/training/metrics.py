@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from trilora.files import save_figure, write_text
+from trilora.plotting import pyplot
 
 COLUMNS = ("step", "train_loss", "val_loss", "val_loss_se", "lr", "elapsed_s")
 
@@ -92,11 +93,7 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
 
 def plot_losses(rows: list[dict], path: Path, best_step: int | None = None, title: str = "") -> None:
     """Train loss (raw and smoothed) and validation loss with standard-error bars; best step marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     train = [(r["step"], r["train_loss"]) for r in rows if r["train_loss"] is not None]
     val = [(r["step"], r["val_loss"], r["val_loss_se"] or 0.0) for r in rows if r["val_loss"] is not None]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)

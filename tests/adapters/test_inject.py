@@ -83,3 +83,16 @@ def test_a_second_add_adapters_keeps_the_first_trainable():
     unet(latents, 500, encoder_hidden_states=context).sample.square().mean().backward()
     assert all(layers[name].up.weight.grad is not None for name in attention)
     assert all(layers[name].down.weight.grad is not None for name in conv)
+
+
+def test_a_rank_wider_than_target_layers_is_warned_about(sd15_unet, caplog):
+    from trilora.adapters.inject import narrower_than
+    from trilora.training.setup import warn_if_narrow
+
+    targets = unet_targets(sd15_unet)
+    assert narrower_than(sd15_unet, targets, 320) == {}  # SD 1.5's narrowest attention layers are 320 wide
+    narrow = narrower_than(sd15_unet, targets, 512)
+    assert narrow and set(narrow.values()) == {320} and all(".attentions." in n for n in narrow)
+    with caplog.at_level("WARNING", logger="trilora"):
+        warn_if_narrow(sd15_unet, targets, 512, "--rank")
+    assert f"--rank 512 is wider than {len(narrow)} of the {len(targets)} target layers" in caplog.text

@@ -204,3 +204,14 @@ def test_cli_json_and_exit_codes(problem_folder, report, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["check-data", str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.startswith("trilora: error: no images (.png, .jpg")
+
+
+def test_a_caption_without_commas_is_shortened_in_the_report(tmp_path):
+    folder = tmp_path / "long"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), "red").save(folder / "a.png")
+    (folder / "a.txt").write_text(" ".join(["word"] * 10_000))
+    report = check_folder(folder, 64)
+    tag, count = report.captions["top_tags"][0]
+    assert count == 1 and len(tag) <= 60 and tag.endswith("…")
+    assert max(len(line) for line in format_report(report).splitlines()) < 200

@@ -146,9 +146,6 @@ def check_size(flag: str, value: int | None) -> None:
 
 
 def generate_from_args(args: argparse.Namespace) -> list[Path]:
-    import torch
-
-    from trilora.base.load import load_pipeline
     from trilora.device import resolve_device
 
     loras = [parse_lora(spec) for spec in args.lora]
@@ -160,6 +157,10 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
     single = output.suffix.lower() == ".png" and args.num_images == 1
     check_folder_path(output.parent if single else output, "--output")
     device = resolve_device(args.device)
+    import torch
+
+    from trilora.base.load import load_pipeline
+
     pipe = load_pipeline(
         args.base, args.base_config, dtype=torch.float16 if device.type == "cuda" else torch.float32
     )

@@ -210,6 +210,9 @@ def test_a_folder_of_broken_images_is_one_line(tiny_model_dir, tmp_path):
     (data / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(100))
     (data / "b.jpg").write_bytes(b"")
     assert_refused(cli(*train_args(tiny_model_dir, data, tmp_path / "out", "--steps", "1")))
+    assert not (
+        tmp_path / "out" / "config.json"
+    ).exists()  # a start that failed leaves no run to block a retry
     assert_refused(cli("check-data", data))
     assert_refused(cli("check-data", tmp_path / "nowhere"), str(tmp_path / "nowhere"))
 

@@ -10,7 +10,6 @@ calls before writing anything:
   with a warning that names the dead holder.
 """
 
-import fcntl
 import json
 import logging
 import os
@@ -22,8 +21,30 @@ from pathlib import Path
 
 from trilora.errors import UserError
 
+try:
+    import fcntl
+except ImportError:  # Windows: msvcrt's byte-range lock instead of flock
+    fcntl = None
+    import msvcrt
+
 log = logging.getLogger("trilora")
 LOCK_NAME = ".trilora.lock"
+
+
+def try_lock(handle: int, exclusive: bool) -> bool:
+    """Lock an open file without waiting; False if another process holds it."""
+    if fcntl is None:
+        try:
+            os.lseek(handle, 0, os.SEEK_SET)
+            msvcrt.locking(handle, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def prepare_folder(folder: Path, flag: str = "--output") -> None:
@@ -64,22 +85,18 @@ class FolderLock:
         """Who holds the lock now (a description), or None if nobody does. Writes nothing."""
         if not self.path.is_file():
             return None
-        handle = os.open(self.path, os.O_RDONLY)
+        handle = os.open(self.path, os.O_RDONLY if fcntl else os.O_RDWR)
         try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return describe(read_record(self.path))
+            free = try_lock(handle, exclusive=False)
         finally:
-            os.close(handle)  # also drops the shared lock
-        return None
+            os.close(handle)  # also drops the lock just taken
+        return None if free else describe(read_record(self.path))
 
     def acquire(self) -> None:
         handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_lock(handle, exclusive=True):
             os.close(handle)
-            raise UserError(in_use_message(self.path.parent, describe(read_record(self.path)))) from None
+            raise UserError(in_use_message(self.path.parent, describe(read_record(self.path))))
         left = read_record(self.path)
         if left:
             log.warning("taking over %s: its lock was left by %s, which is no longer running",
@@ -87,7 +104,8 @@ class FolderLock:
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
         os.ftruncate(handle, 0)
-        os.pwrite(handle, (json.dumps(record) + "\n").encode(), 0)
+        os.lseek(handle, 0, os.SEEK_SET)
+        os.write(handle, (json.dumps(record) + "\n").encode())
         os.fsync(handle)
         self.handle = handle
 

@@ -1,4 +1,5 @@
 import pytest
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
@@ -145,7 +146,7 @@ def test_a_failed_write_leaves_neither_a_file_nor_a_temporary(tmp_path, monkeypa
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(disk_cache, "save_file", fail)
+    monkeypatch.setattr(safetensors.torch, "save_file", fail)
     with pytest.raises(OSError, match="disk full"):
         cache.put(image, 32, (32, 32), torch.randn(4, 8, 8))
     assert list((tmp_path / "cache").iterdir()) == []

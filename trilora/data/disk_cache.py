@@ -12,17 +12,16 @@ not read back (corrupt, truncated, from another version) is a miss and is rewrit
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from trilora.data.cache import encode_latents
 from trilora.data.folder import Item
+from trilora.files import save_safetensors
 
 log = logging.getLogger("trilora")
 
@@ -111,18 +110,11 @@ class LatentCache:
         return latent
 
     def _write(self, key: str, latent: torch.Tensor, metadata: dict[str, str]) -> None:
-        # A unique temporary name in the same folder, then an atomic rename: readers (other runs
-        # sharing the folder) see the old file or the whole new one, never a partial one.
-        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=f".{key[:16]}-", suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(
-                {"latent": latent.detach().cpu().contiguous()}, temporary, metadata={"key": key, **metadata}
-            )
-            os.replace(temporary, self._path(key))
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        # Atomic (trilora.files): readers (other runs sharing the folder) see the old file or the
+        # whole new one, never a partial one.
+        save_safetensors(
+            {"latent": latent.detach().cpu().contiguous()}, self._path(key), {"key": key, **metadata}
+        )
 
 
 def cached_encode(

@@ -104,14 +104,14 @@ def run(config: RunConfig, resume: dict | None, source: Path | None, dist: Distr
     in_place = source is not None and output.resolve() == run_folder_of(source).resolve()
     if not dist.main:
         log.setLevel(logging.WARNING)  # one process tells the story
-    if dist.main:
-        write_json(output / "config.json", to_dict(config))
     torch.manual_seed(opts.seed)
     s = setup(config, dist)
     if resume is not None and resume["data"] != s.data_fingerprint:
         raise UserError(
             "cannot resume: the training or validation images or captions changed since the checkpoint"
         )
+    if dist.main:  # after set-up: a start that fails on its data leaves no run behind to block a retry
+        write_json(output / "config.json", to_dict(config))
     pipe, device = s.pipe, s.device
     unet, text_encoder = pipe.unet, pipe.text_encoder
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)

@@ -6,7 +6,6 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from trilora.base.tiny import TINY_VAE, build_tiny_pipeline
-from trilora.data import disk_cache
 from trilora.data.cache import encode_latents
 from trilora.data.disk_cache import LatentCache, cached_encode, vae_fingerprint
 from trilora.data.folder import Item, load_image

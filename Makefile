@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch. On a CUDA machine: make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test test-fast lint format bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ format: install
 
 test: lint
 	$(PY) -m pytest -q
+
+# The inner loop: everything but the end-to-end runs marked slow (CI runs those too, in `make test`).
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
 
 bench: install
 	$(PY) benchmarks/train_step.py

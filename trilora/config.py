@@ -16,8 +16,12 @@ from typing import Any, get_args, get_origin, get_type_hints
 from trilora.errors import UserError
 
 
-def opt(default: Any, help: str, choices: tuple | None = None, repeat: bool = False) -> Any:
-    meta = {"help": help, "choices": choices, "repeat": repeat}
+def opt(
+    default: Any, help: str, choices: tuple | None = None, repeat: bool = False, resumable: bool = False
+) -> Any:
+    """A setting. `resumable`: it may change when a run is resumed without breaking the exact
+    continuation (the number of steps, patience, where files go); any other change is refused."""
+    meta = {"help": help, "choices": choices, "repeat": repeat, "resumable": resumable}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -81,8 +85,16 @@ class AdapterConfig:
     conv_alpha: float | None = opt(None, "Alpha of the 3x3-convolution adapters (default: conv rank).")
 
     @property
-    def scale(self) -> float:
-        return (self.alpha if self.alpha is not None else self.rank) / self.rank
+    def resolved_alpha(self) -> float:
+        """Alpha of the attention (and text-encoder) adapters: --alpha, else the rank (scale 1)."""
+        return float(self.alpha if self.alpha is not None else self.rank)
+
+    @property
+    def resolved_conv_alpha(self) -> float | None:
+        """Alpha of LoCon's 3x3-conv adapters: --conv-alpha, else the conv rank; None without them."""
+        if self.conv_rank is None:
+            return None
+        return float(self.conv_alpha if self.conv_alpha is not None else self.conv_rank)
 
 
 @dataclass
@@ -94,8 +106,10 @@ class TrainConfig:
     warmup_steps: int = opt(0, "Linear warm-up steps.")
     batch_size: int = opt(1, "Images per optimiser step (before gradient accumulation).")
     grad_accum: int = opt(1, "Batches accumulated per optimiser step.")
-    steps: int | None = opt(None, "Optimiser steps to run (default: from --epochs, or 1000).")
-    epochs: int | None = opt(None, "Passes over the training set (used when --steps is not given).")
+    steps: int | None = opt(None, "Optimiser steps to run (default: from --epochs, or 1000).", resumable=True)
+    epochs: int | None = opt(
+        None, "Passes over the training set (used when --steps is not given).", resumable=True
+    )
     weight_decay: float = opt(1e-2, "AdamW weight decay on the adapter weights.")
     lr_text_encoder: float | None = opt(None, "Learning rate of the text-encoder adapters (default: --lr).")
     optimizer: str = opt(
@@ -119,44 +133,59 @@ class TrainConfig:
         "bf16 autocast with fp32 adapter weights; auto = bf16 on CUDA, fp32 on CPU.",
         choices=("auto", "no", "bf16"),
     )
-    device: str = opt("auto", "Device to train on: auto, cpu, cuda, cuda:N.")
+    device: str = opt("auto", "Device to train on: auto, cpu, cuda, cuda:N.", resumable=True)
 
 
 @dataclass
 class ValidationConfig:
     validate_every: int = opt(50, "Measure the validation loss every N optimiser steps.")
     val_timesteps: int = opt(8, "Timesteps per validation image, spread evenly over the schedule.")
-    patience: int = opt(5, "Stop after this many validations without improvement (0 = never stop early).")
-    min_delta: float = opt(0.0, "An improvement must lower the validation loss by more than this.")
-    sample_prompt: list[str] = opt([], "Prompt to sample at each validation (repeatable).", repeat=True)
-    sample_steps: int = opt(20, "Denoising steps for the validation samples.")
+    patience: int = opt(
+        5, "Stop after this many validations without improvement (0 = never stop early).", resumable=True
+    )
+    min_delta: float = opt(
+        0.0, "An improvement must lower the validation loss by more than this.", resumable=True
+    )
+    sample_prompt: list[str] = opt(
+        [], "Prompt to sample at each validation (repeatable).", repeat=True, resumable=True
+    )
+    sample_steps: int = opt(20, "Denoising steps for the validation samples.", resumable=True)
     sample_every: int | None = opt(None, "Also write samples every N steps, between validations.")
 
 
 @dataclass
 class CheckpointConfig:
-    checkpoint_every: int = opt(250, "Save the full training state every N steps (0 = only on Ctrl-C).")
-    keep_checkpoints: int = opt(2, "How many checkpoints to keep (older ones are deleted).")
+    checkpoint_every: int = opt(
+        250, "Save the full training state every N steps (0 = only on Ctrl-C).", resumable=True
+    )
+    keep_checkpoints: int = opt(2, "How many checkpoints to keep (older ones are deleted).", resumable=True)
     resume: str | None = opt(
         None,
         "Resume from OUTPUT (its latest checkpoint) or OUTPUT/checkpoints/step-N; the run continues in "
         "that folder, or in --output if given (a new folder; the original is left as it is).",
+        resumable=True,
     )
     overwrite: bool = opt(
-        False, "Replace an earlier run in --output: its files are deleted first (default: refuse)."
+        False,
+        "Replace an earlier run in --output: its files are deleted first (default: refuse).",
+        resumable=True,
     )
 
 
 @dataclass
 class ExportConfig:
-    name: str | None = opt(None, "Name of the exported file (default: the output folder's name).")
-    export: str = opt("best", "Which adapter to export.", choices=("best", "last"))
-    export_dtype: str = opt("fp16", "Precision of the exported files.", choices=("fp16", "bf16", "fp32"))
+    name: str | None = opt(
+        None, "Name of the exported file (default: the output folder's name).", resumable=True
+    )
+    export: str = opt("best", "Which adapter to export.", choices=("best", "last"), resumable=True)
+    export_dtype: str = opt(
+        "fp16", "Precision of the exported files.", choices=("fp16", "bf16", "fp32"), resumable=True
+    )
 
 
 @dataclass
 class RunConfig:
-    output: str = opt("", "Output folder of the run.")
+    output: str = opt("", "Output folder of the run.", resumable=True)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -251,6 +280,15 @@ class RunConfig:
         from trilora.device import resolve_device
 
         resolve_device(self.train.device)  # a bad --device stops here, before anything is written
+
+
+def resumable_keys() -> set[str]:
+    """The settings (`section.name`, or `output`) that may change on resume: declared on each field."""
+    return {
+        f"{section}.{f.name}" if section else f.name
+        for section, f, _ in iter_fields()
+        if f.metadata["resumable"]
+    }
 
 
 def section_classes() -> dict[str, type]:

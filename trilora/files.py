@@ -6,6 +6,7 @@ extension (PIL and matplotlib pick the format from it) and starts with a dot, so
 skip a leftover one.
 """
 
+import hashlib
 import json
 import os
 import tempfile
@@ -44,6 +45,15 @@ def fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(handle)
+
+
+def hash_file(path: str | Path, digest=None):
+    """Feed a file's bytes to `digest` (a new sha256 if None) a megabyte at a time; the digest."""
+    digest = digest if digest is not None else hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest
 
 
 def write_text(path: str | Path, text: str) -> None:

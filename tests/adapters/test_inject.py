@@ -86,8 +86,7 @@ def test_a_second_add_adapters_keeps_the_first_trainable():
 
 
 def test_a_rank_wider_than_target_layers_is_warned_about(sd15_unet, caplog):
-    from trilora.adapters.inject import narrower_than
-    from trilora.training.setup import warn_if_narrow
+    from trilora.adapters.inject import narrower_than, warn_if_narrow
 
     targets = unet_targets(sd15_unet)
     assert narrower_than(sd15_unet, targets, 320) == {}  # SD 1.5's narrowest attention layers are 320 wide

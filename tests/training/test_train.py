@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -143,3 +144,19 @@ def test_single_file_base_with_base_config_and_text_encoder(tmp_path, tiny_model
         base = load_pipeline(tiny_model_dir).text_encoder(ids)[0]
     assert (expected - base).abs().max() > 1e-4  # the text-encoder adapter trained
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_v_prediction_model_trains(tmp_path, tiny_model_dir, shapes):
+    """The v-prediction branches (target, Min-SNR weights) in a real run: a tiny model whose
+    scheduler predicts v, as SD 2.x's 768 models do."""
+    base = tmp_path / "v_model"
+    shutil.copytree(tiny_model_dir, base)
+    scheduler_file = base / "scheduler" / "scheduler_config.json"
+    scheduler_config = json.loads(scheduler_file.read_text())
+    scheduler_file.write_text(json.dumps(scheduler_config | {"prediction_type": "v_prediction"}))
+    cfg = config(tmp_path, base, shapes, "lora", train={"min_snr_gamma": 5.0}, model={"base": str(base)})
+    summary = train(cfg)
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        val = {int(r["step"]): float(r["val_loss"]) for r in csv.DictReader(f) if r["val_loss"]}
+    assert min(val[30], val[40]) < val[0] * 0.9, val
+    assert summary["exported"] and summary["best_step"] == min(val, key=val.get)

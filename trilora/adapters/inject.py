@@ -4,10 +4,14 @@ Module paths are those of the diffusers / transformers models (`down_blocks.0.at
 trilora.formats maps them to each file format's key names.
 """
 
+import logging
+
 import torch
 from torch import nn
 
 from trilora.adapters.layers import AdapterLayer
+
+log = logging.getLogger("trilora")
 
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 # kohya's UNET_TARGET_REPLACE_MODULE_CONV2D_3X3 (sd-scripts networks/lora.py): the blocks LoCon adds.
@@ -85,6 +89,48 @@ def add_adapters(
         setattr(parent, child, layer)
         layers[name] = layer
     return layers
+
+
+def with_part(part: str, state: dict) -> dict:
+    """`{path: value}` of one model as `{"<part>.<path>": value}`, part `unet` or `text_encoder`: the key
+    scheme of checkpoints, trilora's adapter files and the pairs given to the formats."""
+    return {f"{part}.{key}": value for key, value in state.items()}
+
+
+def of_part(part: str, state: dict) -> dict:
+    """The inverse of `with_part` for one part: its entries, with the `<part>.` prefix removed."""
+    prefix = part + "."
+    return {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
+
+
+def add_run_adapters(
+    unet: nn.Module, text_encoder: nn.Module | None, adapter, sigma: str | None = None
+) -> None:
+    """The adapters a run trains, as its `AdapterConfig` says, in this order (it fixes the random
+    initialisation): the UNet's attention layers, LoCon's 3x3 convs (--conv-rank), the text encoder
+    (--train-text-encoder). `sigma` overrides --sigma-init (the --dry-run estimator's "identity")."""
+    groups = [(unet, unet_targets(unet), adapter.rank, adapter.resolved_alpha, "--rank")]
+    if adapter.conv_rank is not None:
+        groups.append(
+            (unet, unet_conv_targets(unet), adapter.conv_rank, adapter.resolved_conv_alpha, "--conv-rank")
+        )
+    if adapter.train_text_encoder:
+        groups.append(
+            (text_encoder, text_encoder_targets(text_encoder), adapter.rank, adapter.resolved_alpha, "--rank")
+        )
+    for model, names, rank, _, flag in groups:
+        warn_if_narrow(model, names, rank, flag)
+    for model, names, rank, alpha, _ in groups:
+        add_adapters(model, names, adapter.method, rank, alpha, sigma or adapter.sigma_init, adapter.dropout)
+
+
+def warn_if_narrow(model: nn.Module, names: list[str], rank: int, flag: str) -> None:
+    narrow = narrower_than(model, names, rank)
+    if narrow:
+        name, width = min(narrow.items(), key=lambda item: item[1])
+        log.warning("%s %d is wider than %d of the %d target layers (the narrowest, %s, has rank %d): "
+                    "their adapters cannot use the extra rank, and the file grows for nothing",
+                    flag, rank, len(narrow), len(names), name, width)  # fmt: skip
 
 
 def narrower_than(model: nn.Module, names: list[str], rank: int) -> dict[str, int]:

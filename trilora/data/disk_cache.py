@@ -21,7 +21,7 @@ from torch import nn
 
 from trilora.data.cache import encode_latents
 from trilora.data.folder import Item
-from trilora.files import save_safetensors
+from trilora.files import hash_file, save_safetensors
 
 log = logging.getLogger("trilora")
 
@@ -33,11 +33,7 @@ Bucket = tuple[int, int]  # (width, height) in pixels, as kohya writes buckets
 
 def file_hash(path: str | Path) -> str:
     """sha256 of a file's bytes, as hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hash_file(path).hexdigest()
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from trilora.data.buckets import nearest_bucket
 from trilora.errors import UserError
+from trilora.seeds import derive_seed
 
 log = logging.getLogger("trilora")
 
@@ -361,7 +362,7 @@ def split_validation(items: list[Item], fraction: float, seed: int) -> tuple[lis
         return items, []
     count = max(1, round(len(items) * fraction))
     order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
+    random.Random(derive_seed(seed, "split")).shuffle(order)
     held = set(order[:count])
     train = [item for i, item in enumerate(items) if i not in held]
     val = [item for i, item in enumerate(items) if i in held]

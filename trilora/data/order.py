@@ -9,12 +9,14 @@ import random
 from collections import defaultdict
 from collections.abc import Hashable
 
+from trilora.seeds import derive_seed
+
 
 def epoch_batches(
     repeats: list[int], buckets: list[Hashable], batch_size: int, seed: int, epoch: int
 ) -> list[list[int]]:
     """Batches of item indices for one epoch; every batch holds items of a single bucket."""
-    rng = random.Random(seed * 1_000_003 + epoch)
+    rng = random.Random(derive_seed(seed, "order", epoch))
     expanded = [i for i, count in enumerate(repeats) for _ in range(count)]
     rng.shuffle(expanded)
     by_bucket: dict[Hashable, list[int]] = defaultdict(list)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from trilora.files import save_image, write_text
+from trilora.files import hash_file, save_image, write_text
 
 KEY_VERSION = 1  # bump when the generation code changes what a key's image looks like
 
@@ -42,9 +42,7 @@ def content_hash(path: str | Path) -> str:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        hash_file(file, digest)
     return digest.hexdigest()
 
 

@@ -1,18 +1,11 @@
 """FID on Inception features and the choice of a recommended strength: pure functions.
 
-FID is the Fréchet distance of Gaussians fitted to two feature sets (Heusel et al. 2017); the
-distance itself, its float64 eigenvalue route and NFID live in trilora.toy.metrics and are shared
-with the toy world, so that both report one formula.
+FID's math lives in trilora/evaluation/fid.py, shared with the toy world, so both report one formula.
 """
 
-from trilora.toy.metrics import feature_statistics, frechet_distance, nfid
+from trilora.evaluation.fid import fid, nfid
 
 __all__ = ["fid", "nfid", "recommend_strength"]
-
-
-def fid(features_a, features_b) -> float:
-    """FID between feature sets (N, D) and (M, D), e.g. Inception features of generated and real images."""
-    return frechet_distance(*feature_statistics(features_a), *feature_statistics(features_b))
 
 
 def recommend_strength(points: list[tuple[float, float, float]], clip_tolerance: float) -> float:

@@ -260,12 +260,11 @@ def evaluate_runs(output: Path, base: Path, runs: list[dict], configs: dict, pro
     """Score the base model, then every checkpoint of every run (adds run["checkpoints"]); returns
     the base model's scores. The base is loaded once; each (method, rank) gets one copy of its UNet
     with adapters shaped by `configs[method, rank]`, into which each checkpoint's factors are loaded."""
-    from trilora.adapters.inject import add_adapters, load_adapter_state_dict, unet_targets
+    from trilora.adapters.inject import add_run_adapters, load_adapter_state_dict
     from trilora.base.load import load_pipeline
     from trilora.toy.judge import load_judge
     from trilora.toy.metrics import nfid
     from trilora.training.checkpoint import list_checkpoints, load_checkpoint
-    from trilora.training.export import adapter_alpha
 
     pipe = load_pipeline(base)
     pipe.set_progress_bar_config(disable=True)
@@ -287,8 +286,7 @@ def evaluate_runs(output: Path, base: Path, runs: list[dict], configs: dict, pro
     base_unet = pipe.unet
     for (method, rank), config in configs.items():
         pipe.unet = copy.deepcopy(base_unet)
-        add_adapters(pipe.unet, unet_targets(pipe.unet), method, rank, adapter_alpha(config),
-                     config.adapter.sigma_init)  # fmt: skip
+        add_run_adapters(pipe.unet, None, config.adapter)
         for run in [r for r in runs if (r["method"], r["rank"]) == (method, rank)]:
             started = time.perf_counter()
             # Every adapter starts as the identity (LoRA's up and TriLoRA's down are zero): step 0 is the base.

@@ -13,27 +13,12 @@ from pathlib import Path
 
 import torch
 
+from trilora.config import resumable_keys
 from trilora.errors import UserError
 from trilora.files import torch_save
 
-# Settings that may change on resume without breaking bit-exact continuation.
-RESUMABLE_CHANGES = {
-    "output",
-    "train.steps",
-    "train.epochs",
-    "train.device",
-    "validation.patience",
-    "validation.min_delta",
-    "validation.sample_prompt",
-    "validation.sample_steps",
-    "checkpoint.checkpoint_every",
-    "checkpoint.keep_checkpoints",
-    "checkpoint.resume",
-    "checkpoint.overwrite",
-    "export.name",
-    "export.export",
-    "export.export_dtype",
-}
+# Settings that may change on resume without breaking bit-exact continuation (declared in the tree).
+RESUMABLE_CHANGES = resumable_keys()
 
 
 def checkpoint_dir(output: Path, step: int) -> Path:

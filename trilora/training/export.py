@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from trilora.adapters.inject import adapter_layers, lora_pairs
+from trilora.adapters.inject import adapter_layers, lora_pairs, with_part
 from trilora.config import RunConfig, ValidationConfig, to_dict
 from trilora.files import save_image, write_text
 from trilora.formats.diffusers_lora import save_diffusers
@@ -28,18 +28,6 @@ RUN_FILES = (
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def adapter_alpha(config: RunConfig) -> float:
-    return float(config.adapter.alpha if config.adapter.alpha is not None else config.adapter.rank)
-
-
-def conv_alpha(config: RunConfig) -> float | None:
-    """Alpha of LoCon's 3x3-conv adapters (default: the conv rank); None without them."""
-    adapter = config.adapter
-    if adapter.conv_rank is None:
-        return None
-    return float(adapter.conv_alpha if adapter.conv_alpha is not None else adapter.conv_rank)
-
-
 def run_files(folder: Path) -> list[Path]:
     """What of a training run `folder` holds: our files, and exported adapters (any top-level
     .safetensors, and NAME-diffusers folders)."""
@@ -58,43 +46,54 @@ def write_adapter(path: Path, state: dict, config: RunConfig, step: int, val_los
     metadata = {
         "method": config.adapter.method,
         "rank": config.adapter.rank,
-        "alpha": adapter_alpha(config),
+        "alpha": config.adapter.resolved_alpha,
         "step": step,
         "val_loss": val_loss,
         "config": to_dict(config),
     }
     if config.adapter.conv_rank is not None:
-        metadata |= {"conv_rank": config.adapter.conv_rank, "conv_alpha": conv_alpha(config)}
+        metadata |= {"conv_rank": config.adapter.conv_rank, "conv_alpha": config.adapter.resolved_conv_alpha}
     save_adapter(path, state, metadata)
+
+
+def export_name(config: RunConfig, output: Path) -> str:
+    return config.export.name or output.resolve().name
+
+
+def export_metadata(config: RunConfig, best_step: int, best_val_loss: float | None, steps_run: int) -> dict:
+    """The header metadata of both exported files (kohya's ss_*, modelspec.*, ours)."""
+    adapter = config.adapter
+    info = {
+        "name": export_name(config, Path(config.output)),
+        "method": adapter.method,
+        "rank": adapter.rank,
+        "alpha": adapter.resolved_alpha,
+        "sigma_init": adapter.sigma_init if adapter.method == "trilora" else "",
+        "best_step": best_step,
+        "best_val_loss": best_val_loss,
+        "steps": steps_run,
+        "base_model": Path(config.model.base).name,
+        "config": to_dict(config),
+    }
+    metadata = kohya_metadata(info)
+    if adapter.conv_rank is not None:
+        metadata |= conv_network_args(adapter.conv_rank, adapter.resolved_conv_alpha)
+    return metadata
 
 
 def export_adapters(
     pipe, config: RunConfig, output: Path, step: int, val_loss: float | None, steps_run: int
 ) -> dict:
     """The files users share, from the adapters currently in the pipeline: kohya layout and diffusers layout."""
-    name = config.export.name or output.resolve().name
+    name = export_name(config, output)
     pairs, alphas = {}, {}  # alphas: each layer's own, --alpha or (LoCon's 3x3 convs) --conv-alpha
     for part in ("unet", "text_encoder"):
         model = getattr(pipe, part)
-        pairs |= {f"{part}.{k}": v for k, v in lora_pairs(model).items()}
-        alphas |= {f"{part}.{k}": layer.alpha for k, layer in adapter_layers(model).items()}
-    alpha, dtype = adapter_alpha(config), DTYPES[config.export.export_dtype]
-    info = {
-        "name": name,
-        "method": config.adapter.method,
-        "rank": config.adapter.rank,
-        "alpha": alpha,
-        "sigma_init": config.adapter.sigma_init if config.adapter.method == "trilora" else "",
-        "best_step": step,
-        "best_val_loss": val_loss,
-        "steps": steps_run,
-        "base_model": Path(config.model.base).name,
-        "config": to_dict(config),
-    }
+        pairs |= with_part(part, lora_pairs(model))
+        alphas |= with_part(part, {k: layer.alpha for k, layer in adapter_layers(model).items()})
+    dtype = DTYPES[config.export.export_dtype]
     kohya_file = output / f"{name}.safetensors"
-    metadata = kohya_metadata(info)
-    if config.adapter.conv_rank is not None:
-        metadata |= conv_network_args(config.adapter.conv_rank, conv_alpha(config))
+    metadata = export_metadata(config, step, val_loss, steps_run)
     save_kohya(kohya_file, pairs, alphas, metadata, dtype)
     diffusers_dir = output / f"{name}-diffusers"
     rank = config.adapter.rank if config.adapter.conv_rank is None else None  # LoCon: ranks per module

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from trilora.adapters.inject import adapter_state_dict, load_adapter_state_dict
+from trilora.adapters.inject import adapter_state_dict, load_adapter_state_dict, of_part, with_part
 from trilora.config import RunConfig, to_dict
 from trilora.data.cache import encode_text, tokenize
 from trilora.data.captions import transform_caption
@@ -22,6 +22,7 @@ from trilora.data.order import BatchOrder
 from trilora.errors import Interrupted, UserError
 from trilora.files import write_json
 from trilora.run_folder import FolderLock, claim
+from trilora.seeds import derive_seed
 from trilora.training.checkpoint import (
     StopRequest,
     find_checkpoint,
@@ -34,8 +35,6 @@ from trilora.training.checkpoint import (
 from trilora.training.distributed import Distributed, init_distributed
 from trilora.training.ema import EMA
 from trilora.training.export import (
-    adapter_alpha,
-    conv_alpha,
     export_adapters,
     run_files,
     save_samples,
@@ -104,7 +103,7 @@ def run(config: RunConfig, resume: dict | None, source: Path | None, dist: Distr
     in_place = source is not None and output.resolve() == run_folder_of(source).resolve()
     if not dist.main:
         log.setLevel(logging.WARNING)  # one process tells the story
-    torch.manual_seed(opts.seed)
+    torch.manual_seed(derive_seed(opts.seed, "init"))
     s = setup(config, dist)
     if resume is not None and resume["data"] != s.data_fingerprint:
         raise UserError(
@@ -140,19 +139,17 @@ def run(config: RunConfig, resume: dict | None, source: Path | None, dist: Distr
             return s.train_condition[index]
         if not (data_opts.shuffle_captions or data_opts.caption_dropout):
             return tokenize(pipe.tokenizer, [s.train_items[i].caption for i in index])
-        texts = [transform_caption(s.train_items[i].caption, random.Random(opts.seed * 1_000_003 + sample_id),
+        texts = [transform_caption(s.train_items[i].caption, random.Random(derive_seed(opts.seed, "caption", sample_id)),
                                    data_opts.shuffle_captions, data_opts.keep_tokens, data_opts.caption_dropout)
                  for i, sample_id in zip(index, sample_ids, strict=True)]  # fmt: skip
         return tokenize(pipe.tokenizer, texts)
 
     def adapter_state() -> dict[str, torch.Tensor]:
-        return {f"{part}.{k}": v for part, m in models.items() for k, v in adapter_state_dict(m).items()}
+        return {k: v for part, m in models.items() for k, v in with_part(part, adapter_state_dict(m)).items()}
 
     def load_state(state: dict[str, torch.Tensor]) -> None:
         for part, model in models.items():
-            load_adapter_state_dict(
-                model, {k.removeprefix(part + "."): v for k, v in state.items() if k.startswith(part + ".")}
-            )
+            load_adapter_state_dict(model, of_part(part, state))
 
     @torch.no_grad()
     def validate() -> tuple[float, float]:
@@ -249,7 +246,7 @@ def run(config: RunConfig, resume: dict | None, source: Path | None, dist: Distr
             lr = lr_at(step - 1, opts.lr, s.total_steps, opts.warmup_steps, opts.lr_scheduler)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_factor"]
-            torch.manual_seed(opts.seed * 1_000_003 + step)  # adapter dropout
+            torch.manual_seed(derive_seed(opts.seed, "dropout", step))
             train_loss = torch.zeros((), device=device)
             for micro in range(opts.grad_accum):
                 n = (step - 1) * opts.grad_accum + micro  # micro-batch number over the whole run
@@ -350,9 +347,9 @@ def run(config: RunConfig, resume: dict | None, source: Path | None, dist: Distr
     summary = {
         "method": config.adapter.method,
         "rank": config.adapter.rank,
-        "alpha": adapter_alpha(config),
+        "alpha": config.adapter.resolved_alpha,
         "conv_rank": config.adapter.conv_rank,
-        "conv_alpha": conv_alpha(config),
+        "conv_alpha": config.adapter.resolved_conv_alpha,
         "steps_run": step,
         "best_step": stopper.best_step,
         "best_val_loss": stopper.best_loss if stopper.best_step is not None else None,

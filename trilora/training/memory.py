@@ -42,15 +42,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trilora.adapters.inject import (
-    adapter_layers,
-    add_adapters,
-    text_encoder_targets,
-    trainable_parameters,
-    unet_conv_targets,
-    unet_targets,
-)
-from trilora.config import RunConfig, to_dict
+from trilora.adapters.inject import adapter_layers, add_run_adapters, trainable_parameters
+from trilora.config import RunConfig
 from trilora.errors import UserError
 from trilora.training.activations import (
     MetaScalars,
@@ -132,7 +125,7 @@ def format_report(config: RunConfig, models: MetaModels, estimate: MemoryEstimat
     layers = [f"{len(adapter_layers(m))} {names[part]} layers" for part, m in trained_models(unet, text_encoder).items()]  # fmt: skip
     file_bytes = adapter_file_bytes(unet, text_encoder, config)
     side = latent_size(models.vae, data.resolution)
-    alpha = adapter.alpha if adapter.alpha is not None else adapter.rank
+    alpha = adapter.resolved_alpha
     convs = [
         layer for layer in adapter_layers(unet).values() if layer.is_conv and layer.base.kernel_size != (1, 1)
     ]
@@ -241,23 +234,12 @@ def meta_models(config: RunConfig) -> MetaModels:
         raise UserError(f"cannot build the model from the configs in {config_dir}: {error}") from error
     adapter = config.adapter
     weight_dtype = torch.bfloat16 if uses_bf16(config) else torch.float32
-    alpha = adapter.alpha if adapter.alpha is not None else adapter.rank
     # Sigma's initial values change no shape: "identity" spares an SVD per layer.
     with MetaScalars():
         unet.to(weight_dtype)
-        add_adapters(
-            unet, unet_targets(unet), adapter.method, adapter.rank, alpha, "identity", adapter.dropout
-        )
-        if adapter.conv_rank is not None:  # LoCon
-            conv_alpha = adapter.conv_alpha if adapter.conv_alpha is not None else adapter.conv_rank
-            add_adapters(unet, unet_conv_targets(unet), adapter.method, adapter.conv_rank, conv_alpha, "identity",
-                         adapter.dropout)  # fmt: skip
         if adapter.train_text_encoder:
             text_encoder.to(weight_dtype)
-            targets = text_encoder_targets(text_encoder)
-            add_adapters(
-                text_encoder, targets, adapter.method, adapter.rank, alpha, "identity", adapter.dropout
-            )
+        add_run_adapters(unet, text_encoder, adapter, sigma="identity")
     return MetaModels(unet, text_encoder, vae, config_dir)
 
 
@@ -339,9 +321,8 @@ def optimizer_state_bytes(params: list[torch.Tensor], optimizer: str) -> tuple[i
 def adapter_file_bytes(unet: nn.Module, text_encoder: nn.Module, config: RunConfig) -> int:
     """Size of the exported kohya file: per module the LoRA pair in the export dtype (TriLoRA's Sigma
     folds into up, so its file is a LoRA's) and an fp32 alpha, plus the safetensors header."""
-    from trilora.formats.kohya import conv_network_args, kohya_name
-    from trilora.formats.metadata import kohya_metadata
-    from trilora.training.export import conv_alpha
+    from trilora.formats.kohya import kohya_name
+    from trilora.training.export import export_metadata
 
     dtype, itemsize = EXPORT_DTYPES[config.export.export_dtype]
     header, offset = {}, 0
@@ -358,26 +339,7 @@ def adapter_file_bytes(unet: nn.Module, text_encoder: nn.Module, config: RunConf
                     "data_offsets": [offset, end],
                 }
                 offset = end
-    metadata = kohya_metadata(export_info(config))
-    if config.adapter.conv_rank is not None:
-        metadata |= conv_network_args(config.adapter.conv_rank, conv_alpha(config))
-    header["__metadata__"] = metadata
+    steps = config.train.steps or 1000  # typical values for what only training knows
+    header["__metadata__"] = export_metadata(config, steps, 0.1234567890123456, steps)
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     return 8 + -(-len(text) // 8) * 8 + offset  # length, the header padded to 8 bytes, the data
-
-
-def export_info(config: RunConfig) -> dict:
-    """What `export_adapters` writes into the header, with typical values for what only training knows."""
-    adapter, steps = config.adapter, config.train.steps or 1000
-    return {
-        "name": config.export.name or Path(config.output).resolve().name,
-        "method": adapter.method,
-        "rank": adapter.rank,
-        "alpha": float(adapter.alpha if adapter.alpha is not None else adapter.rank),
-        "sigma_init": adapter.sigma_init if adapter.method == "trilora" else "",
-        "best_step": steps,
-        "best_val_loss": 0.1234567890123456,
-        "steps": steps,
-        "base_model": Path(config.model.base).name,
-        "config": to_dict(config),
-    }

@@ -7,9 +7,11 @@ runs equal to single-process ones.
 
 import torch
 
+from trilora.seeds import derive_seed
+
 
 def sample_generator(seed: int, sample_index: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + sample_index) % 2**63)
+    return torch.Generator().manual_seed(derive_seed(seed, "noise", sample_index))
 
 
 def training_noise(

@@ -9,13 +9,7 @@ from pathlib import Path
 
 import torch
 
-from trilora.adapters.inject import (
-    add_adapters,
-    narrower_than,
-    text_encoder_targets,
-    unet_conv_targets,
-    unet_targets,
-)
+from trilora.adapters.inject import add_run_adapters
 from trilora.base.load import load_pipeline
 from trilora.config import RunConfig
 from trilora.data.buckets import Bucket, make_buckets
@@ -26,6 +20,7 @@ from trilora.data.order import BatchOrder
 from trilora.data.subsets import load_dataset_config, scan_subsets
 from trilora.device import resolve_device
 from trilora.files import save_image, write_text
+from trilora.seeds import derive_seed
 from trilora.training.distributed import Distributed
 from trilora.training.validation import ValidationSet, make_validation_set
 
@@ -110,44 +105,9 @@ def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
     pipe.unet.to(device)
     if weight_dtype != pipe.unet.dtype:
         pipe.unet.to(weight_dtype)
-    alpha = adapter.alpha if adapter.alpha is not None else adapter.rank
-    warn_if_narrow(pipe.unet, unet_targets(pipe.unet), adapter.rank, "--rank")
-    if adapter.conv_rank is not None:
-        warn_if_narrow(pipe.unet, unet_conv_targets(pipe.unet), adapter.conv_rank, "--conv-rank")
-    if adapter.train_text_encoder:
-        warn_if_narrow(pipe.text_encoder, text_encoder_targets(pipe.text_encoder), adapter.rank, "--rank")
-    add_adapters(
-        pipe.unet,
-        unet_targets(pipe.unet),
-        adapter.method,
-        adapter.rank,
-        alpha,
-        adapter.sigma_init,
-        adapter.dropout,
-    )
-    if adapter.conv_rank is not None:  # LoCon
-        conv_alpha = adapter.conv_alpha if adapter.conv_alpha is not None else adapter.conv_rank
-        add_adapters(
-            pipe.unet,
-            unet_conv_targets(pipe.unet),
-            adapter.method,
-            adapter.conv_rank,
-            conv_alpha,
-            adapter.sigma_init,
-            adapter.dropout,
-        )
     if adapter.train_text_encoder:
         pipe.text_encoder.to(device=device, dtype=weight_dtype)
-        targets = text_encoder_targets(pipe.text_encoder)
-        add_adapters(
-            pipe.text_encoder,
-            targets,
-            adapter.method,
-            adapter.rank,
-            alpha,
-            adapter.sigma_init,
-            adapter.dropout,
-        )
+    add_run_adapters(pipe.unet, pipe.text_encoder, adapter)
     if opts.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
 
@@ -164,15 +124,6 @@ def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
     fingerprint = data_fingerprint(train_items, val_items)
     return Setup(pipe, device, autocast, train_items, train_latents, train_condition, shapes, validation,
                  total_steps, fingerprint)  # fmt: skip
-
-
-def warn_if_narrow(model, names: list[str], rank: int, flag: str) -> None:
-    narrow = narrower_than(model, names, rank)
-    if narrow:
-        name, width = min(narrow.items(), key=lambda item: item[1])
-        log.warning("%s %d is wider than %d of the %d target layers (the narrowest, %s, has rank %d): "
-                    "their adapters cannot use the extra rank, and the file grows for nothing",
-                    flag, rank, len(narrow), len(names), name, width)  # fmt: skip
 
 
 def data_fingerprint(train_items: list[Item], val_items: list[Item]) -> str:
@@ -236,7 +187,7 @@ def generate_class_images(config: RunConfig, device: torch.device) -> None:
         pipe.set_progress_bar_config(disable=True)
         for k in tqdm(range(missing), desc="class images", disable=None):
             index = len(existing) + k
-            generator = torch.Generator().manual_seed(config.train.seed * 1_000_003 + index)
+            generator = torch.Generator().manual_seed(derive_seed(config.train.seed, "class_image", index))
             image = pipe(data.class_prompt, height=data.resolution, width=data.resolution, generator=generator,
                          num_inference_steps=config.validation.sample_steps).images[0]  # fmt: skip
             save_image(image, folder / f"class-{index:05d}.png")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from trilora.seeds import derive_seed
+
 
 @dataclass
 class ValidationSet:
@@ -31,7 +33,7 @@ def make_validation_set(
     num_train_timesteps: int,
     seed: int,
 ) -> ValidationSet:
-    generator = torch.Generator().manual_seed(seed + 1_000_003)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "validation"))
     noise = [torch.randn((num_timesteps, *latent.shape), generator=generator) for latent in latents]
     return ValidationSet(latents, condition, validation_timesteps(num_timesteps, num_train_timesteps), noise)
 

@@ -48,3 +48,15 @@ def test_mean_and_standard_error():
 def test_smoothing_is_bias_corrected():
     assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
     assert smooth([1.0, 3.0], weight=0.5)[1] == pytest.approx((0.5 * 0.5 + 0.5 * 3.0) / 0.75)
+
+
+def test_early_stopping_state_is_the_counters_not_the_settings():
+    """--patience and --min-delta may change on resume: a checkpoint restores only the counters."""
+    old = EarlyStopping(patience=2)
+    for step, loss in enumerate([1.0, 0.5, 0.6, 0.7]):
+        old.update(loss, step)
+    assert old.should_stop
+    resumed = EarlyStopping(patience=5, min_delta=0.01)
+    resumed.load_state_dict(old.state_dict())
+    assert (resumed.best_loss, resumed.best_step, resumed.bad_validations) == (0.5, 1, 2)
+    assert (resumed.patience, resumed.min_delta) == (5, 0.01) and not resumed.should_stop

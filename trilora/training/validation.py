@@ -63,3 +63,15 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.patience > 0 and self.bad_validations >= self.patience
+
+    def state_dict(self) -> dict:
+        """The counters only: patience and min_delta are settings, which may change on resume."""
+        return {
+            "best_loss": self.best_loss,
+            "best_step": self.best_step,
+            "bad_validations": self.bad_validations,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_loss, self.best_step = state["best_loss"], state["best_step"]
+        self.bad_validations = state["bad_validations"]

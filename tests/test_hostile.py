@@ -325,3 +325,18 @@ def test_resume_into_another_output_continues_there_with_the_earlier_rows(finish
     assert (new / "best" / "adapter.safetensors").is_file()
     # into a folder that holds a run: refused like a new run
     assert_refused(cli("train", "--resume", finished, "--output", new, "--steps", "9"), "already holds a run")
+
+
+def test_demo_and_bench_refuse_to_replace_earlier_results(tmp_path):
+    demo = tmp_path / "demo"
+    (demo / "run").mkdir(parents=True)
+    (demo / "before_after.png").write_bytes(b"an earlier demo's grid")
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "report.md").write_text("an earlier benchmark")
+    before = snapshot(tmp_path)
+    assert_refused(cli("demo", "--output", demo), str(demo), "already holds a demo", "--overwrite")
+    assert_refused(
+        cli("bench", "toy", "--output", bench, "--steps", "1"), "already holds a benchmark", "--overwrite"
+    )
+    assert snapshot(tmp_path) == before

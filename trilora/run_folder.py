@@ -1,7 +1,7 @@
 """A run folder belongs to one run: refuse to mix two, lock it while in use, replace only when asked.
 
-`claim(folder, ...)` is what every command that writes a results folder (train, evaluate, compare)
-calls before writing anything:
+`claim(folder, ...)` is what every command that writes a results folder (train, evaluate, compare,
+bench toy, demo) calls before writing anything:
 - a folder that holds an earlier run's files is refused with one line, unless the command resumes
   it or `--overwrite` is given (the earlier files are then deleted first, and listed);
 - an exclusive `flock` on `FOLDER/.trilora.lock` is held for the command's lifetime; the file records

@@ -337,6 +337,8 @@ def test_demo_and_bench_refuse_to_replace_earlier_results(tmp_path):
     before = snapshot(tmp_path)
     assert_refused(cli("demo", "--output", demo), str(demo), "already holds a demo", "--overwrite")
     assert_refused(
-        cli("bench", "toy", "--output", bench, "--steps", "1"), "already holds a benchmark", "--overwrite"
+        cli("bench", "toy", "--output", bench, "--steps", "1", "--eval-every", "1"),
+        "already holds a benchmark",
+        "--overwrite",
     )
     assert snapshot(tmp_path) == before

@@ -66,23 +66,24 @@ def train(config: RunConfig) -> dict:
         changed = incompatible_changes(resume["config"], to_dict(config))
         if changed:
             raise UserError(f"cannot resume with changed settings: {'; '.join(changed)}")
+    # --resume continues in the checkpoint's own run folder, or (another --output) in a new one
+    in_place = source is not None and Path(config.output).resolve() == run_folder_of(source).resolve()
     dist = init_distributed()
-    lock = claim_run_folder(config, source, dist)
+    lock = claim_run_folder(config, in_place, dist)
     try:
-        return run(config, resume, source, dist)
+        return run(config, resume, source, in_place, dist)
     finally:
         if lock is not None:
             lock.release()
 
 
-def claim_run_folder(config: RunConfig, source: Path | None, dist: Distributed) -> FolderLock | None:
+def claim_run_folder(config: RunConfig, in_place: bool, dist: Distributed) -> FolderLock | None:
     """The main process claims the output folder; every process stops if it could not.
 
-    `--resume` continues in the checkpoint's own run folder; given another --output, the run
-    continues there instead (a new folder, as for a new run) and the original is left untouched.
+    `in_place`: resuming in the checkpoint's own folder; a run continued into another --output
+    claims it as a new run would, and the original is left untouched.
     """
     output = Path(config.output)
-    in_place = source is not None and output.resolve() == run_folder_of(source).resolve()
     error, lock = None, None
     if dist.main:
         hint = f"continue it with --resume {output}" if list_checkpoints(output) else "it cannot be resumed"
@@ -115,12 +116,13 @@ class Run:
         return self.setup.device
 
 
-def run(config: RunConfig, resume: dict | None, source: Path | None, dist: Distributed) -> dict:
+def run(
+    config: RunConfig, resume: dict | None, source: Path | None, in_place: bool, dist: Distributed
+) -> dict:
     from trilora.training.setup import setup
 
     output = Path(config.output)
     opts, val_opts, ckpt_opts = config.train, config.validation, config.checkpoint
-    in_place = source is not None and output.resolve() == run_folder_of(source).resolve()
     if not dist.main:
         log.setLevel(logging.WARNING)  # one process tells the story
     torch.manual_seed(derive_seed(opts.seed, "init"))

@@ -1,87 +1,116 @@
-"""The `trilora` command. Flags of `train` are generated from the config tree (trilora.config)."""
+"""The `trilora` command. Every command's flags are generated from the config tree (trilora.config):
+`COMMANDS` names the settings each reads; `--config FILE` gives any of them from a TOML file."""
 
 import argparse
-import dataclasses
+import copy
 import logging
 import sys
 from pathlib import Path
 
-from trilora.config import base_type, from_dict, iter_fields, load_toml
+from trilora.config import (
+    COMMANDS,
+    Command,
+    base_type,
+    checked,
+    flag_help,
+    load_toml,
+    parse_comma_list,
+    tree_from_dict,
+)
 from trilora.errors import Interrupted, UserError
 
 log = logging.getLogger("trilora")
 
+HELP = {
+    "train": "Train a LoRA or TriLoRA adapter.",
+    "generate": "Generate images with a base model and adapters.",
+    "evaluate": "FID, NFID, KID and CLIP score of adapters across strengths (report.html).",
+    "compare": "Train each method on the same data and settings, evaluate them in one report.",
+    "check-data": "Report on a folder of images and captions before training.",
+    "bench": "Benchmark LoRA against TriLoRA in the toy world (report.md).",
+    "demo": "Teach the shipped toy base model an unseen style with TriLoRA, on a CPU in minutes.",
+}
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field, defaulting to 'not given' so that TOML values are not overridden."""
+
+def add_command_flags(parser: argparse.ArgumentParser, command: Command) -> None:
+    """One flag per setting the command reads, defaulting to 'not given' so that a --config file's
+    values are not overridden; then its modes."""
     parser.add_argument(
-        "--config", metavar="FILE", help="TOML file of settings ([model], [data], ...); flags override it."
+        "--config",
+        metavar="FILE",
+        help="TOML file of settings ([model], [data], ... any section of the tree; or a run's "
+        "config.json); flags override it.",
     )
-    groups = {}
-    for section, field, annotation in iter_fields():
+    groups, seen = {}, set()
+    for key, section, spec, annotation, flag in command.fields():
+        assert flag not in seen, f"two settings of `{command.name}` have the flag --{flag}"
+        seen.add(flag)
         group = groups.setdefault(section, parser.add_argument_group(section or "run"))
-        flag = "--" + field.name.replace("_", "-")
-        meta = field.metadata
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        help_text = f"{meta['help']} (default: {default})" if default not in (None, "", []) else meta["help"]
-        kwargs = dict(
-            dest=f"{section}.{field.name}" if section else field.name,
-            default=argparse.SUPPRESS,
-            help=help_text,
-        )
+        meta = spec.metadata
+        note = f" ({command.notes[key]})" if key in command.notes else ""
+        kwargs = dict(default=argparse.SUPPRESS, help=flag_help(spec) + note)
         kind = base_type(annotation)
-        if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif meta.get("repeat"):
-            group.add_argument(flag, action="append", type=kind, metavar=field.name.upper(), **kwargs)
+        metavar = meta["metavar"] or (None if meta["choices"] else spec.name.split("_")[-1].upper())
+        if key in command.positional:
+            kwargs["default"] = None  # argparse checks a positional's default against its choices
+            group.add_argument(key, nargs="?", choices=meta["choices"], metavar=metavar, **kwargs)
+        elif kind is bool:
+            group.add_argument(f"--{flag}", dest=key, action=argparse.BooleanOptionalAction, **kwargs)
+        elif meta["repeat"]:
+            group.add_argument(f"--{flag}", dest=key, action="append", type=kind, metavar=metavar, **kwargs)
+        elif meta["comma"]:
+            group.add_argument(f"--{flag}", dest=key, metavar=meta["metavar"] or spec.name.upper(), **kwargs)
         else:
-            group.add_argument(
-                flag,
-                type=kind,
-                choices=meta.get("choices"),
-                metavar=None if meta.get("choices") else field.name.split("_")[-1].upper(),
-                **kwargs,
-            )
+            choices = meta["choices"]
+            group.add_argument(f"--{flag}", dest=key, type=kind, choices=choices, metavar=metavar, **kwargs)
+    for mode, help_text in command.modes.items():
+        parser.add_argument(f"--{mode.replace('_', '-')}", dest=mode, action="store_true", help=help_text)
 
 
-def config_from_args(args: argparse.Namespace):
-    """Defaults < the resumed checkpoint's config < the TOML file < flags."""
-    data = {}
+def tree_from_args(args: argparse.Namespace):
+    """(the tree, the resumed checkpoint as (folder, state) or None):
+    defaults < the resumed checkpoint's config < the --config file < flags."""
+    command = COMMANDS[args.command]
+    data, resumed = {}, None
     resume = getattr(args, "checkpoint.resume", None)
-    if resume:
+    if resume and args.command == "train":
         from trilora.run_folder import refuse_if_in_use
         from trilora.training.checkpoint import find_checkpoint, load_checkpoint, run_folder_of
 
         refuse_if_in_use(run_folder_of(Path(resume)))
-        checkpoint = find_checkpoint(resume)
-        data = load_checkpoint(checkpoint)["config"]
-        data["output"] = str(run_folder_of(checkpoint))  # where it is now, not where it was started
-    for section, values in (load_toml(args.config) if getattr(args, "config", None) else {}).items():
+        source = find_checkpoint(resume)
+        resumed = source, load_checkpoint(source)
+        data = copy.deepcopy(resumed[1]["config"])  # the checkpoint's own stays as saved, for the comparison
+        data["output"] = str(run_folder_of(source))  # where it is now, not where it was started
+    for section, values in (load_toml(args.config) if args.config else {}).items():
         if isinstance(values, dict) and isinstance(data.get(section), dict):
             data[section] = data[section] | values
         else:
             data[section] = values
+    fields = {key: (spec, annotation, flag) for key, _, spec, annotation, flag in command.fields()}
     for key, value in vars(args).items():
-        if key in ("command", "config", "handler", "dry_run"):
-            continue
-        if "." in key:
-            section, name = key.split(".", 1)
-            data.setdefault(section, {})[name] = value
-        else:
-            data[key] = value
-    return from_dict(data, source=getattr(args, "config", None) or "settings")
+        if key not in fields or value is None:
+            continue  # the command, --config, the handler, modes; a positional not given
+        spec, annotation, flag = fields[key]
+        if spec.metadata["comma"]:
+            value = parse_comma_list(value, base_type(annotation), f"--{flag}")
+            checked(value, annotation, spec, f"--{flag}", None)  # named by its flag, not its TOML key
+        section, _, name = key.rpartition(".")
+        (data.setdefault(section, {}) if section else data)[name] = value
+    return tree_from_dict(data, args.config or "settings", args.command), resumed
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from trilora.training.loop import train
 
-    config = config_from_args(args)
+    tree, resumed = tree_from_args(args)
+    config = tree.run_config()
     if args.dry_run:
         from trilora.training.memory import dry_run_report
 
         print(dry_run_report(config))
         return
-    summary = train(config)
+    summary = train(config, resumed)
     if summary["exported"]:
         print(f"best step {summary['best_step']}, exported: {', '.join(summary['exported'].values())}")
 
@@ -93,16 +122,21 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from trilora.inference.generate import generate_from_args
+    from trilora.inference.generate import generate_command
 
-    for path in generate_from_args(args):
+    for path in generate_command(tree_from_args(args)[0]):
         print(path)
 
 
 def cmd_check_data(args: argparse.Namespace) -> None:
     from trilora.data.check import check_folder, format_report, require_usable
 
-    report = check_folder(args.folder, args.resolution, args.trigger, args.caption_extension)
+    data = tree_from_args(args)[0].data
+    if not data.data:
+        raise UserError(
+            "no folder to check: give it as `trilora check-data DIR` (or [data] data in --config)"
+        )
+    report = check_folder(data.data, data.resolution, data.trigger, data.caption_extension)
     print(report.to_json() if args.json else format_report(report))
     require_usable(report)
 
@@ -110,95 +144,41 @@ def cmd_check_data(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from trilora.demo import run_demo
 
-    run_demo(args.output, steps=args.steps, base=args.base, overwrite=args.overwrite)
+    run_demo(tree_from_args(args)[0].demo)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from trilora.toy.bench import bench_from_args
+    from trilora.toy.bench import bench_command
 
-    bench_from_args(args)
+    bench_command(tree_from_args(args)[0])
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from trilora.evaluation.evaluate import evaluate_from_args
+    from trilora.evaluation.evaluate import evaluate_command
 
-    evaluate_from_args(args)
+    evaluate_command(tree_from_args(args)[0])
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from trilora.evaluation.compare import compare_from_args
+    from trilora.evaluation.compare import compare_command
 
-    compare_from_args(args)
+    compare_command(tree_from_args(args)[0])
+
+
+HANDLERS = {"train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate, "compare": cmd_compare,
+            "check-data": cmd_check_data, "bench": cmd_bench, "demo": cmd_demo}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trilora", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="Train a LoRA or TriLoRA adapter.")
-    add_config_flags(train)
-    train.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="Print the trainable parameters, the adapter file size and a GPU memory estimate; "
-        "load no weights or data, train nothing.",
-    )
-    train.set_defaults(handler=cmd_train)
-
+    for name, handler in HANDLERS.items():
+        command = sub.add_parser(name, help=HELP[name])
+        add_command_flags(command, COMMANDS[name])
+        command.set_defaults(handler=handler)
     inspect = sub.add_parser("inspect", help="Describe an adapter file.")
     inspect.add_argument("file")
     inspect.set_defaults(handler=cmd_inspect)
-
-    generate = sub.add_parser("generate", help="Generate images with a base model and adapters.")
-    from trilora.inference.generate import add_generate_flags
-
-    add_generate_flags(generate)
-    generate.set_defaults(handler=cmd_generate)
-
-    check = sub.add_parser("check-data", help="Report on a folder of images and captions before training.")
-    check.add_argument("folder", metavar="DIR")
-    check.add_argument("--resolution", type=int, default=512, help="Training resolution (default: 512).")
-    check.add_argument("--trigger", help="A word put in front of every caption.")
-    check.add_argument(
-        "--caption-extension", default=".txt", help="Captions are <image stem>EXT (default: .txt)."
-    )
-    check.add_argument("--json", action="store_true", help="Print the report as JSON.")
-    check.set_defaults(handler=cmd_check_data)
-
-    demo = sub.add_parser(
-        "demo", help="Teach the shipped toy base model an unseen style with TriLoRA, on a CPU in minutes."
-    )
-    demo.add_argument("--output", default="runs/demo")
-    demo.add_argument(
-        "--steps", type=int, default=400, help="At most this many steps (validation may stop sooner)."
-    )
-    demo.add_argument("--base", help="Another toy-world base model folder (default: the shipped one).")
-    demo.add_argument(
-        "--overwrite", action="store_true", help="Replace an earlier demo in --output (default: refuse)."
-    )
-    demo.set_defaults(handler=cmd_demo)
-
-    bench = sub.add_parser("bench", help="Benchmark LoRA against TriLoRA in the toy world (report.md).")
-    from trilora.toy.bench import add_bench_flags
-
-    add_bench_flags(bench)
-    bench.set_defaults(handler=cmd_bench)
-
-    evaluate = sub.add_parser(
-        "evaluate", help="FID, NFID, KID and CLIP score of adapters across strengths (report.html)."
-    )
-    from trilora.evaluation.evaluate import add_evaluate_flags
-
-    add_evaluate_flags(evaluate)
-    evaluate.set_defaults(handler=cmd_evaluate)
-
-    compare = sub.add_parser(
-        "compare", help="Train each method on the same data and settings, evaluate them in one report."
-    )
-    from trilora.evaluation.compare import add_compare_flags
-
-    add_compare_flags(compare)
-    compare.set_defaults(handler=cmd_compare)
     return parser
 
 

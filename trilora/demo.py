@@ -12,8 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from trilora.config import RunConfig, from_dict
-from trilora.errors import UserError
+from trilora.config import SETTINGS_FILE, DemoConfig, RunConfig, Tree, from_dict, settings_toml
 from trilora.files import save_image, write_json, write_text
 from trilora.toy.base import RESOLUTION
 from trilora.toy.evaluate import ADAPTER_STYLE, adapter_dataset, prompt_set
@@ -47,36 +46,33 @@ def demo_config(output: Path, base: Path, steps: int) -> RunConfig:
     )
 
 
-DEMO_FILES = ("data", "val", "run", "before_after.png", "prompts.txt", "metrics.json")
+DEMO_FILES = ("data", "val", "run", "before_after.png", "prompts.txt", "metrics.json", SETTINGS_FILE)
 
 
 def demo_files(folder: Path) -> list[Path]:
     return [folder / name for name in DEMO_FILES if (folder / name).exists()]
 
 
-def run_demo(
-    output: str | Path, steps: int = 500, base: str | Path | None = None, overwrite: bool = False
-) -> dict:
-    """The demo into `output`, which it holds locked; an earlier demo there is replaced only with `overwrite`."""
+def run_demo(settings: DemoConfig) -> dict:
+    """The demo into settings.output, which it holds locked; an earlier demo there is replaced only
+    with settings.overwrite."""
     from trilora.run_folder import claim
-    from trilora.toy.base import toy_base_path
+    from trilora.toy.base import toy_base
 
-    output, base = Path(output), Path(base) if base else toy_base_path()
-    if steps < 1:
-        raise UserError(f"--steps must be at least 1, got {steps}")
-    if not (base / "model_index.json").is_file():
-        raise UserError(f"--base {base} is not a toy-world base model folder (no model_index.json)")
+    settings.validate()
+    output, base = Path(settings.output), toy_base(settings.base)
     lock = claim(
         output,
         demo_files,
         "demo",
-        overwrite,
+        settings.overwrite,
         False,
         "its results are in before_after.png and run/ (make demo DEMO_FLAGS=--overwrite replaces them)",
         what="a demo",
     )
     try:
-        return demo_locked(output, steps, base)
+        write_text(output / SETTINGS_FILE, settings_toml(Tree(demo=settings), "demo"))
+        return demo_locked(output, settings.steps, base)
     finally:
         lock.release()
 

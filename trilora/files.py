@@ -65,8 +65,14 @@ def write_json(path: str | Path, value) -> None:
     write_text(path, json.dumps(value, indent=2) + "\n")
 
 
-def save_image(image, path: str | Path, **options) -> None:
-    """A PIL image; the format comes from the extension of `path`."""
+def save_image(image, path: str | Path, text: dict[str, str] | None = None, **options) -> None:
+    """A PIL image; the format comes from the extension of `path`; `text`: PNG text chunks."""
+    if text:
+        from PIL.PngImagePlugin import PngInfo
+
+        options["pnginfo"] = PngInfo()
+        for key, value in text.items():
+            options["pnginfo"].add_itxt(key, value)
     with atomic_path(path) as temporary:
         image.save(temporary, **options)
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
+from trilora.config import SamplingConfig as Protocol
 from trilora.errors import UserError
 from trilora.evaluation.cache import ImageCache, content_hash, file_identity, settings_key
-from trilora.evaluation.generation import Protocol, Variant, images_per_prompt, variant_keys
-from trilora.evaluation.inputs import parse_strengths, read_prompts, reference_files
+from trilora.evaluation.generation import Variant, images_per_prompt, variant_keys
+from trilora.evaluation.inputs import read_prompts, reference_files
 
 SETTINGS = dict(base=["/m", ["unet.bin", 10, 1]], adapter="abc", strength=0.5, prompt="a cat", seed=30, index=0,
                 steps=20, guidance=7.5, height=None, width=None, scheduler=None, device="cpu", dtype="float32")  # fmt: skip
@@ -89,7 +90,7 @@ def test_prompts_from_a_file_or_a_captions_folder(tmp_path):
             read_prompts(path)
 
 
-def test_reference_images_and_strengths(tmp_path):
+def test_reference_images(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
     with pytest.raises(UserError, match="at least 2"):
         reference_files(tmp_path)
@@ -97,6 +98,3 @@ def test_reference_images_and_strengths(tmp_path):
     (tmp_path / ".hidden").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / ".hidden" / "c.png")
     assert [p.name for p in reference_files(tmp_path)] == ["a.png", "b.JPG"]
-    assert parse_strengths("1, 0,0.5,1") == [0.0, 0.5, 1.0]
-    with pytest.raises(UserError, match="--strengths"):
-        parse_strengths("0,half")

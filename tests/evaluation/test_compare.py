@@ -6,8 +6,6 @@ import pytest
 
 from trilora.base.tiny import make_shapes_dataset
 from trilora.cli import main
-from trilora.errors import UserError
-from trilora.evaluation.compare import parse_methods
 
 
 def compare_args(tiny_model_dir, data, inception_file, clip_dir, output):
@@ -63,6 +61,13 @@ def test_compare_trains_each_method_alike_and_writes_one_report(
     assert (tmp_path / "out" / "metrics.json").read_bytes() == report_bytes
     assert main([*args, "--config", str(tmp_path / "train.toml"), "--overwrite"]) == 0
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["generated"] == 0
+    # the saved settings.toml is the whole comparison: rerun from it, both trainings are reused
+    exported = {m: (tmp_path / "out" / "train" / m / f"{m}.safetensors").stat().st_mtime_ns for m in configs}
+    assert main(["compare", "--config", str(tmp_path / "out" / "settings.toml"), "--overwrite"]) == 0
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["generated"] == 0
+    assert {
+        m: (tmp_path / "out" / "train" / m / f"{m}.safetensors").stat().st_mtime_ns for m in configs
+    } == exported
     # ... and refuses to mix runs trained with other settings (here: without train.toml)
     for name in ("metrics.json", "metrics.csv", "report.html"):
         (tmp_path / "out" / name).unlink()
@@ -72,10 +77,3 @@ def test_compare_trains_each_method_alike_and_writes_one_report(
         "adapter": {**configs["lora"]["adapter"], "method": "lora"},
         "export": {**configs["lora"]["export"], "name": "lora"},
     }  # fmt: skip
-
-
-def test_methods_flag():
-    assert parse_methods("trilora, lora") == ["trilora", "lora"]
-    for bad in ("", "lora,lora", "lora,dora"):
-        with pytest.raises(UserError, match="--methods"):
-            parse_methods(bad)

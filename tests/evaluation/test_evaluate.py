@@ -70,6 +70,12 @@ def test_rerun_generates_only_what_is_new(run):
     again = evaluate("0,1", "--overwrite")
     assert again["generated"] == 0
     assert again["rows"] == first["rows"]  # the same images give the same numbers
+    # settings.toml beside the report is the evaluation: --config reruns it (from the cache)
+    saved = (output / "settings.toml").read_text()
+    assert "overwrite" not in saved and "strengths = [0.0, 1.0]" in saved
+    assert main(["evaluate", "--config", str(output / "settings.toml"), "--overwrite"]) == 0
+    rerun = json.loads((output / "metrics.json").read_text())
+    assert rerun["generated"] == 0 and rerun["rows"] == first["rows"]
     more = evaluate("0,0.5,1", "--overwrite")
     assert more["generated"] == len(PROMPTS) * 2
     assert [r["strength"] for r in more["rows"]] == [0.0, 0.5, 1.0]

@@ -32,11 +32,24 @@ def test_same_seed_same_image_and_scheduler_choice(tiny_model_dir, tmp_path):
     assert np.array_equal(a, b) and not np.array_equal(a, c) and not np.array_equal(a, d)
 
 
-def test_several_images_go_to_a_folder(tiny_model_dir, tmp_path):
+def test_several_images_go_to_a_folder_with_their_settings(tiny_model_dir, tmp_path):
+    """Image k is seed + k (as in `trilora evaluate`); settings.toml reruns the command exactly."""
     args = ["generate", "--base", str(tiny_model_dir), "--prompt", "x", "--steps", "2", "--height", "32",
-            "--width", "32", "--num-images", "2", "--output", str(tmp_path / "out")]  # fmt: skip
+            "--width", "32", "--num-images", "2", "--seed", "7", "--output", str(tmp_path / "out")]  # fmt: skip
     assert main(args) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00.png", "01.png"]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["00.png", "01.png", "settings.toml"]
+    second = generate(tiny_model_dir, tmp_path, "second", "--prompt", "x", "--steps", "2", "--seed", "8")
+    assert np.array_equal(np.asarray(Image.open(out / "01.png")).astype(int), second)
+    assert Image.open(out / "01.png").text["trilora"] == (out / "settings.toml").read_text()
+
+    assert (
+        main(["generate", "--config", str(out / "settings.toml"), "--output", str(tmp_path / "again")]) == 0
+    )
+    for name in ("00.png", "01.png"):
+        assert np.array_equal(
+            np.asarray(Image.open(out / name)), np.asarray(Image.open(tmp_path / "again" / name))
+        )
 
 
 def test_parse_lora(tmp_path):

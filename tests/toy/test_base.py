@@ -8,6 +8,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from trilora.base.load import load_pipeline
+from trilora.config import DemoConfig
 from trilora.demo import run_demo
 from trilora.toy.base import TOY_BASE, toy_base_path
 from trilora.toy.evaluate import generate_images, prompt_set, score
@@ -48,7 +49,7 @@ def test_the_base_draws_what_it_is_asked_for(one_thread):
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, one_thread, capsys):
     """The demo's whole path on a few steps (make demo runs the full one)."""
-    result = run_demo(tmp_path, steps=4)
+    result = run_demo(DemoConfig(output=str(tmp_path), steps=4))
     out = capsys.readouterr().out
     assert "onion style hit (judge)" in out and str(tmp_path / "before_after.png") in out
     assert (tmp_path / "before_after.png").is_file() and (tmp_path / "run" / "loss.png").is_file()

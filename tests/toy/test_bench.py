@@ -7,7 +7,7 @@ import shlex
 import pytest
 import torch
 
-from trilora.cli import build_parser, main
+from trilora.cli import build_parser, main, tree_from_args
 from trilora.toy.base import build_toy_pipeline
 from trilora.toy.report import analyse_run, early_stopping_point, mean_std
 
@@ -104,11 +104,10 @@ def test_report_states_its_command_and_shows_every_configuration(bench, results)
     assert lines[0].startswith("# ") and lines[2] == "```sh"
     command = lines[3]
     assert command == results["command"]
-    args = build_parser().parse_args(shlex.split(command)[1:])  # the command reruns the same bench
-    assert (args.world, args.methods, args.ranks, args.seeds, args.steps, args.eval_every, args.prompts) == (
-        "toy", "lora,trilora", "2", 2, 6, 3, 4
-    )  # fmt: skip
-    assert args.output == str(bench)
+    settings = tree_from_args(build_parser().parse_args(shlex.split(command)[1:]))[0].bench  # the same bench
+    assert (settings.world, settings.methods, settings.ranks, settings.seeds, settings.steps, settings.eval_every,
+            settings.prompts) == ("toy", ["lora", "trilora"], [2], 2, 6, 3, 4)  # fmt: skip
+    assert settings.output == str(bench)
     rows = [line for line in lines if line.startswith("| lora |") or line.startswith("| trilora |")]
     for method in ("lora", "trilora"):
         for which in ("best", "last"):
@@ -122,7 +121,7 @@ def test_report_states_its_command_and_shows_every_configuration(bench, results)
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--methods", "lora,dora"], "unknown method 'dora'"),
+        (["--methods", "lora,dora"], "--methods must be one of lora, trilora, got 'dora'"),
         (["--ranks", "4,0"], "--ranks must all be at least 1"),
         (["--ranks", "four"], "--ranks must be comma-separated whole numbers"),
         (["--steps", "10", "--eval-every", "3"], "must be a multiple of --eval-every"),

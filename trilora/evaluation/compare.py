@@ -10,59 +10,37 @@ for the whole command, and an earlier report (or a method run with other setting
 with --overwrite.
 """
 
-import argparse
+import copy
 import json
 import logging
 from pathlib import Path
 
-from trilora.config import RunConfig, from_dict, load_toml, to_dict
+from trilora.config import RunConfig, Tree, settings_toml, to_dict
 from trilora.errors import UserError
 
 log = logging.getLogger("trilora")
-METHODS = ("lora", "trilora")
 
 
-def parse_methods(text: str) -> list[str]:
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods or len(set(methods)) != len(methods):
-        raise UserError(
-            f"--methods must be distinct names among {', '.join(METHODS)}, comma-separated; got {text!r}"
-        )
-    return methods
-
-
-def method_config(args: argparse.Namespace, method: str) -> RunConfig:
-    """The training settings of one method: the TOML file, then the flags; only the method and output differ."""
-    data = load_toml(args.config) if args.config else {}
-    data.pop("output", None)  # each method has its own folder
-    sections = {
-        "model": {"base": args.base, "base_config": args.base_config},
-        "data": {"data": args.data, "val_data": args.val_data, "resolution": args.resolution},
-        "adapter": {"method": method, "rank": args.rank, "alpha": args.alpha},
-        "train": {
-            "steps": args.train_steps,
-            "lr": args.lr,
-            "batch_size": args.train_batch_size,
-            "seed": args.train_seed,
-            "device": args.device,
-        },
-        "export": {"name": method},
-    }
-    for section, values in sections.items():
-        table = data.setdefault(section, {})
-        if not isinstance(table, dict):
-            raise UserError(f"{args.config}: [{section}] must be a table of settings")
-        table.update({k: v for k, v in values.items() if v is not None})
-    data["output"] = str(Path(args.output) / "train" / method)
-    return from_dict(data, source=args.config or "compare")
+def method_config(tree: Tree, method: str) -> RunConfig:
+    """The training settings of one method: the tree's training sections; only the method, the
+    output folder and the export name differ, and training runs on evaluation's --device."""
+    config = copy.deepcopy(tree.run_config())
+    config.adapter.method = method
+    config.output = str(Path(tree.evaluate.output) / "train" / method)
+    config.export.name = method
+    config.train.device = tree.evaluate.device
+    config.checkpoint.resume, config.checkpoint.overwrite = None, False
+    return config
 
 
 def settings_of(config: dict) -> dict:
     """A run's settings as compared between runs: how it was started (resume, overwrite) is not one."""
+    from trilora.config import unsaved_keys
+
     config = json.loads(json.dumps(config))
-    for key in ("resume", "overwrite"):
-        config.get("checkpoint", {}).pop(key, None)
+    for key in unsaved_keys():
+        section, _, name = key.rpartition(".")
+        (config.get(section, {}) if section else config).pop(name, None)
     return config
 
 
@@ -92,49 +70,50 @@ def earlier_run(config: RunConfig, overwrite: bool) -> tuple[str, dict | None]:
     return ("interrupted", None) if list_checkpoints(output) else ("new", None)
 
 
-def compare_from_args(args: argparse.Namespace) -> dict:
+def compare_command(tree: Tree) -> dict:
     from trilora.data.folder import with_trigger
-    from trilora.evaluation.evaluate import (
-        check_settings,
-        claim_output,
-        evaluate,
-        print_summary,
-        settings_from_args,
-    )
+    from trilora.evaluation.evaluate import Evaluation, adapter_labels, check_settings, claim_output
     from trilora.evaluation.inputs import read_prompts
-    from trilora.training.loop import train
 
-    methods = parse_methods(args.methods)
-    configs = {method: method_config(args, method) for method in methods}
+    tree.compare.validate()
+    tree.evaluate.validate()
+    methods = tree.compare.methods
+    configs = {method: method_config(tree, method) for method in methods}
     for config in configs.values():
         config.validate()
-    trigger = configs[methods[0]].data.trigger
+    data = tree.data.data
+    if not data:
+        raise UserError("no training data: pass --data DIR (compare trains on it, and by default evaluates "
+                        "against its images and captions)")  # fmt: skip
     prompts = (
-        read_prompts(args.prompts)
-        if args.prompts
-        else [with_trigger(p, trigger) for p in read_prompts(args.data)]
+        read_prompts(tree.evaluate.prompts)
+        if tree.evaluate.prompts
+        else [with_trigger(p, tree.data.trigger) for p in read_prompts(data)]
     )
-    reference = Path(args.reference or args.data)
-    settings = settings_from_args(args, [], prompts, reference, labels=methods)
-    check_settings(settings)
-    lock = claim_output(Path(args.output), args.overwrite, "compare")
+    job = Evaluation(tree.model, tree.sampling, tree.evaluate, prompts, Path(tree.evaluate.reference or data),
+                     [], adapter_labels([], None), settings_text=settings_toml(tree, "compare"))  # fmt: skip
+    check_settings(job)
+    lock = claim_output(job.output, tree.evaluate.overwrite, "compare")
     try:
-        return compare_locked(args, methods, configs, settings, train, evaluate, print_summary)
+        return compare_locked(job, methods, configs)
     finally:
         lock.release()
 
 
-def compare_locked(args, methods, configs, settings, train, evaluate, print_summary) -> dict:
-    # Check the metric networks before hours of training.
+def compare_locked(job, methods: list[str], configs: dict[str, RunConfig]) -> dict:
     from trilora.evaluation.clip_score import load_clip_scorer
+    from trilora.evaluation.evaluate import evaluate, optional_path, print_summary
     from trilora.evaluation.inception import load_inception
+    from trilora.training.loop import train
 
-    load_inception(settings.inception_weights)
-    load_clip_scorer(settings.clip_model)
+    # Check the metric networks before hours of training.
+    load_inception(optional_path(job.settings.inception_weights))
+    load_clip_scorer(optional_path(job.settings.clip_model))
+    overwrite = job.settings.overwrite
 
     summaries = {}
     for method, config in configs.items():
-        state, summary = earlier_run(config, args.overwrite)
+        state, summary = earlier_run(config, overwrite)
         if state == "finished":
             log.info("compare: %s already trained in %s; reusing it", method, config.output)
         else:
@@ -143,47 +122,18 @@ def compare_locked(args, methods, configs, settings, train, evaluate, print_summ
                 config.checkpoint.resume = config.output
             else:
                 log.info("compare: training %s into %s", method, config.output)
-                config.checkpoint.overwrite = args.overwrite
+                config.checkpoint.overwrite = overwrite
             summary = train(config)
         if not summary["exported"]:
             raise UserError(f"the {method} run in {config.output} exported no adapter")
         summaries[method] = summary
-    settings.loras = [Path(summaries[m]["exported"]["kohya"]) for m in methods]
-    settings.training = {
+    job.loras, job.labels = [Path(summaries[m]["exported"]["kohya"]) for m in methods], methods
+    job.training = {
         method: {
             k: summaries[method].get(k) for k in ("rank", "alpha", "steps_run", "best_step", "best_val_loss")
         }
         for method in methods
     }
-    results = evaluate(settings, lock_held=True)
-    print_summary(results, Path(args.output))
+    results = evaluate(job, lock_held=True)
+    print_summary(results, job.output)
     return results
-
-
-def add_compare_flags(parser: argparse.ArgumentParser) -> None:
-    from trilora.evaluation.evaluate import add_protocol_flags
-
-    parser.add_argument("--data", required=True, metavar="DIR", help="Training images with .txt captions.")
-    parser.add_argument(
-        "--val-data", metavar="DIR", help="Validation images (default: held out from --data)."
-    )
-    parser.add_argument("--methods", default="lora,trilora", help="Methods to train, comma-separated.")
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="TOML of training settings (as for `trilora train`), shared by all methods.",
-    )
-    parser.add_argument("--rank", type=int, help="Adapter rank (default: the config's, else 16).")
-    parser.add_argument("--alpha", type=float, help="Adapter alpha (default: the rank).")
-    parser.add_argument("--train-steps", type=int, help="Training steps (default: the config's, else 1000).")
-    parser.add_argument("--lr", type=float, help="Learning rate (default: the config's, else 1e-4).")
-    parser.add_argument(
-        "--train-batch-size", type=int, help="Training batch size (default: the config's, else 1)."
-    )
-    parser.add_argument(
-        "--resolution", type=int, help="Training resolution (default: the config's, else 512)."
-    )
-    parser.add_argument(
-        "--train-seed", type=int, help="Training seed, the same for every method (default: 0)."
-    )
-    add_protocol_flags(parser, defaults_from_data=True)

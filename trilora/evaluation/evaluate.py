@@ -8,21 +8,21 @@ Outputs: metrics.json, metrics.csv and report.html in the output folder; generat
 the cache (OUTPUT/cache unless --cache says otherwise) for the next run.
 """
 
-import argparse
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from trilora.config import SETTINGS_FILE, EvaluateConfig, ModelConfig, SamplingConfig, Tree, settings_toml
 from trilora.device import resolve_device
 from trilora.errors import UserError
 from trilora.evaluation.cache import ImageCache, file_identity, settings_key
-from trilora.evaluation.generation import Protocol, Variant, all_keys, generate_missing, images_per_prompt
-from trilora.evaluation.inputs import load_image, parse_strengths, read_prompts, reference_files
+from trilora.evaluation.generation import Variant, all_keys, generate_missing, images_per_prompt
+from trilora.evaluation.inputs import load_image, read_prompts, reference_files
 from trilora.evaluation.kid import subset_size_for
 from trilora.evaluation.metrics import fid, nfid, recommend_strength
-from trilora.inference.generate import check_size
+from trilora.files import write_text
 from trilora.run_folder import check_folder_path
 
 log = logging.getLogger("trilora")
@@ -30,27 +30,29 @@ BASE_LABEL = "base model"
 
 
 @dataclass
-class EvalSettings:
-    base: Path
-    loras: list[Path]
+class Evaluation:
+    """One evaluation: the tree's settings (model, sampling, evaluate) and what they resolve to."""
+
+    model: ModelConfig
+    sampling: SamplingConfig
+    settings: EvaluateConfig
     prompts: list[str]
     reference: Path
-    output: Path
-    inception_weights: Path | None
-    clip_model: Path | None
-    strengths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    protocol: Protocol = field(default_factory=Protocol)
-    base_config: Path | None = None
-    labels: list[str] | None = None  # adapter names in the report (default: file names)
-    batch_size: int = 4  # images per pipeline call, and per metric-network batch x 8
-    device: str = "auto"
-    cache: Path | None = None  # default OUTPUT/cache
-    kid_subsets: int = 100
-    kid_subset_size: int | None = None  # None: min(1000, half the smaller set)
-    clip_tolerance: float = 1.0  # CLIP-score points below the best that a recommended strength may lose
-    grid_prompts: int = 8  # prompts shown in the report's image grids
+    loras: list[Path]
+    labels: list[str]
     training: dict | None = None  # `trilora compare`: each method's training summary, for the report
-    overwrite: bool = False  # replace an earlier report in `output` (its image cache is kept either way)
+    settings_text: str = ""  # settings.toml, written beside the report
+
+    def __post_init__(self):
+        self.settings.strengths = sorted(set(self.settings.strengths))  # strength 0 is the base model
+
+    @property
+    def output(self) -> Path:
+        return Path(self.settings.output)
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.settings.cache) if self.settings.cache else self.output / "cache"
 
 
 def adapter_labels(loras: list[Path], labels: list[str] | None) -> list[str]:
@@ -66,30 +68,22 @@ def adapter_labels(loras: list[Path], labels: list[str] | None) -> list[str]:
     return names if len(set(names)) == len(names) else [f"{n} ({i})" for i, n in enumerate(names)]
 
 
-def check_settings(s: EvalSettings) -> None:
-    if not Path(s.base).exists():
-        raise UserError(f"base model not found: {s.base}")
-    for path in s.loras:
+def check_settings(job: Evaluation) -> None:
+    if not Path(job.model.base).exists():
+        raise UserError(
+            f"base model not found: {job.model.base}" if job.model.base else "no base model: pass --base PATH"
+        )
+    for path in job.loras:
         if not Path(path).exists():
             raise UserError(f"adapter file not found: {path}")
-    p = s.protocol
-    if p.num_images < 1 or p.steps < 1 or s.batch_size < 1:
-        raise UserError("--num-images, --steps and --batch-size must be at least 1")
-    if len(s.prompts) * p.num_images < 2:
+    job.sampling.validate()
+    if len(job.prompts) * job.sampling.num_images < 2:
         raise UserError("FID and KID need at least 2 images per row: give more prompts or --num-images")
-    if s.kid_subsets < 1 or (s.kid_subset_size is not None and s.kid_subset_size < 2):
-        raise UserError("--kid-subsets must be at least 1 and --kid-subset-size at least 2")
-    if s.clip_tolerance < 0:
-        raise UserError("--clip-tolerance must be 0 or more")
-    if any(strength < 0 for strength in s.strengths):
-        raise UserError("--strengths must be 0 or more (0 is the base model)")
-    check_size("--height", p.height)
-    check_size("--width", p.width)
-    resolve_device(s.device)  # a bad --device stops here, before the output folder is touched
-    check_folder_path(Path(s.output))
+    resolve_device(job.settings.device)  # a bad --device stops here, before the output folder is touched
+    check_folder_path(job.output)
 
 
-REPORT_FILES = ("metrics.json", "metrics.csv", "report.html")
+REPORT_FILES = ("metrics.json", "metrics.csv", "report.html", SETTINGS_FILE)
 
 
 def report_files(folder: Path) -> list[Path]:
@@ -106,71 +100,123 @@ def claim_output(output: Path, overwrite: bool, command: str):
     return claim(output, report_files, command, overwrite, False, hint, delete_earlier=False, what="a report")
 
 
-def evaluate(s: EvalSettings, lock_held: bool = False) -> dict:
-    """Generate what the cache lacks, score every row, write metrics.json/.csv and report.html; the results.
+def evaluate(job: Evaluation, lock_held: bool = False) -> dict:
+    """Generate what the cache lacks, score every row, write metrics.json/.csv, report.html and
+    settings.toml; the results.
 
     The output folder is locked for the whole run (`lock_held`: the caller, `trilora compare`, holds it).
     """
     from trilora.evaluation.clip_score import load_clip_scorer
     from trilora.evaluation.inception import load_inception
 
-    check_settings(s)
-    device = resolve_device(s.device)
+    check_settings(job)
+    device = resolve_device(job.settings.device)
     # The metric networks and references load first, so that a missing file stops the run before
     # the output folder is touched and hours of generation are spent.
-    inception = load_inception(s.inception_weights).to(device)
-    clip = load_clip_scorer(s.clip_model, device)
-    references = reference_files(s.reference)
-    lock = None if lock_held else claim_output(Path(s.output), s.overwrite, "evaluate")
+    inception = load_inception(optional_path(job.settings.inception_weights)).to(device)
+    clip = load_clip_scorer(optional_path(job.settings.clip_model), device)
+    references = reference_files(job.reference)
+    lock = None if lock_held else claim_output(job.output, job.settings.overwrite, "evaluate")
     try:
-        return evaluate_locked(s, device, inception, clip, references)
+        return evaluate_locked(job, device, inception, clip, references)
     finally:
         if lock is not None:
             lock.release()
 
 
-def evaluate_locked(s: EvalSettings, device, inception, clip, references: list[Path]) -> dict:
+def optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+@dataclass
+class Plan:
+    """The rows of an evaluation and the cache keys of each row's images."""
+
+    base: Variant
+    adapters: dict[str, list[Variant]]  # label -> its variants, one per strength > 0
+    prompts: list[str]  # distinct, in order
+    keys: dict[Variant, list[list[str]]]
+
+    @property
+    def variants(self) -> list[Variant]:
+        return [self.base] + [v for group in self.adapters.values() for v in group]
+
+
+def plan(job: Evaluation, device: torch.device, dtype: torch.dtype) -> Plan:
+    base = Variant(BASE_LABEL)
+    adapters = {
+        label: [Variant(label, Path(path), strength) for strength in job.settings.strengths if strength > 0]
+        for label, path in zip(job.labels, job.loras, strict=True)
+    }
+    prompt_images = images_per_prompt(job.prompts, job.sampling.num_images)
+    rows = Plan(base, adapters, list(prompt_images), {})
+    base_config = optional_path(job.model.base_config)
+    rows.keys = all_keys(
+        rows.variants, prompt_images, job.sampling, Path(job.model.base), base_config, device, dtype
+    )
+    return rows
+
+
+def evaluate_locked(job: Evaluation, device, inception, clip, references: list[Path]) -> dict:
     from trilora.base.load import load_pipeline
-    from trilora.evaluation.inception import inception_features
     from trilora.evaluation.report import write_outputs
+    from trilora.inference.generate import scheduler_from
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-
-    labels = adapter_labels([Path(p) for p in s.loras], s.labels)
-    base_variant = Variant(BASE_LABEL)
-    adapter_variants = {
-        label: [Variant(label, Path(path), strength) for strength in s.strengths if strength > 0]
-        for label, path in zip(labels, s.loras, strict=True)
-    }
-    variants = [base_variant] + [v for group in adapter_variants.values() for v in group]
-    prompt_images = images_per_prompt(s.prompts, s.protocol.num_images)
-    prompts = list(prompt_images)  # distinct, in order
-    keys = all_keys(variants, prompt_images, s.protocol, Path(s.base), s.base_config, device, dtype)
-    cache = ImageCache(s.cache or Path(s.output) / "cache")
+    rows_of = plan(job, device, dtype)
+    cache = ImageCache(job.cache)
 
     def load_pipe():
-        from trilora.inference.generate import scheduler_from
-
-        pipe = load_pipeline(s.base, s.base_config, dtype=dtype)
-        if s.protocol.scheduler:
-            pipe.scheduler = scheduler_from(s.protocol.scheduler, pipe.scheduler.config)
+        pipe = load_pipeline(job.model.base, job.model.base_config, dtype=dtype)
+        if job.sampling.scheduler:
+            pipe.scheduler = scheduler_from(job.sampling.scheduler, pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device)
 
-    generated = generate_missing(load_pipe, variants, keys, prompts, s.protocol, cache, s.batch_size)
+    generated = generate_missing(
+        load_pipe,
+        rows_of.variants,
+        rows_of.keys,
+        rows_of.prompts,
+        job.sampling,
+        cache,
+        job.settings.batch_size,
+    )
+    rows = score_rows(job, rows_of, cache, device, inception, clip, references)
+    results = summarise(job, rows, rows_of, references, device, dtype) | {"generated": generated}
+    grids = {
+        label: {
+            "columns": [BASE_LABEL] + [f"{v.strength:g}" for v in group],
+            "rows": [
+                (prompt, [cache.get(rows_of.keys[v][p][0]) for v in [rows_of.base, *group]])
+                for p, prompt in enumerate(rows_of.prompts[: job.settings.grid_prompts])
+            ],
+        }
+        for label, group in (rows_of.adapters or {BASE_LABEL: []}).items()
+    }
+    write_outputs(job.output, results, grids)
+    write_text(job.output / SETTINGS_FILE, job.settings_text)
+    return results
 
+
+def score_rows(job: Evaluation, rows_of: Plan, cache: ImageCache, device, inception, clip,
+               references: list[Path]) -> list[dict]:  # fmt: skip
+    """One row of scores per variant (the metrics of each are cached too), NFID against the first."""
+    from trilora.evaluation.inception import inception_features
+
+    s = job.settings
     metric_settings = dict(
         reference=[file_identity(p) for p in references],
-        inception=file_identity(s.inception_weights),
-        clip=file_identity(s.clip_model),
+        inception=file_identity(optional_path(s.inception_weights)),
+        clip=file_identity(optional_path(s.clip_model)),
         kid=[s.kid_subsets, s.kid_subset_size],
         device=device.type,
     )
     metric_batch = s.batch_size * 8
     reference_features = None
     rows = []
-    for variant in variants:
-        image_keys = [key for row in keys[variant] for key in row]
+    for variant in rows_of.variants:
+        image_keys = [key for row in rows_of.keys[variant] for key in row]
         row_key = settings_key(images=image_keys, **metric_settings)
         metrics = cache.get_metrics(row_key)
         if metrics is None:
@@ -180,7 +226,9 @@ def evaluate_locked(s: EvalSettings, device, inception, clip, references: list[P
                     inception, [load_image(p) for p in references], metric_batch
                 )
             images = [cache.get(key) for key in image_keys]
-            image_prompts = [prompt for prompt, row in zip(prompts, keys[variant], strict=True) for _ in row]
+            image_prompts = [
+                p for p, row in zip(rows_of.prompts, rows_of.keys[variant], strict=True) for _ in row
+            ]
             metrics = row_metrics(images, image_prompts, reference_features, inception, clip, s, metric_batch)
             cache.put_metrics(row_key, metrics)
         rows.append({"label": variant.label, "adapter": None if variant.adapter is None else str(variant.adapter),
@@ -190,52 +238,43 @@ def evaluate_locked(s: EvalSettings, device, inception, clip, references: list[P
     base_fid = rows[0]["fid"]
     for row in rows:
         row["nfid"] = nfid(row["fid"], base_fid) if base_fid > 0 else None
+    return rows
 
+
+def summarise(job: Evaluation, rows: list[dict], rows_of: Plan, references, device, dtype) -> dict:
+    """metrics.json: the rows, the strength recommended for each adapter, and how they were made."""
+    s = job.settings
     recommended = {}
-    for label in labels:
+    for label in job.labels:
         points = [(r["strength"], r["fid"], r["clip_score"]) for r in rows if r["label"] == label]
         if 0 in s.strengths:
             points.insert(0, (0.0, rows[0]["fid"], rows[0]["clip_score"]))
         if points:
             recommended[label] = recommend_strength(points, s.clip_tolerance)
-
-    results = {
-        "base": str(s.base),
-        "reference": {"folder": str(s.reference), "images": len(references)},
-        "prompts": len(s.prompts),
-        "distinct_prompts": len(prompts),
+    return {
+        "base": str(job.model.base),
+        "reference": {"folder": str(job.reference), "images": len(references)},
+        "prompts": len(job.prompts),
+        "distinct_prompts": len(rows_of.prompts),
         "strengths": s.strengths,
-        "protocol": asdict(s.protocol),
+        "protocol": asdict(job.sampling),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "metrics": {
-            "inception_weights": str(s.inception_weights),
-            "clip_model": str(s.clip_model),
+            "inception_weights": str(optional_path(s.inception_weights)),
+            "clip_model": str(optional_path(s.clip_model)),
             "kid_subsets": s.kid_subsets,
             "kid_subset_size": subset_size_for(len(references), rows[0]["images"], s.kid_subset_size),
             "clip_tolerance": s.clip_tolerance,
         },
         "rows": rows,
         "recommended": recommended,
-        "training": s.training,
-        "generated": generated,
+        "training": job.training,
     }
-    grids = {
-        label: {
-            "columns": [BASE_LABEL] + [f"{v.strength:g}" for v in group],
-            "rows": [
-                (prompt, [cache.get(keys[v][p][0]) for v in [base_variant, *group]])
-                for p, prompt in enumerate(prompts[: s.grid_prompts])
-            ],
-        }
-        for label, group in (adapter_variants or {BASE_LABEL: []}).items()
-    }
-    write_outputs(Path(s.output), results, grids)
-    return results
 
 
 def row_metrics(
-    images, prompts, reference_features, inception, clip, s: EvalSettings, batch_size: int
+    images, prompts, reference_features, inception, clip, s: EvaluateConfig, batch_size: int
 ) -> dict:
     """FID, KID (mean, sd over subsets) and CLIP score (mean, sd over images) of one row's images."""
     from trilora.evaluation.inception import inception_features
@@ -256,132 +295,21 @@ def row_metrics(
     }
 
 
-def add_protocol_flags(parser: argparse.ArgumentParser, defaults_from_data: bool = False) -> None:
-    """The evaluation flags shared by `evaluate` and `compare` (whose prompts and reference default to --data)."""
-    parser.add_argument(
-        "--base", required=True, help="Base model: diffusers folder or single-file checkpoint."
-    )
-    parser.add_argument(
-        "--base-config", help="Config folder for a single-file checkpoint that is not SD 1.x-shaped."
-    )
-    parser.add_argument(
-        "--prompts",
-        required=not defaults_from_data,
-        metavar="FILE|DIR",
-        help="Prompts: a text file (one a line) or a folder of .txt captions"
-        + (" (default: the --data captions)." if defaults_from_data else "."),
-    )
-    parser.add_argument(
-        "--reference",
-        required=not defaults_from_data,
-        metavar="DIR",
-        help="Folder of real images to compare with"
-        + (" (default: the --data images)." if defaults_from_data else "."),
-    )
-    parser.add_argument(
-        "--strengths",
-        default="0,0.25,0.5,0.75,1.0",
-        help="Adapter strengths, comma-separated (0 = base model).",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=30, help="Image k of each prompt uses seed + k (default: 30)."
-    )
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument(
-        "--num-images", type=int, default=1, metavar="K", help="Images per prompt (default: 1)."
-    )
-    parser.add_argument("--height", type=int, help="Image height (default: the base model's).")
-    parser.add_argument("--width", type=int, help="Image width (default: the base model's).")
-    parser.add_argument(
-        "--scheduler", help="Sampler (default: the base model's own); see `trilora generate --help`."
-    )
-    parser.add_argument("--batch-size", type=int, default=4, help="Images per generation batch (default: 4).")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument(
-        "--inception-weights",
-        metavar="FILE",
-        help="pt_inception-2015-12-05-6726825d.pth, the FID network of pytorch-fid and torch-fidelity.",
-    )
-    parser.add_argument(
-        "--clip-model", metavar="DIR", help="A transformers CLIP folder, e.g. openai/clip-vit-large-patch14."
-    )
-    parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: 100).")
-    parser.add_argument(
-        "--kid-subset-size",
-        type=int,
-        help="Images per KID subset (default: half the smaller set, at most 1000).",
-    )
-    parser.add_argument(
-        "--clip-tolerance",
-        type=float,
-        default=1.0,
-        help="The recommended strength has the lowest FID among those within this many CLIP-score points "
-        "of the best (default: 1).",
-    )
-    parser.add_argument("--cache", metavar="DIR", help="Cache of generated images (default: OUTPUT/cache).")
-    parser.add_argument("--output", required=True, metavar="DIR")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="Replace an earlier report in --output (default: refuse); its image cache is kept and reused.",
-    )
-
-
-def add_evaluate_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--lora", action="append", default=[], metavar="FILE", help="Adapter to evaluate (repeatable)."
-    )
-    parser.add_argument(
-        "--name", action="append", metavar="NAME", help="Report name of each --lora, in order."
-    )
-    add_protocol_flags(parser)
-
-
-def protocol_from_args(args: argparse.Namespace) -> Protocol:
-    from trilora.inference.generate import SCHEDULERS
-
-    if args.scheduler and args.scheduler not in SCHEDULERS:
+def evaluate_command(tree: Tree) -> dict:
+    """`trilora evaluate`: the base model and each --lora at each of --strengths, in one report."""
+    settings = tree.evaluate
+    settings.validate()
+    if not settings.prompts or not settings.reference:
         raise UserError(
-            f"--scheduler {args.scheduler} is unknown; choose from {', '.join(sorted(SCHEDULERS))}"
+            "give the prompts and the real images to compare with: --prompts FILE|DIR --reference DIR"
         )
-    return Protocol(
-        args.seed, args.steps, args.guidance, args.num_images, args.height, args.width, args.scheduler
-    )
-
-
-def settings_from_args(args: argparse.Namespace, loras: list[Path], prompts: list[str], reference: Path,
-                       labels: list[str] | None = None) -> EvalSettings:  # fmt: skip
-    optional = lambda value: Path(value) if value else None  # noqa: E731
-    return EvalSettings(
-        base=Path(args.base),
-        loras=loras,
-        prompts=prompts,
-        reference=reference,
-        output=Path(args.output),
-        inception_weights=optional(args.inception_weights),
-        clip_model=optional(args.clip_model),
-        strengths=parse_strengths(args.strengths),
-        protocol=protocol_from_args(args),
-        base_config=optional(args.base_config),
-        labels=labels,
-        batch_size=args.batch_size,
-        device=args.device,
-        cache=optional(args.cache),
-        kid_subsets=args.kid_subsets,
-        kid_subset_size=args.kid_subset_size,
-        clip_tolerance=args.clip_tolerance,
-        overwrite=args.overwrite,
-    )
-
-
-def evaluate_from_args(args: argparse.Namespace) -> dict:
-    if not args.lora:
+    if not settings.lora:
         log.info("evaluate: no --lora given; scoring the base model alone")
-    loras = [Path(p) for p in args.lora]
-    settings = settings_from_args(args, loras, read_prompts(args.prompts), Path(args.reference), args.name)
-    results = evaluate(settings)
-    print_summary(results, Path(args.output))
+    loras = [Path(p) for p in settings.lora]
+    job = Evaluation(tree.model, tree.sampling, settings, read_prompts(settings.prompts), Path(settings.reference),
+                     loras, adapter_labels(loras, settings.name or None), settings_text=settings_toml(tree, "evaluate"))  # fmt: skip
+    results = evaluate(job)
+    print_summary(results, job.output)
     return results
 
 

@@ -14,22 +14,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from trilora.config import SamplingConfig
 from trilora.evaluation.cache import ImageCache, content_hash, file_identity, settings_key
 
 log = logging.getLogger("trilora")
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How every image is generated; the defaults are the TriLoRA paper's (§4.2)."""
-
-    seed: int = 30
-    steps: int = 20
-    guidance: float = 7.5
-    num_images: int = 1  # per prompt (per occurrence of a prompt in the list)
-    height: int | None = None  # None: the base model's own size
-    width: int | None = None
-    scheduler: str | None = None  # a name in trilora.inference.generate.SCHEDULERS; None: the base model's
 
 
 @dataclass(frozen=True)
@@ -56,7 +44,7 @@ def images_per_prompt(prompts: list[str], num_images: int) -> dict[str, int]:
 def variant_keys(
     variant: Variant,
     prompt_images: dict[str, int],
-    protocol: Protocol,
+    protocol: SamplingConfig,
     base_identity: list,
     adapter_hashes: dict[Path, str],
     device: torch.device,
@@ -84,7 +72,7 @@ def variant_keys(
 def all_keys(
     variants: list[Variant],
     prompt_images: dict[str, int],
-    protocol: Protocol,
+    protocol: SamplingConfig,
     base: Path,
     base_config: Path | None,
     device: torch.device,
@@ -103,7 +91,7 @@ def generate_missing(
     variants: list[Variant],
     keys: dict[Variant, list[list[str]]],
     prompts: list[str],
-    protocol: Protocol,
+    protocol: SamplingConfig,
     cache: ImageCache,
     batch_size: int,
 ) -> int:

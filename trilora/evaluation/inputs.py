@@ -57,16 +57,3 @@ def load_image(path: Path) -> Image.Image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError) as error:
         raise UserError(f"cannot read image {path}: {error}") from None
-
-
-def parse_strengths(text: str) -> list[float]:
-    """'0,0.25,1' -> [0.0, 0.25, 1.0], sorted and without repeats; strength 0 is the base model."""
-    try:
-        strengths = sorted({float(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise UserError(
-            f"--strengths must be numbers separated by commas, e.g. 0,0.5,1; got {text!r}"
-        ) from None
-    if not strengths:
-        raise UserError("--strengths is empty: give e.g. 0,0.25,0.5,0.75,1.0")
-    return strengths

@@ -32,21 +32,16 @@ from pathlib import Path
 import torch
 
 from trilora.files import save_safetensors
+from trilora.formats.keys import PARTS, TEXT_MODEL, file_path
 from trilora.formats.kohya import pair_alphas
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
-PARTS = ("unet", "text_encoder")
-TEXT_MODEL = "text_model."
 
 
 def file_key(key: str) -> str:
     """`text_encoder.encoder.layers.0...` -> `text_encoder.text_model.encoder.layers.0...`; UNet keys as they are."""
-    part, _, path = key.partition(".")
-    if part not in PARTS:
-        raise ValueError(f"adapter key {key!r} does not start with one of {PARTS}")
-    if part == "text_encoder" and not path.startswith(TEXT_MODEL):
-        path = TEXT_MODEL + path
+    part, path = file_path(key)
     return f"{part}.{path}"
 
 
@@ -73,8 +68,8 @@ def save_diffusers(
         name = file_key(key)
         tensors[f"{name}.lora_A.weight"] = down.detach().to("cpu", dtype).contiguous()
         tensors[f"{name}.lora_B.weight"] = up.detach().to("cpu", dtype).contiguous()
-        part, _, path = key.partition(".")
-        path = path.removeprefix(TEXT_MODEL)
+        part, path = file_path(key)
+        path = path.removeprefix(TEXT_MODEL)  # the LoraConfig's rank and alpha patterns omit it
         ranks[part][path], part_alphas[part][path] = down.shape[0], alphas[key]
     adapter_metadata = {}
     for part in PARTS:

@@ -14,7 +14,8 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
 from trilora.errors import UserError
-from trilora.formats.diffusers_lora import ADAPTER_METADATA_KEY, TEXT_MODEL, WEIGHT_NAME, module_value
+from trilora.formats.diffusers_lora import ADAPTER_METADATA_KEY, WEIGHT_NAME, module_value
+from trilora.formats.keys import our_key
 from trilora.formats.kohya import PREFIXES, module_key
 
 # The model part of each kohya prefix; te1/te2 are SDXL's two text encoders.
@@ -226,4 +227,4 @@ def adapter_shapes(path: str | Path) -> tuple[dict[str, tuple[list[int], list[in
 
 def _module_of_file_key(key: str) -> str:
     part, _, module_path = key.partition(".")
-    return f"{part}.{module_path.removeprefix(TEXT_MODEL)}"
+    return our_key(part, module_path)

@@ -27,11 +27,11 @@ import torch
 
 from trilora.errors import UserError
 from trilora.files import save_safetensors
+from trilora.formats.keys import file_path, our_key
 from trilora.formats.metadata import read_safetensors
 
 # Pairs are keyed `<part>.<module path>`; each part has its own kohya prefix.
 PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
-TEXT_MODEL = "text_model."
 
 # Path components that contain an underscore. Turning `_` back into `.` must keep these whole,
 # so reading a kohya name needs the vocabulary of SD 1.x's UNet and CLIP module names.
@@ -46,11 +46,7 @@ _WORDS = sorted((tuple(name.split("_")) for name in UNDERSCORE_NAMES), key=len, 
 
 def kohya_name(key: str) -> str:
     """`unet.down_blocks.0.attentions.0.proj_in` -> `lora_unet_down_blocks_0_attentions_0_proj_in`."""
-    part, _, path = key.partition(".")
-    if part not in PREFIXES:
-        raise ValueError(f"adapter key {key!r} does not start with one of {sorted(PREFIXES)}")
-    if part == "text_encoder" and not path.startswith(TEXT_MODEL):
-        path = TEXT_MODEL + path
+    part, path = file_path(key)
     return PREFIXES[part] + path.replace(".", "_")
 
 
@@ -58,8 +54,7 @@ def module_key(name: str) -> str:
     """The inverse of `kohya_name`, back to the transformers-5 path (no `text_model.`)."""
     for part, prefix in PREFIXES.items():
         if name.startswith(prefix):
-            path = _dotted(name.removeprefix(prefix))
-            return f"{part}.{path.removeprefix(TEXT_MODEL)}"
+            return our_key(part, _dotted(name.removeprefix(prefix)))
     raise ValueError(f"{name!r} is not a kohya LoRA name (lora_unet_* or lora_te_*)")
 
 

@@ -3,27 +3,15 @@
 What we generate is what users of other diffusers-based tools get from the same files.
 """
 
-import argparse
 import logging
 from pathlib import Path
 
+from trilora.config import SCHEDULERS, SETTINGS_FILE, SamplingConfig, settings_toml
 from trilora.errors import UserError
-from trilora.files import save_image
+from trilora.files import save_image, write_text
 from trilora.run_folder import check_folder_path, prepare_folder
 
 log = logging.getLogger("trilora")
-
-# Sampler names -> diffusers scheduler classes (imported when used: `--help` stays fast).
-SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "ddpm": "DDPMScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "lms": "LMSDiscreteScheduler",
-    "pndm": "PNDMScheduler",
-    "unipc": "UniPCMultistepScheduler",
-}
 
 
 def scheduler_from(name: str, config):
@@ -88,93 +76,60 @@ def load_adapters(pipe, loras: list[tuple[Path, float]]) -> None:
         pipe.set_adapters(names, adapter_weights=[strength for _, strength in loras])
 
 
-def generate(
-    pipe,
-    prompt: str,
-    negative_prompt: str | None = None,
-    seed: int = 30,
-    steps: int = 20,
-    guidance: float = 7.5,
-    height: int | None = None,
-    width: int | None = None,
-    num_images: int = 1,
-):
-    """PIL images; the defaults are the TriLoRA paper's protocol (seed 30, 20 steps, guidance 7.5)."""
+def generate(pipe, prompt: str, negative_prompt: str | None, sampling: SamplingConfig):
+    """PIL images; image k starts from the latent of seed + k, as in `trilora evaluate`, so any of
+    its images is made again here with the same prompt, seed + k and --num-images 1."""
     import torch
 
-    generator = torch.Generator(device="cpu").manual_seed(seed)
     return pipe(
-        prompt,
-        negative_prompt=negative_prompt,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        height=height,
-        width=width,
-        num_images_per_prompt=num_images,
-        generator=generator,
+        [prompt] * sampling.num_images,
+        negative_prompt=None if negative_prompt is None else [negative_prompt] * sampling.num_images,
+        num_inference_steps=sampling.steps,
+        guidance_scale=sampling.guidance,
+        height=sampling.height,
+        width=sampling.width,
+        generator=[
+            torch.Generator(device="cpu").manual_seed(sampling.seed + k) for k in range(sampling.num_images)
+        ],
     ).images
 
 
-def add_generate_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--base", required=True, help="Base model: diffusers folder or single-file checkpoint."
-    )
-    parser.add_argument(
-        "--base-config", help="Config folder for a single-file checkpoint that is not SD 1.x-shaped."
-    )
-    parser.add_argument(
-        "--lora", action="append", default=[], metavar="FILE[:STRENGTH]", help="Adapter (repeatable)."
-    )
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--negative-prompt")
-    parser.add_argument("--seed", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--height", type=int)
-    parser.add_argument("--width", type=int)
-    parser.add_argument("--num-images", type=int, default=1)
-    parser.add_argument(
-        "--scheduler", choices=sorted(SCHEDULERS), help="Sampler (default: the base model's own)."
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--output", required=True, help="A .png file (one image) or a folder.")
-
-
-def check_size(flag: str, value: int | None) -> None:
-    if value is not None and (value < 8 or value % 8):
-        raise UserError(f"{flag} must be a positive multiple of 8 (the VAE's factor), got {value}")
-
-
-def generate_from_args(args: argparse.Namespace) -> list[Path]:
+def generate_command(tree) -> list[Path]:
+    """`trilora generate`: the images of `tree.generate.prompt`, saved as `--output` says, each PNG
+    holding the settings that made it (text chunk "trilora", TOML), and a folder also settings.toml."""
     from trilora.device import resolve_device
 
-    loras = [parse_lora(spec) for spec in args.lora]
-    if args.num_images < 1 or args.steps < 1:
-        raise UserError("--num-images and --steps must be at least 1")
-    check_size("--height", args.height)
-    check_size("--width", args.width)
-    output = Path(args.output)
-    single = output.suffix.lower() == ".png" and args.num_images == 1
+    model, sampling, settings = tree.model, tree.sampling, tree.generate
+    sampling.validate()
+    settings.validate()
+    loras = [parse_lora(spec) for spec in settings.lora]
+    if not Path(model.base).exists():
+        raise UserError(
+            f"base model not found: {model.base}" if model.base else "no base model: pass --base PATH"
+        )
+    output = Path(settings.output)
+    single = output.suffix.lower() == ".png" and sampling.num_images == 1
     check_folder_path(output.parent if single else output, "--output")
-    device = resolve_device(args.device)
+    device = resolve_device(settings.device)
     import torch
 
     from trilora.base.load import load_pipeline
 
     pipe = load_pipeline(
-        args.base, args.base_config, dtype=torch.float16 if device.type == "cuda" else torch.float32
+        model.base, model.base_config, dtype=torch.float16 if device.type == "cuda" else torch.float32
     )
-    if args.scheduler:
-        pipe.scheduler = scheduler_from(args.scheduler, pipe.scheduler.config)
+    if sampling.scheduler:
+        pipe.scheduler = scheduler_from(sampling.scheduler, pipe.scheduler.config)
     load_adapters(pipe, loras)
     pipe.to(device)
-    images = generate(pipe, args.prompt, args.negative_prompt, args.seed, args.steps, args.guidance,
-                      args.height, args.width, args.num_images)  # fmt: skip
+    images = generate(pipe, settings.prompt, settings.negative_prompt, sampling)
+    settings_text = settings_toml(tree, "generate")
     if single:
-        save_image(images[0], output)
+        save_image(images[0], output, text={"trilora": settings_text})
         return [output]
     prepare_folder(output)
     paths = [output / f"{i:02d}.png" for i in range(len(images))]
     for image, path in zip(images, paths, strict=True):
-        save_image(image, path)
+        save_image(image, path, text={"trilora": settings_text})
+    write_text(output / SETTINGS_FILE, settings_text)
     return paths

@@ -53,6 +53,19 @@ def build_toy_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     return sd_pipeline(unet, vae, text_encoder)
 
 
+def toy_base(base: str | Path | None) -> Path:
+    """`--base` of the demo and the bench: a toy-world base model folder, by default the shipped one."""
+    from trilora.errors import UserError
+
+    if base is None:
+        return toy_base_path()
+    base = Path(base)
+    if not (base / "model_index.json").is_file():
+        raise UserError(f"toy base model not found at {base}: give a diffusers folder (model_index.json) "
+                        "written by scripts/pretrain_toy_base.py")  # fmt: skip
+    return base
+
+
 def toy_base_path() -> Path:
     """The shipped base model's folder; a clear message if it is missing."""
     from trilora.errors import UserError

@@ -16,20 +16,17 @@ trainer's own EarlyStopping replayed on metrics.csv (trilora.toy.report) gives t
 checkpoint it would export ("best"), and the rest of our run shows what training on would have given.
 """
 
-import argparse
 import copy
-import dataclasses
 import logging
 import shlex
 import time
-from collections.abc import Sequence
 from itertools import product
 from pathlib import Path
 
 from PIL import Image
 
-from trilora.config import AdapterConfig, RunConfig, from_dict
-from trilora.errors import UserError
+from trilora.config import SETTINGS_FILE, BenchConfig, RunConfig, Tree, from_dict, settings_toml
+from trilora.files import write_text
 from trilora.toy.evaluate import (
     ADAPTER_COLOURS,
     ADAPTER_STYLE,
@@ -44,7 +41,6 @@ from trilora.toy.evaluate import (
 
 log = logging.getLogger("trilora")
 
-METHODS = next(f for f in dataclasses.fields(AdapterConfig) if f.name == "method").metadata["choices"]
 TRAIN_IMAGES = 30
 VAL_IMAGES = 10
 TRAIN_SEED, VAL_SEED = 0, 1  # render seeds of the training and validation sets
@@ -52,88 +48,50 @@ PROMPT_SEED = 2  # the test prompts (evaluate.prompt_set)
 IMAGE_SEED = 0  # image k from latent seed IMAGE_SEED + k; also the reference renders' seed
 RESOLUTION = 32
 BATCH_SIZE = 4
-LR = 1e-3
-PATIENCE = 5  # `trilora train`'s default
 VAL_TIMESTEPS = 8
 
 
-def add_bench_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("world", choices=("toy",), help="Which benchmark (the toy world).")
-    parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated adapter types.")
-    parser.add_argument("--ranks", default="4,16", help="Comma-separated adapter ranks (default: 4,16).")
-    parser.add_argument("--seeds", type=int, default=3, help="Training seeds 0..N-1 per method and rank.")
-    parser.add_argument("--steps", type=int, default=300, help="Optimiser steps per run (default: 300).")
-    parser.add_argument(
-        "--eval-every", type=int, default=25, help="Validate, checkpoint and score every N steps."
-    )
-    parser.add_argument("--prompts", type=int, default=48, help="Test prompts per evaluation (default: 48).")
-    parser.add_argument("--lr", type=float, default=LR, help=f"Learning rate (default: {LR:g}).")
-    parser.add_argument(
-        "--patience", type=int, default=PATIENCE, help="Patience of the replayed early stopping."
-    )
-    parser.add_argument("--output", default="runs/bench-toy")
-    parser.add_argument("--base", help="Toy base model folder (default: the shipped trilora/toy/base).")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="Replace an earlier benchmark in --output (default: refuse)."
-    )
-
-
-def bench_from_args(args: argparse.Namespace) -> dict:
-    results = run_bench(
-        args.output,
-        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-        ranks=parse_ranks(args.ranks),
-        seeds=args.seeds,
-        steps=args.steps,
-        eval_every=args.eval_every,
-        prompts=args.prompts,
-        base=args.base,
-        lr=args.lr,
-        patience=args.patience,
-        overwrite=args.overwrite,
-    )
-    print(f"report: {Path(args.output) / 'report.md'} ({results['seconds']['total']:.0f} s)")
+def bench_command(tree: Tree) -> dict:
+    settings = tree.bench
+    results = run_bench(settings)
+    print(f"report: {Path(settings.output) / 'report.md'} ({results['seconds']['total']:.0f} s)")
     return results
 
 
-def parse_ranks(text: str) -> list[int]:
-    try:
-        return [int(r) for r in text.split(",") if r.strip()]
-    except ValueError:
-        raise UserError(f"--ranks must be comma-separated whole numbers, e.g. 4,16; got {text!r}") from None
-
-
-def run_bench(
-    output: str | Path,
-    methods: Sequence[str] = METHODS,
-    ranks: Sequence[int] = (4, 16),
-    seeds: int = 3,
-    steps: int = 300,
-    eval_every: int = 25,
-    prompts: int = 48,
-    base: str | Path | None = None,
-    lr: float = LR,
-    patience: int = PATIENCE,
-    overwrite: bool = False,
-) -> dict:
-    """Train and score every (method, rank, seed); write report.md, plots/ and results.json to `output`,
-    which the bench holds locked; an earlier bench there is deleted first only with `overwrite`."""
+def run_bench(settings: BenchConfig) -> dict:
+    """Train and score every (method, rank, seed); write report.md, plots/, results.json and
+    settings.toml to settings.output, which the bench holds locked; an earlier bench there is
+    deleted first only with settings.overwrite."""
     from trilora.run_folder import claim
+    from trilora.toy.base import toy_base
 
-    methods, ranks = list(dict.fromkeys(methods)), list(dict.fromkeys(ranks))
-    check_settings(methods, ranks, seeds, steps, eval_every, prompts, lr, patience)
-    base = resolve_base(base)
-    output = Path(output)
+    settings.methods, settings.ranks = (
+        list(dict.fromkeys(settings.methods)),
+        list(dict.fromkeys(settings.ranks)),
+    )
+    settings.validate()
+    base = toy_base(settings.base)
+    output = Path(settings.output)
     lock = claim(
-        output, bench_files, "bench toy", overwrite, False, "its report is report.md", what="a benchmark"
+        output,
+        bench_files,
+        "bench toy",
+        settings.overwrite,
+        False,
+        "its report is report.md",
+        what="a benchmark",
     )
     try:
-        return bench_locked(output, methods, ranks, seeds, steps, eval_every, prompts, base, lr, patience)
+        write_text(output / SETTINGS_FILE, settings_toml(Tree(bench=settings), "bench"))
+        s = settings
+        return bench_locked(
+            output, s.methods, s.ranks, s.seeds, s.steps, s.eval_every, s.prompts, base, s.lr, s.patience
+        )
     finally:
         lock.release()
 
 
-BENCH_FILES = ("report.md", "results.json", "plots", "runs", "data")
+BENCH_FILES = ("report.md", "results.json", "plots", "runs", "data", SETTINGS_FILE)
 
 
 def bench_files(folder: Path) -> list[Path]:
@@ -182,40 +140,6 @@ def bench_locked(output: Path, methods: list[str], ranks: list[int], seeds: int,
     results["seconds"]["total"] = time.perf_counter() - started
     write_report(output, results)
     return results
-
-
-def check_settings(methods, ranks, seeds, steps, eval_every, prompts, lr, patience) -> None:
-    """One line per impossible setting, before any work."""
-    unknown = [m for m in methods if m not in METHODS]
-    checks = [
-        (bool(methods) and not unknown,
-         f"unknown method {unknown[0] if unknown else ''!r} in --methods; choose from {', '.join(METHODS)}"),
-        (bool(ranks) and min(ranks) >= 1, f"--ranks must all be at least 1, got {','.join(map(str, ranks))}"),
-        (seeds >= 1, f"--seeds must be at least 1, got {seeds}"),
-        (steps >= 1 and eval_every >= 1, "--steps and --eval-every must be at least 1"),
-        (eval_every < 1 or steps % eval_every == 0,
-         f"--steps ({steps}) must be a multiple of --eval-every ({eval_every}) so that the last step is scored"),
-        (prompts >= 2, f"--prompts must be at least 2 (FID needs two images), got {prompts}"),
-        (lr > 0, f"--lr must be positive, got {lr}"),
-        (patience >= 0, f"--patience must be 0 or more, got {patience}"),
-    ]  # fmt: skip
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
-
-
-def resolve_base(base: str | Path | None) -> Path:
-    from trilora.toy.base import toy_base_path
-
-    if base is None:
-        return toy_base_path()
-    base = Path(base)
-    if not (base / "model_index.json").is_file():
-        raise UserError(
-            f"toy base model not found at {base}: give a diffusers folder (model_index.json) written by "
-            "scripts/pretrain_toy_base.py"
-        )
-    return base
 
 
 def bench_config(

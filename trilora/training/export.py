@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from trilora.adapters.inject import adapter_layers, lora_pairs, with_part
-from trilora.config import RunConfig, ValidationConfig, to_dict
+from trilora.config import SETTINGS_FILE, RunConfig, ValidationConfig, to_dict
 from trilora.files import save_image, write_text
 from trilora.formats.diffusers_lora import save_diffusers
 from trilora.formats.kohya import conv_network_args, save_kohya
@@ -16,6 +16,7 @@ from trilora.formats.native import save_adapter
 log = logging.getLogger("trilora")
 RUN_FILES = (
     "config.json",
+    SETTINGS_FILE,
     "metrics.csv",
     "summary.json",
     "loss.png",

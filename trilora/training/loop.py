@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from trilora.config import RunConfig, to_dict
+from trilora.config import SETTINGS_FILE, RunConfig, settings_toml, to_dict
 from trilora.data.cache import encode_text, tokenize
 from trilora.data.captions import transform_caption
 from trilora.data.order import BatchOrder
 from trilora.errors import Interrupted, UserError
-from trilora.files import write_json
+from trilora.files import write_json, write_text
 from trilora.run_folder import FolderLock, claim
 from trilora.seeds import derive_seed
 from trilora.training.checkpoint import (
@@ -57,11 +57,17 @@ if TYPE_CHECKING:  # setup.py imports diffusers: a refused run should stop befor
 log = logging.getLogger("trilora")
 
 
-def train(config: RunConfig) -> dict:
-    """Train into config.output, which this run holds locked from start to end (see run_folder.py)."""
+def train(config: RunConfig, resumed: tuple[Path, dict] | None = None) -> dict:
+    """Train into config.output, which this run holds locked from start to end (see run_folder.py).
+
+    `resumed`: the checkpoint of config.checkpoint.resume as (folder, state), where the caller has
+    read it already (the CLI reads its config); else it is read here.
+    """
     config.validate()
-    source = find_checkpoint(config.checkpoint.resume) if config.checkpoint.resume else None
-    resume = load_checkpoint(source) if source is not None else None
+    if resumed is None and config.checkpoint.resume:
+        source = find_checkpoint(config.checkpoint.resume)
+        resumed = source, load_checkpoint(source)
+    source, resume = resumed if resumed is not None and config.checkpoint.resume else (None, None)
     if resume is not None:
         changed = incompatible_changes(resume["config"], to_dict(config))
         if changed:
@@ -133,6 +139,7 @@ def run(
         )
     if dist.main:  # after set-up: a start that fails on its data leaves no run behind to block a retry
         write_json(output / "config.json", to_dict(config))
+        write_text(output / SETTINGS_FILE, settings_toml(config, "train"))
     r = Run(config, dist, output, s, training_scheduler(s), torch.autocast(s.device.type, s.autocast or torch.float32,
                                                                           enabled=s.autocast is not None))  # fmt: skip
     state = new_state(r, resume["step"] if in_place else 0)

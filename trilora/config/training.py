@@ -1,30 +1,16 @@
-"""The one configuration tree: the TOML file, the CLI flags and the `config` saved with every run.
-
-Each section is a dataclass; each field's `help` is its documentation and its `--flag` text.
-Flag names are the field names with `-` for `_`, and are unique across sections.
-Unknown keys in a TOML file are an error that names them.
-"""
+"""The training run's sections of the tree: what `trilora train` reads and saves as config.json."""
 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any
 
+from trilora.config.fields import build, iter_fields, opt
 from trilora.errors import UserError
 
-
-def opt(
-    default: Any, help: str, choices: tuple | None = None, repeat: bool = False, resumable: bool = False
-) -> Any:
-    """A setting. `resumable`: it may change when a run is resumed without breaking the exact
-    continuation (the number of steps, patience, where files go); any other change is refused."""
-    meta = {"help": help, "choices": choices, "repeat": repeat, "resumable": resumable}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+METHODS = ("lora", "trilora")
 
 
 @dataclass
@@ -69,7 +55,7 @@ class DataConfig:
 
 @dataclass
 class AdapterConfig:
-    method: str = opt("trilora", "Adapter type.", choices=("lora", "trilora"))
+    method: str = opt("trilora", "Adapter type.", choices=METHODS)
     rank: int = opt(16, "Adapter rank r.")
     alpha: float | None = opt(
         None, "Adapter alpha; the update is scaled by alpha/rank (default: alpha = rank)."
@@ -164,11 +150,13 @@ class CheckpointConfig:
         "Resume from OUTPUT (its latest checkpoint) or OUTPUT/checkpoints/step-N; the run continues in "
         "that folder, or in --output if given (a new folder; the original is left as it is).",
         resumable=True,
+        saved=False,
     )
     overwrite: bool = opt(
         False,
         "Replace an earlier run in --output: its files are deleted first (default: refuse).",
         resumable=True,
+        saved=False,
     )
 
 
@@ -185,7 +173,7 @@ class ExportConfig:
 
 @dataclass
 class RunConfig:
-    output: str = opt("", "Output folder of the run.", resumable=True)
+    output: str = opt("", "Output folder of the run.", resumable=True, metavar="DIR")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -286,94 +274,24 @@ def resumable_keys() -> set[str]:
     """The settings (`section.name`, or `output`) that may change on resume: declared on each field."""
     return {
         f"{section}.{f.name}" if section else f.name
-        for section, f, _ in iter_fields()
+        for section, f, _ in iter_fields(RunConfig)
         if f.metadata["resumable"]
     }
 
 
-def section_classes() -> dict[str, type]:
-    return {f.name: f.default_factory for f in dataclasses.fields(RunConfig) if f.name != "output"}
+def unsaved_keys() -> set[str]:
+    """The settings that say how a run was started (--resume, --overwrite), not what it is."""
+    return {
+        f"{section}.{f.name}" if section else f.name
+        for section, f, _ in iter_fields(RunConfig)
+        if not f.metadata["saved"]
+    }
 
 
-def to_dict(config: RunConfig) -> dict[str, Any]:
+def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
 def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
-    """Build a RunConfig from nested sections; unknown sections or keys are an error naming them."""
-    classes = section_classes()
-    unknown = [k for k in data if k not in classes and k != "output"]
-    for name, values in data.items():
-        if name in classes:
-            if not isinstance(values, dict):
-                raise UserError(f"{source}: [{name}] must be a table of settings")
-            known = {f.name for f in dataclasses.fields(classes[name])}
-            unknown += [f"{name}.{k}" for k in values if k not in known]
-    if unknown:
-        raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}; see `trilora train --help`")
-    sections = {}
-    for name, cls in classes.items():
-        hints, fields = get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
-        values = data.get(name, {})
-        sections[name] = cls(
-            **{k: checked(v, hints[k], fields[k], f"{name}.{k}", source) for k, v in values.items()}
-        )
-    output = checked(data.get("output", ""), str, None, "output", source)
-    return RunConfig(output=output, **sections)
-
-
-TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-
-
-def checked(value: Any, annotation: Any, spec: dataclasses.Field | None, key: str, source: str) -> Any:
-    """`value` if it has the field's type (an int is a float too) and is among its choices; else an
-    error naming the key, the type wanted and the value given."""
-    kind, optional = base_type(annotation), type(None) in get_args(annotation)
-    if value is None and optional:
-        return None
-    is_list = get_origin(annotation) is list
-    wanted = TYPE_NAMES.get(kind, kind.__name__)
-    if is_list:
-        wanted = f"a list of {wanted.removeprefix('an ').removeprefix('a ')}s"
-        if not isinstance(value, list):
-            raise UserError(f"{source}: {key} must be {wanted}, got {value!r}")
-    for item in value if is_list else [value]:
-        fits = isinstance(item, kind) and not (kind is int and isinstance(item, bool))
-        if kind is float and isinstance(item, int) and not isinstance(item, bool):
-            fits = True
-        if not fits:
-            raise UserError(f"{source}: {key} must be {wanted}, got {value!r}")
-        choices = spec.metadata.get("choices") if spec is not None else None
-        if choices and item not in choices:
-            raise UserError(f"{source}: {key} must be one of {', '.join(choices)}, got {item!r}")
-    if kind is float and not isinstance(value, list):
-        return float(value)
-    return value
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"config file {path} is not valid TOML: {error}") from None
-
-
-def iter_fields():
-    """(section name or None, dataclass field, resolved type) for every setting, in order."""
-    hints = get_type_hints(RunConfig)
-    yield None, next(f for f in dataclasses.fields(RunConfig) if f.name == "output"), hints["output"]
-    for name, cls in section_classes().items():
-        section_hints = get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            yield name, f, section_hints[f.name]
-
-
-def base_type(annotation: Any) -> type:
-    """`int | None` -> int, `list[str]` -> str."""
-    if get_origin(annotation) is list:
-        return get_args(annotation)[0]
-    args = [a for a in get_args(annotation) if a is not type(None)]
-    return args[0] if args else annotation
+    """A training run's settings from nested sections; unknown sections or keys are an error naming them."""
+    return build(RunConfig, data, source, "`trilora train --help`")

@@ -1,0 +1,297 @@
+"""The rest of the tree, one section per command, and which sections each command reads.
+
+`Tree` holds every section; a TOML file is checked against all of it (so one file can configure
+every command, and a misspelt key anywhere is an error), and each command takes the fields its
+`Command` names. Flags are the field names with `-` for `_`, unique within a command; `Command.flags`
+renames the few that would collide (in `compare`, training's `--steps` is `--train-steps`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from trilora.config.fields import build, iter_fields, opt, shown_default, to_toml
+from trilora.config.training import METHODS, RunConfig
+from trilora.errors import UserError
+
+# Sampler names -> diffusers scheduler classes (imported when used: `--help` stays fast).
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+
+def size_ok(value: int | None) -> bool:
+    return value is None or (value >= 8 and value % 8 == 0)
+
+
+def refuse(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+@dataclass
+class SamplingConfig:
+    """How images are generated, shared by `generate` and `evaluate`; the defaults are the TriLoRA
+    paper's protocol (§4.2: seed 30, 20 steps, guidance 7.5)."""
+
+    seed: int = opt(30, "Image k of each prompt starts from the latent of seed + k.")
+    steps: int = opt(20, "Denoising steps.")
+    guidance: float = opt(7.5, "Classifier-free guidance scale.")
+    num_images: int = opt(1, "Images per prompt.", metavar="K")
+    height: int | None = opt(None, "Image height, a multiple of 8 (default: the base model's).")
+    width: int | None = opt(None, "Image width, a multiple of 8 (default: the base model's).")
+    scheduler: str | None = opt(
+        None, "Sampler (default: the base model's own).", choices=tuple(sorted(SCHEDULERS))
+    )
+
+    def validate(self) -> None:
+        refuse([
+            (self.num_images >= 1, f"--num-images must be at least 1, got {self.num_images}"),
+            (self.steps >= 1, f"--steps must be at least 1, got {self.steps}"),
+            (size_ok(self.height), f"--height must be a positive multiple of 8 (the VAE's factor), got {self.height}"),
+            (size_ok(self.width), f"--width must be a positive multiple of 8 (the VAE's factor), got {self.width}"),
+        ])  # fmt: skip
+
+
+@dataclass
+class GenerateConfig:
+    prompt: str = opt("", "The prompt.", metavar="TEXT")
+    negative_prompt: str | None = opt(None, "What the images should not show.", metavar="TEXT")
+    lora: list[str] = opt([], "Adapter file, with an optional strength (repeatable).", repeat=True,
+                          metavar="FILE[:STRENGTH]")  # fmt: skip
+    device: str = opt("auto", "Device: auto, cpu, cuda, cuda:N.")
+    output: str = opt("", "A .png file (one image) or a folder.", metavar="PATH")
+
+    def validate(self) -> None:
+        refuse([(bool(self.prompt), "no prompt: pass --prompt TEXT"),
+                (bool(self.output), "no output: pass --output FILE.png or --output DIR")])  # fmt: skip
+
+
+@dataclass
+class EvaluateConfig:
+    lora: list[str] = opt([], "Adapter to evaluate (repeatable).", repeat=True, metavar="FILE")
+    name: list[str] = opt([], "Report name of each --lora, in order (default: file names).", repeat=True)
+    prompts: str = opt(
+        "", "Prompts: a text file (one a line) or a folder of .txt captions.", metavar="FILE|DIR"
+    )
+    reference: str = opt("", "Folder of real images to compare with.", metavar="DIR")
+    strengths: list[float] = opt([0.0, 0.25, 0.5, 0.75, 1.0], "Adapter strengths, comma-separated "
+                                 "(0 = the base model).", comma=True)  # fmt: skip
+    batch_size: int = opt(4, "Images per generation batch (x 8 per metric-network batch).")
+    device: str = opt("auto", "Device: auto, cpu, cuda, cuda:N.")
+    inception_weights: str | None = opt(None, "pt_inception-2015-12-05-6726825d.pth, the FID network of "
+                                        "pytorch-fid and torch-fidelity.", metavar="FILE")  # fmt: skip
+    clip_model: str | None = opt(
+        None, "A transformers CLIP folder, e.g. openai/clip-vit-large-patch14.", metavar="DIR"
+    )
+    kid_subsets: int = opt(100, "KID subsets.")
+    kid_subset_size: int | None = opt(
+        None, "Images per KID subset (default: half the smaller set, at most 1000)."
+    )
+    clip_tolerance: float = opt(1.0, "The recommended strength has the lowest FID among those within this "
+                                "many CLIP-score points of the best.")  # fmt: skip
+    grid_prompts: int = opt(8, "Prompts shown in the report's image grids.")
+    cache: str | None = opt(None, "Cache of generated images (default: OUTPUT/cache).", metavar="DIR")
+    output: str = opt("", "Report folder.", metavar="DIR")
+    overwrite: bool = opt(False, "Replace an earlier report in --output (default: refuse); its image "
+                          "cache is kept and reused.", saved=False)  # fmt: skip
+
+    def validate(self) -> None:
+        refuse([
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.kid_subsets >= 1, "--kid-subsets must be at least 1"),
+            (self.kid_subset_size is None or self.kid_subset_size >= 2, "--kid-subset-size must be at least 2"),
+            (self.clip_tolerance >= 0, "--clip-tolerance must be 0 or more"),
+            (self.grid_prompts >= 0, "--grid-prompts must be 0 or more"),
+            (all(s >= 0 for s in self.strengths), "--strengths must be 0 or more (0 is the base model)"),
+            (bool(self.strengths), "--strengths: give at least one strength, e.g. 0,0.5,1"),
+            (bool(self.output), "no output folder: pass --output DIR"),
+        ])  # fmt: skip
+
+
+@dataclass
+class CompareConfig:
+    methods: list[str] = opt(list(METHODS), "Methods to train, comma-separated.", choices=METHODS, comma=True)
+
+    def validate(self) -> None:
+        refuse([(bool(self.methods) and len(set(self.methods)) == len(self.methods),
+                 f"--methods must be distinct names among {', '.join(METHODS)}, comma-separated")])  # fmt: skip
+
+
+@dataclass
+class BenchConfig:
+    world: str = opt("toy", "Which benchmark (the toy world).", choices=("toy",))
+    methods: list[str] = opt(list(METHODS), "Adapter types, comma-separated.", choices=METHODS, comma=True)
+    ranks: list[int] = opt([4, 16], "Adapter ranks, comma-separated.", comma=True)
+    seeds: int = opt(3, "Training seeds 0..N-1 per method and rank.")
+    steps: int = opt(300, "Optimiser steps per run.")
+    eval_every: int = opt(25, "Validate, checkpoint and score every N steps.")
+    prompts: int = opt(48, "Test prompts per evaluation.")
+    lr: float = opt(1e-3, "Learning rate.")
+    patience: int = opt(5, "Patience of the replayed early stopping (`trilora train`'s default).")
+    output: str = opt("runs/bench-toy", "Report folder.", metavar="DIR")
+    base: str | None = opt(
+        None, "Toy base model folder (default: the shipped trilora/toy/base).", metavar="DIR"
+    )
+    overwrite: bool = opt(False, "Replace an earlier benchmark in --output (default: refuse).", saved=False)
+
+    def validate(self) -> None:
+        ranks, steps, every = self.ranks, self.steps, self.eval_every
+        refuse([
+            (bool(self.methods), f"--methods: give at least one of {', '.join(METHODS)}"),
+            (bool(ranks) and min(ranks) >= 1, f"--ranks must all be at least 1, got {','.join(map(str, ranks))}"),
+            (self.seeds >= 1, f"--seeds must be at least 1, got {self.seeds}"),
+            (steps >= 1 and every >= 1, "--steps and --eval-every must be at least 1"),
+            (every < 1 or steps % every == 0,
+             f"--steps ({steps}) must be a multiple of --eval-every ({every}) so that the last step is scored"),
+            (self.prompts >= 2, f"--prompts must be at least 2 (FID needs two images), got {self.prompts}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.patience >= 0, f"--patience must be 0 or more, got {self.patience}"),
+        ])  # fmt: skip
+
+
+@dataclass
+class DemoConfig:
+    output: str = opt("runs/demo", "Demo folder.", metavar="DIR")
+    steps: int = opt(400, "At most this many steps (validation may stop sooner).")
+    base: str | None = opt(
+        None, "Another toy-world base model folder (default: the shipped one).", metavar="DIR"
+    )
+    overwrite: bool = opt(False, "Replace an earlier demo in --output (default: refuse).", saved=False)
+
+    def validate(self) -> None:
+        refuse([(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")])
+
+
+@dataclass
+class Tree(RunConfig):
+    """Every section of every command: what a `--config` file may hold (the training run's first)."""
+
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+    def run_config(self) -> RunConfig:
+        """The training run's part of the tree (what `trilora train` saves as config.json)."""
+        return RunConfig(output=self.output, **{name: getattr(self, name) for name in RUN_SECTIONS})
+
+
+RUN_SECTIONS = ("model", "data", "adapter", "train", "validation", "checkpoint", "export")
+TRAINING = {name: None for name in RUN_SECTIONS}
+
+
+@dataclass(frozen=True)
+class Command:
+    """Which settings a command reads: section -> its field names (None: all; section None: top level)."""
+
+    name: str
+    sections: dict[str | None, tuple[str, ...] | None]
+    except_: tuple[str, ...] = ()  # "section.field"s of those sections the command does not read
+    flags: dict[str, str] = field(default_factory=dict)  # "section.field" -> flag, where not the field's name
+    positional: tuple[str, ...] = ()  # "section.field"s given as positional arguments
+    modes: dict[str, str] = field(default_factory=dict)  # flags that choose what to do, not settings
+    notes: dict[str, str] = field(default_factory=dict)  # "section.field" -> what its default is here
+
+    def fields(self):
+        """(key "section.field", section, dataclass field, type, flag name) of every setting it reads."""
+        for section, spec, annotation in iter_fields(Tree):
+            if section not in self.sections:
+                continue
+            names = self.sections[section]
+            key = f"{section}.{spec.name}" if section else spec.name
+            if (names is None or spec.name in names) and key not in self.except_:
+                flag = self.flags.get(key, spec.name.replace("_", "-"))
+                yield key, section, spec, annotation, flag
+
+
+COMMANDS = {
+    command.name: command
+    for command in [
+        Command(
+            "train",
+            {None: ("output",), **TRAINING},
+            modes={
+                "dry_run": "Print the trainable parameters, the adapter file size and a GPU memory "
+                "estimate; load no weights or data, train nothing."
+            },
+        ),  # fmt: skip
+        Command("generate", {"model": None, "sampling": None, "generate": None}),
+        Command("evaluate", {"model": None, "sampling": None, "evaluate": None}),
+        Command(
+            "compare",
+            {"model": None, "sampling": None, "evaluate": None, "compare": None, **TRAINING},
+            except_=(
+                "evaluate.lora",
+                "evaluate.name",
+                "adapter.method",
+                "train.device",
+                "export.name",
+                "checkpoint.resume",
+                "checkpoint.overwrite",
+            ),  # per method, or compare's own
+            flags={
+                "train.steps": "train-steps",
+                "train.batch_size": "train-batch-size",
+                "train.seed": "train-seed",
+            },
+            notes={
+                "evaluate.prompts": "default: the --data captions, with the trigger word",
+                "evaluate.reference": "default: the --data images",
+                "evaluate.device": "also training's",
+            },
+        ),  # fmt: skip
+        Command(
+            "check-data",
+            {"data": ("data", "resolution", "trigger", "caption_extension")},
+            positional=("data.data",),
+            modes={"json": "Print the report as JSON."},
+        ),  # fmt: skip
+        Command("bench", {"bench": None}, positional=("bench.world",)),
+        Command("demo", {"demo": None}),
+    ]
+}
+
+
+def tree_from_dict(data: dict[str, Any], source: str, command: str) -> Tree:
+    return build(Tree, data, source, f"`trilora {command} --help`")
+
+
+def command_settings(tree: RunConfig, command: str) -> dict[str, Any]:
+    """The settings `command` reads, nested by section, less how it was started (--overwrite,
+    --resume): what it saves beside its outputs as settings.toml, for `--config` to rerun."""
+    out: dict[str, Any] = {}
+    for _, section, spec, _, _ in COMMANDS[command].fields():
+        if not spec.metadata["saved"]:
+            continue
+        value = getattr(getattr(tree, section) if section else tree, spec.name)
+        (out.setdefault(section, {}) if section else out)[spec.name] = value
+    return out
+
+
+SETTINGS_FILE = "settings.toml"
+
+
+def settings_toml(tree: RunConfig, command: str) -> str:
+    """settings.toml of a command's outputs: `trilora COMMAND --config settings.toml` runs it again."""
+    from trilora import __version__
+
+    header = f"trilora {__version__}: the settings of this `trilora {command}`; rerun with --config"
+    return to_toml(command_settings(tree, command), header)
+
+
+def flag_help(spec) -> str:
+    """The field's help with its default, as `--help` prints it."""
+    default = shown_default(spec)
+    return f"{spec.metadata['help']} (default: {default})" if default else spec.metadata["help"]

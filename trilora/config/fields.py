@@ -1,0 +1,187 @@
+"""How a setting is declared, type-checked, read from TOML and written back: the tree's plumbing.
+
+A section is a dataclass whose fields are made with `opt`; a root (the training run's `RunConfig`,
+or the whole `Tree`) is a dataclass of sections plus top-level settings. `build` turns nested
+dicts (a TOML file, a saved config, the flags) into a root, refusing unknown keys by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from trilora.errors import UserError
+
+
+def opt(
+    default: Any,
+    help: str,
+    choices: tuple | None = None,
+    repeat: bool = False,
+    resumable: bool = False,
+    comma: bool = False,
+    metavar: str | None = None,
+    saved: bool = True,
+) -> Any:
+    """A setting. `resumable`: it may change when a run is resumed without breaking the exact
+    continuation (the number of steps, patience, where files go); any other change is refused.
+    A list is given by repeating its flag (`repeat`) or as one comma-separated value (`comma`).
+    `saved=False`: how a command was started (--overwrite, --resume), left out of the settings it
+    saves, so that rerunning them never deletes or resumes by surprise."""
+    meta = dict(help=help, choices=choices, repeat=repeat, resumable=resumable, comma=comma,
+                metavar=metavar, saved=saved)  # fmt: skip
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def default_of(spec: dataclasses.Field) -> Any:
+    return spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+
+
+def shown_default(spec: dataclasses.Field) -> str:
+    """The default as `--help` and the README print it ("" where there is none)."""
+    default = default_of(spec)
+    if default in (None, "", []):
+        return ""
+    if isinstance(default, list) and spec.metadata["comma"]:
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+    return str(default)
+
+
+def is_section(spec: dataclasses.Field) -> bool:
+    return spec.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(spec.default_factory)
+
+
+def sections_of(root: type) -> dict[str, type]:
+    """Section name -> dataclass, in order."""
+    return {f.name: f.default_factory for f in dataclasses.fields(root) if is_section(f)}
+
+
+def iter_fields(root: type):
+    """(section name or None for a top-level setting, dataclass field, resolved type), in order."""
+    hints = get_type_hints(root)
+    for spec in dataclasses.fields(root):
+        if not is_section(spec):
+            yield None, spec, hints[spec.name]
+    for name, cls in sections_of(root).items():
+        section_hints = get_type_hints(cls)
+        for spec in dataclasses.fields(cls):
+            yield name, spec, section_hints[spec.name]
+
+
+def build(root: type, data: dict[str, Any], source: str, hint: str) -> Any:
+    """`root` from nested sections; unknown sections or keys, or values of the wrong type, are an error
+    naming them (`hint`: where the user finds the known ones)."""
+    classes = sections_of(root)
+    top = {f.name: f for f in dataclasses.fields(root) if not is_section(f)}
+    unknown = [k for k in data if k not in classes and k not in top]
+    for name, values in data.items():
+        if name in classes:
+            if not isinstance(values, dict):
+                raise UserError(f"{source}: [{name}] must be a table of settings")
+            known = {f.name for f in dataclasses.fields(classes[name])}
+            unknown += [f"{name}.{k}" for k in values if k not in known]
+    if unknown:
+        raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}; see {hint}")
+    sections = {}
+    for name, cls in classes.items():
+        hints, fields = get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+        values = data.get(name, {})
+        sections[name] = cls(
+            **{k: checked(v, hints[k], fields[k], f"{name}.{k}", source) for k, v in values.items()}
+        )
+    hints = get_type_hints(root)
+    settings = {k: checked(v, hints[k], top[k], k, source) for k, v in data.items() if k in top}
+    return root(**settings, **sections)
+
+
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def checked(value: Any, annotation: Any, spec: dataclasses.Field | None, key: str, source: str | None) -> Any:
+    """`value` if it has the field's type (an int is a float too) and is among its choices; else an
+    error naming the key (or flag: `source` None), the type wanted and the value given."""
+    where = f"{source}: {key}" if source else key
+    kind, optional = base_type(annotation), type(None) in get_args(annotation)
+    if value is None and optional:
+        return None
+    is_list = get_origin(annotation) is list
+    wanted = TYPE_NAMES.get(kind, kind.__name__)
+    if is_list:
+        wanted = f"a list of {wanted.removeprefix('an ').removeprefix('a ')}s"
+        if not isinstance(value, list):
+            raise UserError(f"{where} must be {wanted}, got {value!r}")
+    for item in value if is_list else [value]:
+        fits = isinstance(item, kind) and not (kind is int and isinstance(item, bool))
+        if kind is float and isinstance(item, int) and not isinstance(item, bool):
+            fits = True
+        if not fits:
+            raise UserError(f"{where} must be {wanted}, got {value!r}")
+        choices = spec.metadata.get("choices") if spec is not None else None
+        if choices and item not in choices:
+            raise UserError(f"{where} must be one of {', '.join(choices)}, got {item!r}")
+    if kind is float:
+        return [float(v) for v in value] if is_list else float(value)
+    return value
+
+
+def base_type(annotation: Any) -> type:
+    """`int | None` -> int, `list[str]` -> str."""
+    if get_origin(annotation) is list:
+        return get_args(annotation)[0]
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def parse_comma_list(text: str, kind: type, flag: str) -> list:
+    """`--strengths 0,0.5,1` -> [0.0, 0.5, 1.0]; a word of the wrong kind is one line naming the flag."""
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    try:
+        return [kind(w) for w in words]
+    except ValueError:
+        wanted = {int: "whole numbers", float: "numbers"}.get(kind, "words")
+        raise UserError(f"{flag} must be comma-separated {wanted}, got {text!r}") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """A settings file: TOML, or the JSON of a run's config.json."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise UserError(f"config file {path} must hold a JSON object of settings")
+            return data
+        return tomllib.loads(text)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"--config {path} is a folder; give a .toml file") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"config file {path} is not valid JSON: {error}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal: JSON's strings, numbers, booleans and arrays are all valid TOML."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def to_toml(data: dict[str, Any], header: str = "") -> str:
+    """Nested settings as a TOML file that `load_toml` reads back to the same values.
+    TOML has no null: a setting that is None (its default: not set) is left out."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    top = {k: v for k, v in data.items() if not isinstance(v, dict) and v is not None}
+    lines += [f"{k} = {toml_value(v)}" for k, v in top.items()]
+    for name, values in data.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{name}]"]
+            lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None]
+    return "\n".join(lines).lstrip("\n") + "\n"

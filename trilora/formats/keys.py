@@ -1,0 +1,25 @@
+"""Our adapter keys (`<part>.<module path>`, the text encoder's paths as transformers 5 names them)
+and the module paths that adapter files use: the one place of that rule, for every format.
+
+Both the kohya and the diffusers layout name the text encoder's modules as transformers' older
+`CLIPTextModel` did, under `text_model.`; the UNet's paths are the same in both.
+"""
+
+PARTS = ("unet", "text_encoder")
+TEXT_MODEL = "text_model."
+
+
+def file_path(key: str) -> tuple[str, str]:
+    """`unet.down_blocks.0...` -> ("unet", "down_blocks.0..."); `text_encoder.encoder.layers.0...` ->
+    ("text_encoder", "text_model.encoder.layers.0...")."""
+    part, _, path = key.partition(".")
+    if part not in PARTS:
+        raise ValueError(f"adapter key {key!r} does not start with one of {PARTS}")
+    if part == "text_encoder" and not path.startswith(TEXT_MODEL):
+        path = TEXT_MODEL + path
+    return part, path
+
+
+def our_key(part: str, path: str) -> str:
+    """The inverse of `file_path`: our key of a file's module path."""
+    return f"{part}.{path.removeprefix(TEXT_MODEL)}"

@@ -192,6 +192,19 @@ def test_an_adapter_for_another_base_model_is_named_with_module_and_shapes(tiny_
     assert_refused(result, str(wrong), module, "640 -> 640 in the file", "sd_xl_base_1.0.safetensors")
 
 
+def test_bad_config_files(tmp_path):
+    """One kind of bad --config file per command (every command reads it the same way)."""
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "broken.toml").write_text("[sampling\nsteps = 3")
+    (tmp_path / "typed.toml").write_text('[sampling]\nsteps = "many"\n[bench]\nranks = "4,16"\n')
+    cases = [("generate", tmp_path, ["is a folder"]), ("evaluate", tmp_path / "none.toml", ["config file not found"]),
+             ("compare", tmp_path / "list.json", ["JSON object"]), ("check-data", tmp_path / "broken.toml",
+             ["not valid TOML"]), ("bench", tmp_path / "typed.toml", ["sampling.steps must be an integer", "'many'"])]  # fmt: skip
+    for command, path, words in cases:
+        assert_refused(cli(command, "--config", path), *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.toml", "list.json", "typed.toml"]
+
+
 def test_demo_refuses_zero_steps_before_writing(tmp_path):
     assert_refused(cli("demo", "--steps", "0", "--output", tmp_path / "demo"), "--steps must be at least 1")
     assert not (tmp_path / "demo").exists()

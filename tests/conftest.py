@@ -31,3 +31,12 @@ def lora_file(tiny_model_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("lora") / "style.safetensors"
     save_kohya(path, {f"unet.{k}": v for k, v in lora_pairs(pipe.unet).items()}, 4.0, {}, torch.float32)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (the toy world's end-to-end runs are fastest so on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

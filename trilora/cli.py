@@ -27,6 +27,7 @@ HELP = {
     "evaluate": "FID, NFID, KID and CLIP score of adapters across strengths (report.html).",
     "compare": "Train each method on the same data and settings, evaluate them in one report.",
     "check-data": "Report on a folder of images and captions before training.",
+    "caption": "Write captions for the images of a folder that have none (BLIP, a WD14 tagger, or the toy world's).",
     "bench": "Benchmark LoRA against TriLoRA in the toy world (report.md).",
     "demo": "Teach the shipped toy base model an unseen style with TriLoRA, on a CPU in minutes.",
 }
@@ -153,6 +154,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     bench_command(tree_from_args(args)[0])
 
 
+def cmd_caption(args: argparse.Namespace) -> None:
+    from trilora.captioning.run import caption_command
+
+    caption_command(tree_from_args(args)[0])
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from trilora.evaluation.evaluate import evaluate_command
 
@@ -166,7 +173,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 HANDLERS = {"train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate, "compare": cmd_compare,
-            "check-data": cmd_check_data, "bench": cmd_bench, "demo": cmd_demo}  # fmt: skip
+            "check-data": cmd_check_data, "caption": cmd_caption, "bench": cmd_bench, "demo": cmd_demo}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -72,12 +72,27 @@ def run_demo(settings: DemoConfig) -> dict:
     )
     try:
         write_text(output / SETTINGS_FILE, settings_toml(Tree(demo=settings), "demo"))
-        return demo_locked(output, settings.steps, base)
+        return demo_locked(output, settings.steps, base, settings.captions)
     finally:
         lock.release()
 
 
-def demo_locked(output: Path, steps: int, base: Path) -> dict:
+def auto_caption(folders: list[Path]) -> dict:
+    """Replace the renders' captions with the toy captioner's; how many it got exactly right."""
+    from trilora.captioning.run import caption_folder
+    from trilora.config import CaptionConfig
+
+    truth = {p: p.read_text() for folder in folders for p in folder.glob("*.txt")}
+    for path in truth:
+        path.unlink()
+    for folder in folders:
+        caption_folder(folder, CaptionConfig(model="toy"))
+    right = sum(path.read_text() == text for path, text in truth.items())
+    log.info("demo: the toy captioner wrote %d of %d captions exactly as the renders' own", right, len(truth))
+    return {"source": "toy captioner", "exactly_right": right, "images": len(truth)}
+
+
+def demo_locked(output: Path, steps: int, base: Path, captions: str = "given") -> dict:
     from trilora.base.load import load_pipeline
     from trilora.inference.generate import load_adapters
     from trilora.toy.evaluate import generate_images, score
@@ -87,6 +102,7 @@ def demo_locked(output: Path, steps: int, base: Path) -> dict:
     log.info("demo: rendering %d %s buildings to %s", TRAIN_IMAGES + VAL_IMAGES, ADAPTER_STYLE, output)
     adapter_dataset(output / "data", TRAIN_IMAGES, seed=0)
     adapter_dataset(output / "val", VAL_IMAGES, seed=1)
+    caption_check = auto_caption([output / "data", output / "val"]) if captions == "toy" else None
     summary = train(demo_config(output, base, steps))
 
     pipe = load_pipeline(base)
@@ -97,6 +113,8 @@ def demo_locked(output: Path, steps: int, base: Path) -> dict:
     load_adapters(pipe, [(Path(summary["exported"]["kohya"]), 1.0)])
     after = generate_images(pipe, wanted)
     scores = {"before": score(judge, before, wanted), "after": score(judge, after, wanted)}
+    if caption_check is not None:
+        scores["captions"] = caption_check
     rows = [images[i : i + 8] for images in (before, after) for i in range(0, GRID_PROMPTS, 8)]
     save_image(image_grid(rows), output / "before_after.png")
     write_text(output / "prompts.txt", "".join(caption(a) + "\n" for a in wanted))
@@ -109,6 +127,11 @@ def demo_locked(output: Path, steps: int, base: Path) -> dict:
     print(f"  {ADAPTER_STYLE} style hit (judge): {b['style']:.0%} before -> {a['style']:.0%} after")
     print(f"  colour right: {b['colour']:.0%} -> {a['colour']:.0%}; colour, floors and time all right: "
           f"{b['fidelity']:.0%} -> {a['fidelity']:.0%}")  # fmt: skip
+    if caption_check is not None:
+        print(
+            f"  captions:     written by `trilora caption --model toy`, {caption_check['exactly_right']} of "
+            f"{caption_check['images']} exactly the renders' own"
+        )
     print(f"  run folder:   {output / 'run'}  (metrics.csv, loss.png, summary.json)")
     print(f"  adapter:      {summary['exported']['kohya']}")
     print(

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
@@ -14,14 +13,6 @@ from trilora.toy.base import TOY_BASE, toy_base_path
 from trilora.toy.evaluate import generate_images, prompt_set, score
 from trilora.toy.judge import load_judge
 from trilora.toy.world import BASE_STYLES
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_base_is_sd_shaped_fp16_and_under_25_mb():

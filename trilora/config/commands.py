@@ -167,9 +167,48 @@ class DemoConfig:
         None, "Another toy-world base model folder (default: the shipped one).", metavar="DIR"
     )
     overwrite: bool = opt(False, "Replace an earlier demo in --output (default: refuse).", saved=False)
+    captions: str = opt("given", "Train on the renders' own captions, or on those `trilora caption --model toy` "
+                        "writes for them (the seed workflow: uncaptioned images, auto-captioned).",
+                        choices=("given", "toy"))  # fmt: skip
 
     def validate(self) -> None:
         refuse([(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")])
+
+
+@dataclass
+class CaptionConfig:
+    model: str = opt("", "Captioning model: a BLIP folder (BlipForConditionalGeneration, e.g. "
+                     "Salesforce/blip-image-captioning-large), a WD14-style tagger folder (model.onnx + "
+                     "selected_tags.csv, e.g. SmilingWolf/wd-vit-tagger-v3), or `toy` (the toy world's).",
+                     metavar="PATH")  # fmt: skip
+    prefix: str | None = opt(
+        None, "Put this first in every caption written (a trigger word).", metavar="TEXT"
+    )
+    overwrite: bool = opt(False, "Replace existing captions too (default: caption only images without one).",
+                          saved=False)  # fmt: skip
+    batch_size: int = opt(8, "Images per batch.")
+    device: str = opt("auto", "Device: auto, cpu, cuda, cuda:N.")
+    beams: int = opt(3, "BLIP: beam-search width (1 = greedy).")
+    min_length: int = opt(5, "BLIP: fewest tokens in a caption.")
+    max_length: int = opt(75, "BLIP: most tokens in a caption.")
+    text: str | None = opt(None, "BLIP: conditional captioning, the caption continues this text "
+                           "(e.g. 'a painting of').", metavar="TEXT")  # fmt: skip
+    general_threshold: float = opt(0.35, "Tagger: lowest confidence of a general tag.")
+    character_threshold: float = opt(0.85, "Tagger: lowest confidence of a character tag.")
+    undesired_tags: list[str] = opt([], "Tagger: tags never written, comma-separated.", comma=True)
+    keep_underscores: bool = opt(False, "Tagger: keep the tags' underscores (default: spaces, except in "
+                                 "emoticons such as ^_^).")  # fmt: skip
+
+    def validate(self) -> None:
+        refuse([
+            (bool(self.model), "no captioning model: pass --model PATH (a BLIP or WD14 tagger folder) or --model toy"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.beams >= 1, f"--beams must be at least 1, got {self.beams}"),
+            (1 <= self.min_length <= self.max_length,
+             f"need 1 <= --min-length <= --max-length, got {self.min_length} and {self.max_length}"),
+            (0 <= self.general_threshold <= 1 and 0 <= self.character_threshold <= 1,
+             "--general-threshold and --character-threshold must be in [0, 1]"),
+        ])  # fmt: skip
 
 
 @dataclass
@@ -182,6 +221,7 @@ class Tree(RunConfig):
     compare: CompareConfig = field(default_factory=CompareConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
 
     def run_config(self) -> RunConfig:
         """The training run's part of the tree (what `trilora train` saves as config.json)."""
@@ -259,6 +299,9 @@ COMMANDS = {
             modes={"json": "Print the report as JSON."},
         ),  # fmt: skip
         Command("bench", {"bench": None}, positional=("bench.world",)),
+        Command(
+            "caption", {"data": ("data", "caption_extension"), "caption": None}, positional=("data.data",)
+        ),
         Command("demo", {"demo": None}),
     ]
 }

@@ -173,6 +173,10 @@ def format_report(report: Report) -> str:
     counts = ", ".join(f"{n} {CAPTION_KINDS[kind]}" for kind, n in captions["problems"].items() if n)
     lines.append(f"captions: {captions['with_text']} of {report.usable} usable images have text"
                  + (f"; caption files {counts}" if counts else ""))  # fmt: skip
+    missing = sum(captions["problems"].get(kind, 0) for kind in ("caption-missing", "caption-empty"))
+    if missing:
+        lines.append(f"  {missing} images have no caption: `trilora caption {report.folder} --model PATH` "
+                     "writes them (BLIP or a WD14 tagger; see its --help)")  # fmt: skip
     if report.usable:
         words = captions["words"]
         lines.append(f"  words: min {words['min']}, mean {words['mean']:g}, max {words['max']}")

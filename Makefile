@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch. On a CUDA machine: make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo ui test test-fast lint format bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ DEMO_FLAGS ?=
 
 demo: install
 	$(PY) -m trilora demo --output runs/demo $(DEMO_FLAGS)
+
+# The web UI on http://127.0.0.1:7860 over ui-workspace/ (made with the demo's data on first start).
+UI_FLAGS ?=
+ui: install
+	$(PY) -m trilora ui --root ui-workspace $(UI_FLAGS)
 
 lint: install
 	$(VENV)/bin/ruff check trilora tests benchmarks scripts

@@ -29,6 +29,7 @@ HELP = {
     "check-data": "Report on a folder of images and captions before training.",
     "caption": "Write captions for the images of a folder that have none (BLIP, a WD14 tagger, or the toy world's).",
     "bench": "Benchmark LoRA against TriLoRA in the toy world (report.md).",
+    "ui": "A local web UI for the whole workflow: data, captions, training with live curves, testing.",
     "demo": "Teach the shipped toy base model an unseen style with TriLoRA, on a CPU in minutes.",
 }
 
@@ -160,6 +161,12 @@ def cmd_caption(args: argparse.Namespace) -> None:
     caption_command(tree_from_args(args)[0])
 
 
+def cmd_ui(args: argparse.Namespace) -> None:
+    from trilora.ui.server import serve
+
+    serve(tree_from_args(args)[0].ui)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from trilora.evaluation.evaluate import evaluate_command
 
@@ -173,7 +180,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 HANDLERS = {"train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate, "compare": cmd_compare,
-            "check-data": cmd_check_data, "caption": cmd_caption, "bench": cmd_bench, "demo": cmd_demo}  # fmt: skip
+            "check-data": cmd_check_data, "caption": cmd_caption, "bench": cmd_bench, "demo": cmd_demo, "ui": cmd_ui}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

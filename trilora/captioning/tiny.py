@@ -10,8 +10,13 @@ WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "red"
 def save_tiny_blip(folder: Path, seed: int = 0) -> Path:
     """A BlipForConditionalGeneration folder (model, tokenizer, preprocessor) at 32 px."""
     import torch
-    from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor)  # fmt: skip
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(WORDS[:-1])})
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})

@@ -67,9 +67,9 @@ class GenerateConfig:
     prompt: str = opt("", "The prompt.", metavar="TEXT")
     negative_prompt: str | None = opt(None, "What the images should not show.", metavar="TEXT")
     lora: list[str] = opt([], "Adapter file, with an optional strength (repeatable).", repeat=True,
-                          metavar="FILE[:STRENGTH]")  # fmt: skip
+                          metavar="FILE[:STRENGTH]", path=True)  # fmt: skip
     device: str = opt("auto", "Device: auto, cpu, cuda, cuda:N.")
-    output: str = opt("", "A .png file (one image) or a folder.", metavar="PATH")
+    output: str = opt("", "A .png file (one image) or a folder.", metavar="PATH", path=True)
 
     def validate(self) -> None:
         refuse([(bool(self.prompt), "no prompt: pass --prompt TEXT"),
@@ -78,20 +78,20 @@ class GenerateConfig:
 
 @dataclass
 class EvaluateConfig:
-    lora: list[str] = opt([], "Adapter to evaluate (repeatable).", repeat=True, metavar="FILE")
+    lora: list[str] = opt([], "Adapter to evaluate (repeatable).", repeat=True, metavar="FILE", path=True)
     name: list[str] = opt([], "Report name of each --lora, in order (default: file names).", repeat=True)
     prompts: str = opt(
-        "", "Prompts: a text file (one a line) or a folder of .txt captions.", metavar="FILE|DIR"
+        "", "Prompts: a text file (one a line) or a folder of .txt captions.", metavar="FILE|DIR", path=True
     )
-    reference: str = opt("", "Folder of real images to compare with.", metavar="DIR")
+    reference: str = opt("", "Folder of real images to compare with.", metavar="DIR", path=True)
     strengths: list[float] = opt([0.0, 0.25, 0.5, 0.75, 1.0], "Adapter strengths, comma-separated "
                                  "(0 = the base model).", comma=True)  # fmt: skip
     batch_size: int = opt(4, "Images per generation batch (x 8 per metric-network batch).")
     device: str = opt("auto", "Device: auto, cpu, cuda, cuda:N.")
     inception_weights: str | None = opt(None, "pt_inception-2015-12-05-6726825d.pth, the FID network of "
-                                        "pytorch-fid and torch-fidelity.", metavar="FILE")  # fmt: skip
+                                        "pytorch-fid and torch-fidelity.", metavar="FILE", path=True)  # fmt: skip
     clip_model: str | None = opt(
-        None, "A transformers CLIP folder, e.g. openai/clip-vit-large-patch14.", metavar="DIR"
+        None, "A transformers CLIP folder, e.g. openai/clip-vit-large-patch14.", metavar="DIR", path=True
     )
     kid_subsets: int = opt(100, "KID subsets.")
     kid_subset_size: int | None = opt(
@@ -100,8 +100,10 @@ class EvaluateConfig:
     clip_tolerance: float = opt(1.0, "The recommended strength has the lowest FID among those within this "
                                 "many CLIP-score points of the best.")  # fmt: skip
     grid_prompts: int = opt(8, "Prompts shown in the report's image grids.")
-    cache: str | None = opt(None, "Cache of generated images (default: OUTPUT/cache).", metavar="DIR")
-    output: str = opt("", "Report folder.", metavar="DIR")
+    cache: str | None = opt(
+        None, "Cache of generated images (default: OUTPUT/cache).", metavar="DIR", path=True
+    )
+    output: str = opt("", "Report folder.", metavar="DIR", path=True)
     overwrite: bool = opt(False, "Replace an earlier report in --output (default: refuse); its image "
                           "cache is kept and reused.", saved=False)  # fmt: skip
 
@@ -138,9 +140,9 @@ class BenchConfig:
     prompts: int = opt(48, "Test prompts per evaluation.")
     lr: float = opt(1e-3, "Learning rate.")
     patience: int = opt(5, "Patience of the replayed early stopping (`trilora train`'s default).")
-    output: str = opt("runs/bench-toy", "Report folder.", metavar="DIR")
+    output: str = opt("runs/bench-toy", "Report folder.", metavar="DIR", path=True)
     base: str | None = opt(
-        None, "Toy base model folder (default: the shipped trilora/toy/base).", metavar="DIR"
+        None, "Toy base model folder (default: the shipped trilora/toy/base).", metavar="DIR", path=True
     )
     overwrite: bool = opt(False, "Replace an earlier benchmark in --output (default: refuse).", saved=False)
 
@@ -161,10 +163,10 @@ class BenchConfig:
 
 @dataclass
 class DemoConfig:
-    output: str = opt("runs/demo", "Demo folder.", metavar="DIR")
+    output: str = opt("runs/demo", "Demo folder.", metavar="DIR", path=True)
     steps: int = opt(400, "At most this many steps (validation may stop sooner).")
     base: str | None = opt(
-        None, "Another toy-world base model folder (default: the shipped one).", metavar="DIR"
+        None, "Another toy-world base model folder (default: the shipped one).", metavar="DIR", path=True
     )
     overwrite: bool = opt(False, "Replace an earlier demo in --output (default: refuse).", saved=False)
     captions: str = opt("given", "Train on the renders' own captions, or on those `trilora caption --model toy` "
@@ -180,7 +182,7 @@ class CaptionConfig:
     model: str = opt("", "Captioning model: a BLIP folder (BlipForConditionalGeneration, e.g. "
                      "Salesforce/blip-image-captioning-large), a WD14-style tagger folder (model.onnx + "
                      "selected_tags.csv, e.g. SmilingWolf/wd-vit-tagger-v3), or `toy` (the toy world's).",
-                     metavar="PATH")  # fmt: skip
+                     metavar="PATH", path=True)  # fmt: skip
     prefix: str | None = opt(
         None, "Put this first in every caption written (a trigger word).", metavar="TEXT"
     )
@@ -212,6 +214,21 @@ class CaptionConfig:
 
 
 @dataclass
+class UIConfig:
+    root: str = opt("ui-workspace", "The workspace: every folder the UI reads or writes is under it (made, with "
+                    "the toy world's demo data, on first start).", metavar="DIR", path=True)  # fmt: skip
+    host: str = opt("127.0.0.1", "Address to listen on; any but a loopback address needs --token.")
+    port: int = opt(7860, "Port to listen on (0: any free one).")
+    token: str | None = opt(None, "Secret the browser must send with every request (default: a new random "
+                            "one, in the printed address); `auto` makes one for a non-loopback --host.")  # fmt: skip
+    max_jobs: int = opt(1, "Training jobs at once; more wait in the queue.")
+
+    def validate(self) -> None:
+        refuse([(0 <= self.port <= 65535, f"--port must be in 0..65535, got {self.port}"),
+                (self.max_jobs >= 1, f"--max-jobs must be at least 1, got {self.max_jobs}")])  # fmt: skip
+
+
+@dataclass
 class Tree(RunConfig):
     """Every section of every command: what a `--config` file may hold (the training run's first)."""
 
@@ -222,6 +239,7 @@ class Tree(RunConfig):
     bench: BenchConfig = field(default_factory=BenchConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
+    ui: UIConfig = field(default_factory=UIConfig)
 
     def run_config(self) -> RunConfig:
         """The training run's part of the tree (what `trilora train` saves as config.json)."""
@@ -303,6 +321,7 @@ COMMANDS = {
             "caption", {"data": ("data", "caption_extension"), "caption": None}, positional=("data.data",)
         ),
         Command("demo", {"demo": None}),
+        Command("ui", {"ui": None}),
     ]
 }
 

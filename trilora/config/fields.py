@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import field
 from pathlib import Path
@@ -26,14 +27,16 @@ def opt(
     comma: bool = False,
     metavar: str | None = None,
     saved: bool = True,
+    path: bool = False,
 ) -> Any:
     """A setting. `resumable`: it may change when a run is resumed without breaking the exact
     continuation (the number of steps, patience, where files go); any other change is refused.
     A list is given by repeating its flag (`repeat`) or as one comma-separated value (`comma`).
+    `path`: a file or folder (the web UI resolves it under its root).
     `saved=False`: how a command was started (--overwrite, --resume), left out of the settings it
     saves, so that rerunning them never deletes or resumes by surprise."""
     meta = dict(help=help, choices=choices, repeat=repeat, resumable=resumable, comma=comma,
-                metavar=metavar, saved=saved)  # fmt: skip
+                metavar=metavar, saved=saved, path=path)  # fmt: skip
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -170,8 +173,18 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def toml_value(value: Any) -> str:
-    """A TOML literal: JSON's strings, numbers, booleans and arrays are all valid TOML."""
-    return json.dumps(value, ensure_ascii=False)
+    """A TOML literal of a string, number, boolean or list of them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int | float):
+        return repr(value)
+    # a basic string: TOML allows no control characters (U+0000-U+001F, U+007F) unescaped
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + "".join(f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in escaped) + '"'
 
 
 def to_toml(data: dict[str, Any], header: str = "") -> str:

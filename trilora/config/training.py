@@ -16,20 +16,24 @@ METHODS = ("lora", "trilora")
 @dataclass
 class ModelConfig:
     base: str = opt(
-        "", "Base model: a diffusers folder (model_index.json) or a single-file SD 1.x checkpoint."
+        "", "Base model: a diffusers folder (model_index.json) or a single-file SD 1.x checkpoint.", path=True
     )
     base_config: str | None = opt(
-        None, "A diffusers folder of configs for a single-file checkpoint that is not SD 1.x-shaped."
+        None,
+        "A diffusers folder of configs for a single-file checkpoint that is not SD 1.x-shaped.",
+        path=True,
     )
 
 
 @dataclass
 class DataConfig:
     data: str = opt(
-        "", "Folder of training images with same-named .txt captions; `N_name` subfolders repeat N times."
+        "",
+        "Folder of training images with same-named .txt captions; `N_name` subfolders repeat N times.",
+        path=True,
     )
     val_data: str | None = opt(
-        None, "Folder of validation images (default: hold out --val-fraction of --data)."
+        None, "Folder of validation images (default: hold out --val-fraction of --data).", path=True
     )
     val_fraction: float = opt(0.1, "Fraction of --data held out for validation when --val-data is not given.")
     trigger: str | None = opt(None, "A word put in front of every caption.")
@@ -41,13 +45,15 @@ class DataConfig:
     shuffle_captions: bool = opt(False, "Shuffle the comma-separated tags of each caption at every step.")
     keep_tokens: int = opt(0, "With --shuffle-captions, keep the first N tags in place.")
     caption_dropout: float = opt(0.0, "Train on an empty caption with this probability.")
-    dataset_config: str | None = opt(None, "TOML file of several subsets (folder, repeats, trigger, is_reg).")
+    dataset_config: str | None = opt(
+        None, "TOML file of several subsets (folder, repeats, trigger, is_reg).", path=True
+    )
     cache_latents: str = opt(
         "memory",
         "Keep VAE latents in memory, or also on disk (reused across runs).",
         choices=("memory", "disk"),
     )
-    class_data: str | None = opt(None, "DreamBooth prior preservation: folder of class images.")
+    class_data: str | None = opt(None, "DreamBooth prior preservation: folder of class images.", path=True)
     class_prompt: str | None = opt(None, "Caption of the class images (and prompt to generate missing ones).")
     num_class_images: int = opt(0, "Class images wanted; missing ones are generated with the base model.")
     prior_loss_weight: float = opt(1.0, "Weight of the class images' loss.")
@@ -151,6 +157,7 @@ class CheckpointConfig:
         "that folder, or in --output if given (a new folder; the original is left as it is).",
         resumable=True,
         saved=False,
+        path=True,
     )
     overwrite: bool = opt(
         False,
@@ -173,7 +180,7 @@ class ExportConfig:
 
 @dataclass
 class RunConfig:
-    output: str = opt("", "Output folder of the run.", resumable=True, metavar="DIR")
+    output: str = opt("", "Output folder of the run.", resumable=True, metavar="DIR", path=True)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)

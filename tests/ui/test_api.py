@@ -1,0 +1,145 @@
+"""The UI's API through real HTTP requests: tokens, the root, jobs that are CLI runs."""
+
+import http.client
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trilora.config import COMMANDS
+from trilora.ui.server import check_host
+
+
+def wait(ui, job_id: int, seconds: float = 120) -> dict:
+    end = time.time() + seconds
+    while time.time() < end:
+        _, job = ui.json(f"/api/job?id={job_id}")
+        if job["state"] not in ("queued", "running"):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def test_every_request_needs_the_token_and_a_link_cannot_change_anything(ui):
+    assert ui.request("/")[0] == 200  # the page itself
+    assert ui.json("/api/state", token=None)[0] == 403
+    assert ui.json("/api/state", token="x" * 32)[0] == 403
+    assert ui.json("/api/state")[0] == 200
+    assert ui.request(f"/api/state?token={ui.token}", token=None)[0] == 200  # for <img src> links
+    image = "data/onion/00000.png"
+    assert (
+        ui.request(f"/api/caption-text?token={ui.token}", {"image": image, "text": "x"}, token=None)[0] == 403
+    )
+
+
+def test_paths_outside_the_root_are_refused(ui, tmp_path):
+    connection = http.client.HTTPConnection(ui.base.removeprefix("http://"))
+    connection.request("GET", f"/files/../../../etc/passwd?token={ui.token}")
+    assert connection.getresponse().status == 403
+    assert ui.json("/api/data?folder=../..")[0] == 403
+    assert ui.json("/files/%2Fetc%2Fpasswd")[0] == 403
+    os.symlink(tmp_path, ui.root / "link-out")
+    assert ui.json("/api/data?folder=link-out")[0] == 403
+    status, answer = ui.json("/api/jobs", {"command": "train", "settings": {"data": {"data": str(tmp_path)}}})
+    assert status == 403 and "outside the workspace" in answer["error"]
+    status, answer = ui.json("/api/caption-text", {"image": "../../x.png", "text": "hi"})
+    assert status == 403
+
+
+def test_bad_settings_are_named(ui):
+    status, answer = ui.json("/api/jobs", {"command": "train", "settings": {"train": {"stpes": 3}}})
+    assert status == 400 and "train.stpes" in answer["error"]
+    status, answer = ui.json("/api/jobs", {"command": "train", "settings": {"train": {"steps": "many"}}})
+    assert status == 400 and "train.steps must be an integer" in answer["error"]
+    status, answer = ui.json("/api/jobs", {"command": "train", "name": "../up", "settings": {}})
+    assert status == 400 and "a name is letters" in answer["error"]
+    assert ui.json("/api/jobs", {"command": "rm", "settings": {}})[0] == 400
+
+
+def test_forms_come_from_the_config_tree(ui):
+    _, state = ui.json("/api/state")
+    keys = {f["key"] for f in state["forms"]["train"]}
+    tree = {key for key, *_ in COMMANDS["train"].fields()}
+    assert keys == tree - {"output", "checkpoint.resume", "checkpoint.overwrite"}
+    assert "data/onion" in state["folders"] and "data/onion-val" in state["folders"]
+    toy = next(iter(state["presets"].values()))
+    assert toy["data"]["data"] == "data/onion" and toy["adapter"]["method"] == "trilora"
+
+
+def test_captions_are_edited_and_written_by_a_caption_job(ui):
+    _, data = ui.json("/api/data?folder=data/onion&resolution=32")
+    assert len(data["items"]) == 30 and data["report"]["usable"] == 30
+    first = data["items"][0]["image"]
+    assert ui.json("/api/caption-text", {"image": first, "text": " <b>mine</b> "})[0] == 200
+    assert (ui.root / first).with_suffix(".txt").read_text() == "<b>mine</b>\n"
+    for path in list((ui.root / "data" / "onion").glob("0001*.txt")):
+        path.unlink()
+    _, job = ui.json(
+        "/api/jobs",
+        {"command": "caption", "settings": {"data": {"data": "data/onion"}, "caption": {"model": "toy"}}},
+    )
+    done = wait(ui, job["id"])
+    assert done["state"] == "finished", done["log"]
+    assert len(list((ui.root / "data" / "onion").glob("*.txt"))) == 30
+    assert (ui.root / first).with_suffix(".txt").read_text() == "<b>mine</b>\n"  # kept
+    assert 'model = "toy"' in (ui.root / done["folder"] / "job.toml").read_text()  # the job is a CLI run
+
+
+def test_dry_run_estimate(ui):
+    _, state = ui.json("/api/state")
+    toy = next(iter(state["presets"].values()))
+    status, answer = ui.json("/api/dry-run", {"settings": toy})
+    assert status == 200 and "trainable" in answer["text"].lower()
+
+
+def test_a_non_loopback_address_needs_a_token():
+    from trilora.config import UIConfig
+    from trilora.errors import UserError
+
+    with pytest.raises(UserError, match="--token"):
+        check_host(UIConfig(host="0.0.0.0"))
+    assert len(check_host(UIConfig(host="0.0.0.0", token="auto"))) >= 16
+    result = subprocess.run([sys.executable, "-m", "trilora", "ui", "--host", "0.0.0.0"], capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert (
+        result.returncode == 2 and result.stderr.count("trilora: error:") == 1 and "--token" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_training_jobs_wait_their_turn(tmp_path):
+    """--max-jobs 1: a second training job is queued until the first ends; other jobs start at once."""
+    from trilora.ui.jobs import Jobs
+
+    jobs = Jobs(tmp_path, max_jobs=1, program=(sys.executable, "-c", "import time; time.sleep(1.5)"))
+    first = jobs.submit("train", tmp_path / "a", {"train": {"steps": 1}})
+    second = jobs.submit("train", tmp_path / "b", None)
+    other = jobs.submit("generate", tmp_path / "c", None)
+    assert (first.state, second.state, other.state) == ("running", "queued", "running")
+    assert (tmp_path / "a" / "job.toml").read_text().count("steps = 1") == 1
+    end = time.time() + 30
+    while second.state != "finished" and time.time() < end:
+        time.sleep(0.1)
+    assert first.state == "finished" and second.state == "finished" and second.started >= first.started + 1.4
+
+
+def test_runs_are_found_again_by_a_new_ui_on_the_same_root(ui):
+    from trilora.config import UIConfig
+    from trilora.ui.server import make_server
+
+    (ui.root / "runs" / "old").mkdir(parents=True)
+    (ui.root / "runs" / "old" / "config.json").write_text(
+        '{"train": {"steps": 10}, "adapter": {"method": "lora"}}'
+    )
+    again = make_server(UIConfig(root=str(ui.root), port=0))
+    try:
+        from trilora.ui import api
+
+        found = {r["name"]: r for r in api.runs(again.workspace)}
+        assert (
+            found["old"]["state"] == "failed" and found["old"]["method"] == "lora"
+        )  # no checkpoint, no summary
+    finally:
+        again.server_close()

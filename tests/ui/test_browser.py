@@ -1,0 +1,104 @@
+"""The UI in a real headless Chromium (Debian's `chromium`, driven by Playwright): train on the
+demo data, watch the chart grow, stop, resume, see the best step, generate with the adapter.
+
+Skipped where no Chromium is installed, unless TRILORA_REQUIRE_BROWSER=1 (set by .ci/run, which
+installs it): there a missing browser fails. Screenshots go to the test's folder, and to
+$TRILORA_UI_SCREENSHOTS when set (the README's come from there).
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None and os.environ.get("TRILORA_REQUIRE_BROWSER") != "1":
+    pytest.skip(
+        "no chromium installed (apt-get install chromium); .ci/run installs it", allow_module_level=True
+    )
+playwright = (
+    pytest.importorskip("playwright.sync_api")
+    if os.environ.get("TRILORA_REQUIRE_BROWSER") != "1"
+    else __import__("playwright.sync_api").sync_api
+)
+
+PROMPT = "a red onion-domed building with two floors at night"
+
+
+@pytest.fixture(scope="module")
+def page(ui, tmp_path_factory):
+    assert CHROMIUM, "TRILORA_REQUIRE_BROWSER=1 but no chromium is installed"
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        # bypass_csp: the page's CSP forbids eval, which Playwright's wait_for_function uses
+        page = browser.new_page(viewport={"width": 1100, "height": 900}, bypass_csp=True)
+        page.goto(f"{ui.base}/#token={ui.token}")
+        yield page
+        browser.close()
+
+
+def screenshot(page, name: str, tmp_path_factory) -> None:
+    folders = [tmp_path_factory.getbasetemp()] + [
+        Path(p) for p in [os.environ.get("TRILORA_UI_SCREENSHOTS")] if p
+    ]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(folder / f"ui-{name}.png"))
+
+
+@pytest.mark.slow
+def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factory):
+    page.wait_for_function("document.querySelectorAll('#data-items img').length === 30", timeout=30000)
+    assert page.locator("#data-items textarea").first.input_value().startswith("a ")
+    screenshot(page, "data", tmp_path_factory)
+
+    page.click("button[data-tab=train]")
+    page.fill("#train-name", "ui-run")
+    for name, value in {"train.steps": "40", "validation.validate_every": "10", "checkpoint.checkpoint_every": "10",
+                        "validation.sample_prompt": PROMPT, "validation.sample_steps": "8"}.items():  # fmt: skip
+        page.fill(f"[name='{name}']", value)
+    page.click("#train-estimate")
+    page.wait_for_function("document.getElementById('train-estimate-text').textContent.includes('trainable')")
+    screenshot(page, "train", tmp_path_factory)
+    page.click("#train-start")
+
+    page.wait_for_function("document.querySelectorAll('#chart .val-point').length >= 2", timeout=180000)
+    page.click("#run-stop")
+    page.wait_for_selector("#run-state[data-state=interrupted]", timeout=120000)
+    points = page.locator("#chart .val-point").count()
+    assert (ui.root / "runs" / "ui-run" / "checkpoints").is_dir()
+
+    page.click("#run-resume")
+    page.wait_for_function("['finished', 'stopped early'].includes(document.getElementById('run-state').textContent)",
+                           timeout=300000)  # fmt: skip
+    assert (
+        page.locator("#chart .val-point").count() > points == 2
+        or page.locator("#chart .val-point").count() > points
+    )
+    best = page.locator("#best-marker").text_content()
+    summary = (ui.root / "runs" / "ui-run" / "summary.json").read_text()
+    assert best.startswith("best step ") and f'"best_step": {best.split()[-1]}' in summary
+    page.wait_for_selector("#run-samples img")
+    screenshot(page, "runs", tmp_path_factory)
+
+    page.click("button[data-tab=test]")
+    page.wait_for_selector("[data-adapter]")
+    page.check("[data-adapter]")
+    page.eval_on_selector("[data-strength]", "e => { e.value = '0.8'; e.dispatchEvent(new Event('input')); }")
+    page.fill("#test-prompt", PROMPT)
+    page.fill("#test-steps", "10")
+    page.click("#test-generate")
+    page.wait_for_selector("img.generated", timeout=120000)
+    jobs = sorted((ui.root / "tests").iterdir())
+    assert ":0.8" in (jobs[-1] / "job.toml").read_text()
+    assert page.eval_on_selector("img.generated", "e => e.naturalWidth") > 0
+    screenshot(page, "test", tmp_path_factory)
+
+
+def test_the_browser_cannot_leave_the_root_or_skip_the_token(ui, page):
+    status = page.evaluate(
+        f"fetch('/files/..%2F..%2F..%2Fetc%2Fpasswd?token={ui.token}').then(r => r.status)"
+    )
+    assert status == 403
+    assert page.evaluate("fetch('/api/runs').then(r => r.status)") == 403

@@ -1,0 +1,229 @@
+"""The UI's JSON API: each function takes the workspace and the request's data and returns what
+the page shows. Jobs run the CLI; paths come and go relative to the root."""
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trilora.config import COMMANDS, load_toml, tree_from_dict
+from trilora.config.fields import base_type, default_of
+from trilora.errors import UserError
+from trilora.files import write_text
+from trilora.ui.jobs import Jobs
+from trilora.ui.paths import inside
+from trilora.ui.runs import RUNS, describe_run, run_folders
+
+FORMS = ("train", "caption", "generate", "evaluate", "compare")
+OUTPUT_FOLDERS = {"train": "runs", "generate": "tests", "evaluate": "reports", "compare": "reports"}
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class BadRequest(UserError):
+    pass
+
+
+@dataclass
+class Workspace:
+    root: Path
+    jobs: Jobs
+    allowed: tuple[Path, ...]  # read-only folders outside the root a path may name (the toy base)
+    presets: dict[str, dict]
+
+
+def schema() -> dict[str, list[dict]]:
+    """Each form's fields, from the config tree: a new setting appears in the UI without UI code."""
+    forms = {}
+    for name in FORMS:
+        command = COMMANDS[name]
+        fields = []
+        for key, section, spec, annotation, flag in command.fields():
+            if (
+                not spec.metadata["saved"]
+                or key in ("output",)
+                or (name != "train" and key.endswith(".output"))
+            ):
+                continue  # how a job starts, and where it writes, are the UI's to choose
+            kind = base_type(annotation)
+            fields.append({"key": key, "section": section, "name": spec.name, "flag": flag, "help": spec.metadata["help"],
+                           "type": "list" if spec.metadata["repeat"] or spec.metadata["comma"] else kind.__name__,
+                           "default": default_of(spec), "choices": spec.metadata["choices"],
+                           "path": spec.metadata["path"]})  # fmt: skip
+        forms[name] = fields
+    return forms
+
+
+def data_folders(root: Path) -> list[str]:
+    """Folders under the root (not runs or outputs) that hold images."""
+    found = set()
+    for path in root.rglob("*"):
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+            top = path.relative_to(root).parts[0]
+            if top not in OUTPUT_FOLDERS.values():
+                found.add(str(path.parent.relative_to(root)))
+    return sorted(found)
+
+
+def state(ws: Workspace) -> dict:
+    return {"root": str(ws.root), "forms": schema(), "presets": ws.presets, "folders": data_folders(ws.root)}
+
+
+def data(ws: Workspace, folder: str, resolution: int = 512) -> dict:
+    from trilora.data.check import check_folder
+    from trilora.data.folder import scan
+
+    path = inside(ws.root, folder)
+    items = scan(path)
+    report = check_folder(path, resolution, count_tokens=False).as_dict()
+    return {"folder": folder, "report": report,
+            "items": [{"image": str(i.image.relative_to(ws.root)), "caption": i.caption,
+                       "problem": i.caption_problem.reason if i.caption_problem else None} for i in items]}  # fmt: skip
+
+
+def save_caption(ws: Workspace, image: str, text: str) -> dict:
+    path = inside(ws.root, image)
+    if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+        raise BadRequest(f"not an image in the workspace: {image}")
+    if not isinstance(text, str) or len(text) > 10000:
+        raise BadRequest("a caption is text of at most 10000 characters")
+    write_text(path.with_suffix(".txt"), text.strip() + "\n")
+    return {"image": image, "caption": text.strip()}
+
+
+def resolved(ws: Workspace, command: str, settings: dict) -> dict:
+    """The form's settings, checked against the tree, with every path resolved under the root."""
+    if not isinstance(settings, dict):
+        raise BadRequest("settings must be an object of sections")
+    fields = {key: spec for key, _, spec, _, _ in COMMANDS[command].fields()}
+    out = {}
+    for section, values in settings.items():
+        if not isinstance(values, dict):
+            raise BadRequest(f"[{section}] must be an object of settings")
+        for name, value in values.items():
+            key = f"{section}.{name}"
+            if key not in fields:
+                raise BadRequest(f"`trilora {command}` has no setting {key}")
+            if (
+                fields[key].metadata["path"]
+                and value not in (None, "")
+                and (key, value) != ("caption.model", "toy")
+            ):
+                paths = value if isinstance(value, list) else [value]
+                if not all(isinstance(p, str) for p in paths):
+                    raise BadRequest(f"{key} must be a path in the workspace")
+                if key == "generate.lora":
+                    checked = [lora_spec(ws, p) for p in paths]
+                else:
+                    checked = [str(inside(ws.root, p, ws.allowed)) for p in paths]
+                value = checked if isinstance(value, list) else checked[0]
+            out.setdefault(section, {})[name] = value
+    tree_from_dict(out, "the form", command)  # types and choices, named by key
+    return out
+
+
+def lora_spec(ws: Workspace, spec: str) -> str:
+    path, _, strength = spec.rpartition(":") if re.search(r":[0-9.]+$", spec) else (spec, "", "")
+    return str(inside(ws.root, path)) + (f":{strength}" if strength else "")
+
+
+def new_folder(ws: Workspace, command: str, name: str | None) -> Path:
+    name = name or f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not NAME.fullmatch(name):
+        raise BadRequest(f"a name is letters, digits, '.', '_' and '-', got {name!r}")
+    folder = ws.root / OUTPUT_FOLDERS.get(command, "jobs") / name
+    if folder.exists() and any(folder.iterdir()):
+        raise BadRequest(f"{folder.relative_to(ws.root)} exists already: choose another name")
+    return folder
+
+
+def start_job(ws: Workspace, command: str, settings: dict, name: str | None = None) -> dict:
+    if command not in FORMS:
+        raise BadRequest(f"no such job: {command}")
+    settings = resolved(ws, command, settings)
+    if command == "caption":
+        folder = inside(ws.root, settings.get("data", {}).get("data") or "")
+        job_folder = ws.root / "jobs" / f"caption-{time.strftime('%Y%m%d-%H%M%S')}-{len(ws.jobs.jobs)}"
+        settings["data"]["data"] = str(folder)
+    else:
+        job_folder = new_folder(ws, command, name)
+        if command == "train":
+            settings["output"] = str(job_folder)
+        else:
+            section = "generate" if command == "generate" else "evaluate"
+            settings.setdefault(section, {})["output"] = str(job_folder)
+    job = ws.jobs.submit(command, job_folder, settings)
+    return job.as_dict(ws.root)
+
+
+def dry_run(ws: Workspace, settings: dict) -> dict:
+    import subprocess
+    import sys
+    import tempfile
+
+    from trilora.config import to_toml
+
+    settings = resolved(ws, "train", settings)
+    settings["output"] = str(ws.root / RUNS / "dry-run")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "dry-run.toml"
+        path.write_text(to_toml(settings))
+        result = subprocess.run([sys.executable, "-m", "trilora", "train", "--dry-run", "--config", str(path)],
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("trilora: error:")]
+    if result.returncode != 0:
+        raise BadRequest(errors[0].removeprefix("trilora: error: ") if errors else "the estimate failed")
+    return {"text": result.stdout}
+
+
+def runs(ws: Workspace) -> list[dict]:
+    return [describe_run(ws.root, folder, ws.jobs.of(folder)) for folder in run_folders(ws.root)]
+
+
+def run(ws: Workspace, name: str) -> dict:
+    folder = run_folder(ws, name)
+    return describe_run(ws.root, folder, ws.jobs.of(folder), detail=True)
+
+
+def run_folder(ws: Workspace, name: str) -> Path:
+    folder = inside(ws.root, f"{RUNS}/{name}")
+    if folder.parent != (ws.root / RUNS).resolve() or not folder.is_dir():
+        raise BadRequest(f"no run named {name!r}")
+    return folder
+
+
+def stop(ws: Workspace, name: str) -> dict:
+    folder = run_folder(ws, name)
+    pid = run(ws, name).get("pid")
+    if not ws.jobs.stop(folder, pid):
+        raise BadRequest(f"run {name} is not running")
+    return {"stopping": name}
+
+
+def resume(ws: Workspace, name: str) -> dict:
+    folder = run_folder(ws, name)
+    if run(ws, name)["state"] != "interrupted":
+        raise BadRequest(f"run {name} has nothing to resume (it is {run(ws, name)['state']})")
+    return ws.jobs.submit("train", folder, None, ["--resume", str(folder)]).as_dict(ws.root)
+
+
+def job(ws: Workspace, job_id: int) -> dict:
+    found = ws.jobs.jobs.get(job_id)
+    if found is None:
+        raise BadRequest(f"no job {job_id}")
+    from trilora.ui.runs import log_tail
+
+    images = sorted(str(p.relative_to(ws.root)) for p in found.folder.rglob("*.png"))
+    reports = sorted(str(p.relative_to(ws.root)) for p in found.folder.glob("report.html"))
+    return found.as_dict(ws.root) | {"images": images, "reports": reports, "log": log_tail(found.folder)}
+
+
+def presets(configs: Path | None, toy: dict) -> dict[str, dict]:
+    """The toy-world demo's settings, then the example TOMLs of configs/ (when the repo is at hand)."""
+    found = {"toy world: the demo's onion style": toy}
+    for path in sorted(configs.glob("*.toml")) if configs and configs.is_dir() else []:
+        try:
+            found[path.stem] = {k: v for k, v in load_toml(path).items() if isinstance(v, dict)}
+        except UserError:
+            continue
+    return found

@@ -1,0 +1,107 @@
+"""A run as the UI shows it, read back from its folder (so runs survive a restart of the UI and
+runs started in a terminal show too): state, curves, best step, samples, exports, progress, log."""
+
+import json
+from pathlib import Path
+
+from trilora.run_folder import FolderLock, read_record
+from trilora.training.checkpoint import list_checkpoints
+from trilora.training.metrics import read_metrics
+from trilora.ui.jobs import LOG, SETTINGS
+
+RUNS = "runs"
+LOG_LINES = 40
+
+
+def run_folders(root: Path) -> list[Path]:
+    folder = root / RUNS
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and ((p / "config.json").exists() or (p / SETTINGS).exists())
+    )
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def log_tail(folder: Path, lines: int = LOG_LINES) -> str:
+    """The last lines of the run's log; progress bars' carriage-return updates keep their last state."""
+    try:
+        text = (folder / LOG).read_bytes()[-20000:].decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines()[-lines:])
+
+
+def run_state(folder: Path, job) -> str:
+    """running, queued, finished, stopped early, interrupted (a checkpoint to resume from) or failed."""
+    if FolderLock(folder, "ui").holder() is not None or (job is not None and job.state == "running"):
+        return "running"
+    if job is not None and job.state == "queued":
+        return "queued"
+    summary = read_json(folder / "summary.json")
+    if summary is not None and summary.get("exported"):
+        return "stopped early" if summary.get("stopped_early") else "finished"
+    if list_checkpoints(folder):
+        return "interrupted"
+    return "failed" if job is None or job.state in ("failed", "stopped", "finished") else job.state
+
+
+def describe_run(root: Path, folder: Path, job=None, detail: bool = False) -> dict:
+    config = read_json(folder / "config.json") or {}
+    summary = read_json(folder / "summary.json") or {}
+    rows = read_metrics(folder / "metrics.csv") if (folder / "metrics.csv").is_file() else []
+    validations = [r for r in rows if r.get("val_loss") is not None]
+    best = summary.get("best_step")
+    if best is None and validations:
+        best = min(validations, key=lambda r: r["val_loss"])["step"]
+    train = config.get("train", {})
+    total = train.get("steps")
+    step = rows[-1]["step"] if rows else 0
+    elapsed = rows[-1].get("elapsed_s") if rows else None
+    eta = elapsed / step * (total - step) if total and step and elapsed else None
+    described = {
+        "name": folder.name,
+        "state": run_state(folder, job),
+        "method": config.get("adapter", {}).get("method"),
+        "rank": config.get("adapter", {}).get("rank"),
+        "step": step,
+        "total_steps": total,
+        "eta_s": eta,
+        "best_step": best,
+        "best_val_loss": summary.get("best_val_loss"),
+        "exported": {
+            k: str(Path(v).resolve().relative_to(root.resolve()))
+            for k, v in summary.get("exported", {}).items()
+            if Path(v).resolve().is_relative_to(root.resolve())
+        },  # fmt: skip
+    }
+    if detail:
+        record = read_record(folder / ".trilora.lock") if described["state"] == "running" else None
+        described |= {
+            "train": [
+                {"step": r["step"], "loss": r["train_loss"]} for r in rows if r.get("train_loss") is not None
+            ],
+            "val": [
+                {"step": r["step"], "loss": r["val_loss"], "se": r.get("val_loss_se")} for r in validations
+            ],
+            "samples": [
+                {
+                    "step": int(s.name.removeprefix("step-")),
+                    "images": [str(p.relative_to(root)) for p in sorted(s.glob("*.png"))],
+                }
+                for s in sorted((folder / "samples").glob("step-*"))
+                if s.name.removeprefix("step-").isdigit()
+            ],  # fmt: skip
+            "checkpoints": len(list_checkpoints(folder)),
+            "log": log_tail(folder),
+            "pid": (record or {}).get("pid"),
+        }
+    return described

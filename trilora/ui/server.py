@@ -1,0 +1,213 @@
+"""The HTTP server: the standard library's ThreadingHTTPServer, the page from static/, the API
+under /api/, the workspace's files under /files/. Every /api/ and /files/ request carries the
+token (header X-Trilora-Token, or ?token= for links); the page reads it from its address's #fragment,
+which browsers never send to a server."""
+
+import ipaddress
+import json
+import logging
+import mimetypes
+import secrets
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from trilora.config import UIConfig
+from trilora.errors import UserError
+from trilora.ui import api
+from trilora.ui.jobs import Jobs
+from trilora.ui.paths import OutsideRoot, inside
+
+log = logging.getLogger("trilora")
+STATIC = Path(__file__).parent / "static"
+MAX_BODY = 1 << 20  # JSON requests: settings and captions, never files
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def prepare_workspace(root: Path) -> dict:
+    """A new root gets the demo's data (onion-domed renders, captioned) and the demo's settings as a
+    preset, so that a fresh clone can train in the UI at once, on a CPU."""
+    from trilora.config import to_dict
+    from trilora.demo import TRAIN_IMAGES, VAL_IMAGES, demo_config
+    from trilora.toy.base import toy_base_path
+    from trilora.toy.evaluate import adapter_dataset
+
+    data, val = root / "data" / "onion", root / "data" / "onion-val"
+    if not data.exists():
+        log.info("ui: rendering the toy world's demo data into %s", root / "data")
+        adapter_dataset(data, TRAIN_IMAGES, seed=0)
+        adapter_dataset(val, VAL_IMAGES, seed=1)
+    preset = to_dict(demo_config(root, toy_base_path(), 400))
+    preset.pop("output")
+    preset["model"]["base"] = str(toy_base_path())
+    preset["data"] |= {"data": "data/onion", "val_data": "data/onion-val"}
+    preset["export"].pop("name", None)
+    return {section: {k: v for k, v in values.items() if v is not None} for section, values in preset.items()}
+
+
+def make_workspace(settings: UIConfig) -> api.Workspace:
+    from trilora.toy.base import toy_base_path
+
+    root = Path(settings.root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    toy = prepare_workspace(root)
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    return api.Workspace(root, Jobs(root, settings.max_jobs), (toy_base_path(),), api.presets(configs, toy))
+
+
+ROUTES_GET = {
+    "/api/state": lambda ws, q: api.state(ws),
+    "/api/data": lambda ws, q: api.data(ws, q.get("folder", ""), int(q.get("resolution") or 512)),
+    "/api/runs": lambda ws, q: api.runs(ws),
+    "/api/run": lambda ws, q: api.run(ws, q.get("name", "")),
+    "/api/job": lambda ws, q: api.job(ws, int(q.get("id", "0") or 0)),
+}
+ROUTES_POST = {
+    "/api/caption-text": lambda ws, b: api.save_caption(ws, b.get("image", ""), b.get("text", "")),
+    "/api/jobs": lambda ws, b: api.start_job(ws, b.get("command", ""), b.get("settings", {}), b.get("name")),
+    "/api/dry-run": lambda ws, b: api.dry_run(ws, b.get("settings", {})),
+    "/api/stop": lambda ws, b: api.stop(ws, b.get("name", "")),
+    "/api/resume": lambda ws, b: api.resume(ws, b.get("name", "")),
+}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "trilora-ui"
+    workspace: api.Workspace
+    token: str
+
+    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+        log.debug("ui: " + format, *args)
+
+    def send(self, status: int, body: bytes, kind: str, extra: dict | None = None) -> None:
+        self.send_response(status)
+        headers = {"Content-Type": kind, "Content-Length": str(len(body)), "Cache-Control": "no-store",
+                   "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                   "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'"}  # fmt: skip
+        for name, value in (headers | (extra or {})).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_json(self, status: int, payload) -> None:
+        self.send(status, json.dumps(payload).encode(), "application/json")
+
+    def authorised(self, query: dict) -> bool:
+        given = self.headers.get("X-Trilora-Token") or query.get("token", "")
+        return secrets.compare_digest(given.encode(), self.token.encode())
+
+    def do_GET(self):  # noqa: N802 (the base class's name)
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if url.path in ("/", "/index.html") or url.path.startswith("/static/"):
+            return self.static(url.path)
+        if not self.authorised(query):
+            return self.send_json(
+                HTTPStatus.FORBIDDEN,
+                {"error": "a valid token is needed (see the address trilora ui printed)"},
+            )
+        if url.path.startswith("/files/"):
+            return self.file(unquote(url.path.removeprefix("/files/")))
+        self.answer(ROUTES_GET.get(url.path), query)
+
+    def do_POST(self):  # noqa: N802
+        url = urlsplit(self.path)
+        if not self.authorised({}):  # never from the address: a link cannot change anything
+            return self.send_json(HTTPStatus.FORBIDDEN, {"error": "a valid token is needed"})
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            return self.send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request too large"})
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except ValueError:
+            return self.send_json(HTTPStatus.BAD_REQUEST, {"error": "the request is not JSON"})
+        self.answer(ROUTES_POST.get(url.path), body if isinstance(body, dict) else {})
+
+    def answer(self, route, data) -> None:
+        if route is None:
+            return self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no such request: {self.path}"})
+        try:
+            self.send_json(HTTPStatus.OK, route(self.workspace, data))
+        except OutsideRoot as error:
+            self.send_json(HTTPStatus.FORBIDDEN, {"error": str(error)})
+        except (UserError, ValueError) as error:
+            self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+
+    def static(self, path: str) -> None:
+        name = "index.html" if path in ("/", "/index.html") else path.removeprefix("/static/")
+        file = (STATIC / name).resolve()
+        if file.parent != STATIC.resolve() or not file.is_file():
+            return self.send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+        self.send(
+            HTTPStatus.OK, file.read_bytes(), mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        )
+
+    def file(self, relative: str) -> None:
+        try:
+            path = inside(self.workspace.root, relative)
+        except OutsideRoot as error:
+            return self.send_json(HTTPStatus.FORBIDDEN, {"error": str(error)})
+        if not path.is_file():
+            return self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no file {relative}"})
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        extra = (
+            {}
+            if kind.startswith(("image/", "text/html"))
+            else {"Content-Disposition": f'attachment; filename="{path.name}"'}
+        )
+        if kind == "text/html":  # a report: its own inline style and images, nothing from outside
+            extra["Content-Security-Policy"] = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+        self.send(HTTPStatus.OK, path.read_bytes(), kind, extra)
+
+
+def check_host(settings: UIConfig) -> str:
+    """The token: given, or made. A non-loopback address needs one given (`auto` makes one)."""
+    if not is_loopback(settings.host) and not settings.token:
+        raise UserError(f"--host {settings.host} lets other machines in: give --token SECRET (or --token auto "
+                        "to make one), or keep the default --host 127.0.0.1")  # fmt: skip
+    if settings.token in (None, "auto"):
+        return secrets.token_urlsafe(24)
+    if len(settings.token) < 16:
+        raise UserError("--token must be at least 16 characters")
+    return settings.token
+
+
+def make_server(settings: UIConfig) -> ThreadingHTTPServer:
+    settings.validate()
+    token = check_host(settings)
+    workspace = make_workspace(settings)
+    handler = type("BoundHandler", (Handler,), {"workspace": workspace, "token": token})
+    try:
+        server = ThreadingHTTPServer((settings.host, settings.port), handler)
+    except OSError as error:
+        raise UserError(
+            f"cannot listen on {settings.host}:{settings.port}: {error.strerror}; choose another --port"
+        ) from None
+    server.daemon_threads = True
+    server.token, server.workspace = token, workspace
+    return server
+
+
+def serve(settings: UIConfig, ready: threading.Event | None = None) -> None:
+    server = make_server(settings)
+    host, port = server.server_address[:2]
+    print(f"trilora ui: http://{host}:{port}/#token={server.token}  (workspace {server.workspace.root}; Ctrl-C stops the UI, "
+          "not its jobs)", flush=True)  # fmt: skip
+    if ready is not None:
+        ready.set()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

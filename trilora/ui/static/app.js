@@ -1,0 +1,242 @@
+// trilora's web UI: plain DOM (text via textContent only), the API under /api/, no external assets.
+"use strict";
+const token = new URLSearchParams(location.hash.slice(1)).get("token") || "";
+const $ = (id) => document.getElementById(id);
+let STATE = null, CURRENT_RUN = null, RUN_TIMER = null;
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "text") node.textContent = v; else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+function fileUrl(rel) { return "/files/" + rel.split("/").map(encodeURIComponent).join("/") + "?token=" + encodeURIComponent(token); }
+function status(text, error = false) { const s = $("status"); s.textContent = text; s.className = error ? "error" : ""; }
+
+async function api(path, body) {
+  const options = { headers: { "X-Trilora-Token": token } };
+  if (body !== undefined) { options.method = "POST"; options.body = JSON.stringify(body); options.headers["Content-Type"] = "application/json"; }
+  const response = await fetch(path, options);
+  const data = await response.json();
+  if (!response.ok) { status(data.error || response.statusText, true); throw new Error(data.error); }
+  return data;
+}
+
+// ---- forms generated from the config tree ----
+function buildForm(form, fields, values) {
+  form.replaceChildren();
+  const sections = {};
+  for (const f of fields) {
+    const section = f.section || "run";
+    if (!sections[section]) { sections[section] = el("fieldset", {}, el("legend", { text: section })); form.append(sections[section]); }
+    let input;
+    if (f.type === "bool") input = el("input", { type: "checkbox" });
+    else if (f.choices) { input = el("select"); if (f.default === null) input.append(el("option", { value: "", text: "(default)" })); for (const c of f.choices) input.append(el("option", { value: c, text: c })); }
+    else input = el("input", { type: f.type === "int" || f.type === "float" ? "number" : "text", step: f.type === "float" ? "any" : "1" });
+    input.name = f.key; input.dataset.type = f.type; input.title = f.help;
+    setValue(input, value(values, f));
+    sections[section].append(el("label", { title: f.help }, el("span", { text: "--" + f.flag }), input));
+  }
+}
+function value(values, f) { const v = f.section ? (values[f.section] || {})[f.name] : values[f.name]; return v === undefined ? f.default : v; }
+function setValue(input, v) {
+  if (input.type === "checkbox") input.checked = !!v;
+  else input.value = v === null || v === undefined ? "" : Array.isArray(v) ? v.join(input.dataset.type === "list" && input.name.endsWith("prompt") ? "|" : ",") : v;
+}
+function formSettings(form, fields) {
+  const out = {};
+  for (const f of fields) {
+    const input = form.elements[f.key]; if (!input) continue;
+    let v;
+    if (f.type === "bool") v = input.checked;
+    else if (input.value === "") v = null;
+    else if (f.type === "int") v = parseInt(input.value, 10);
+    else if (f.type === "float") v = parseFloat(input.value);
+    else if (f.type === "list") { const parts = input.value.split(f.name.endsWith("prompt") ? "|" : ",").map((s) => s.trim()).filter(Boolean); v = typeof f.default[0] === "number" ? parts.map(Number) : parts; }
+    else v = input.value;
+    if (JSON.stringify(v) === JSON.stringify(f.default)) continue;  // only what differs from the tree's default
+    if (v === null) continue;
+    (out[f.section] = out[f.section] || {})[f.name] = v;
+  }
+  return out;
+}
+
+// ---- tabs ----
+function show(tab) {
+  for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.tab === tab);
+  for (const s of document.querySelectorAll(".tab")) s.classList.toggle("active", s.id === tab);
+  if (tab === "runs") loadRuns();
+  if (tab === "test") loadAdapters();
+}
+
+// ---- data ----
+async function loadData() {
+  const folder = $("data-folder").value; if (!folder) return;
+  const resolution = ($("train-form").elements["data.resolution"] || {}).value || 512;
+  const d = await api("/api/data?folder=" + encodeURIComponent(folder) + "&resolution=" + resolution);
+  const r = d.report;
+  const lines = [`${r.images} images, ${r.usable} usable; ${r.captions.with_text} with captions`,
+    "buckets: " + Object.entries(r.buckets).map(([b, n]) => `${b} (${n})`).join(", "),
+    `duplicates: ${r.duplicates.length} group(s)`];
+  for (const p of r.problems) lines.push(`${p.file}: ${p.reason}`);
+  $("data-report").textContent = lines.join("\n");
+  $("data-items").replaceChildren(...d.items.map((item) => {
+    const text = el("textarea", {}); text.value = item.caption;
+    const save = el("button", { text: "Save", onclick: async () => { await api("/api/caption-text", { image: item.image, text: text.value }); status("saved " + item.image); } });
+    return el("div", { class: "thumb" }, el("img", { src: fileUrl(item.image), alt: item.image }), el("small", { text: item.image }), text, save);
+  }));
+}
+async function captionMissing() {
+  const model = $("caption-model").value;
+  const job = await api("/api/jobs", { command: "caption", settings: { data: { data: $("data-folder").value }, caption: { model } } });
+  $("caption-status").textContent = "captioning…";
+  await waitJob(job.id, (j) => { $("caption-status").textContent = j.state + ": " + (j.log.split("\n").slice(-1)[0] || ""); });
+  loadData();
+}
+async function waitJob(id, onUpdate) {
+  for (;;) {
+    const j = await api("/api/job?id=" + id);
+    if (onUpdate) onUpdate(j);
+    if (!["queued", "running"].includes(j.state)) return j;
+    await new Promise((r) => setTimeout(r, 700));
+  }
+}
+
+// ---- train ----
+function applyPreset() { buildForm($("train-form"), STATE.forms.train, STATE.presets[$("train-preset").value] || {}); }
+async function estimate() {
+  const d = await api("/api/dry-run", { settings: formSettings($("train-form"), STATE.forms.train) });
+  $("train-estimate-text").textContent = d.text;
+}
+async function startTraining() {
+  const name = $("train-name").value || undefined;
+  const job = await api("/api/jobs", { command: "train", name, settings: formSettings($("train-form"), STATE.forms.train) });
+  status("started " + job.folder);
+  CURRENT_RUN = job.folder.split("/").pop();
+  show("runs");
+}
+
+// ---- runs ----
+async function loadRuns() {
+  const runs = await api("/api/runs");
+  $("run-list").replaceChildren(...runs.map((r) => el("span", {
+    class: "run" + (r.name === CURRENT_RUN ? " selected" : ""), "data-run": r.name,
+    text: `${r.name}: ${r.state}, step ${r.step}${r.total_steps ? "/" + r.total_steps : ""}${r.best_step !== null && r.best_step !== undefined ? ", best " + r.best_step : ""}`,
+    onclick: () => { CURRENT_RUN = r.name; loadRuns(); } })));
+  if (CURRENT_RUN) loadRun();
+}
+async function loadRun() {
+  clearTimeout(RUN_TIMER);
+  const r = await api("/api/run?name=" + encodeURIComponent(CURRENT_RUN));
+  $("run-detail").hidden = false;
+  $("run-title").textContent = r.name + (r.method ? ` (${r.method}, rank ${r.rank})` : "");
+  $("run-state").textContent = r.state; $("run-state").dataset.state = r.state;
+  const eta = r.eta_s && r.state === "running" ? `, about ${Math.ceil(r.eta_s)} s left` : "";
+  $("run-progress").textContent = `step ${r.step}${r.total_steps ? " of " + r.total_steps : ""}${eta}`;
+  $("run-stop").disabled = !["running", "queued"].includes(r.state);
+  $("run-resume").disabled = r.state !== "interrupted";
+  drawChart(r);
+  $("run-exports").replaceChildren(...Object.entries(r.exported).map(([kind, path]) => el("a", { href: fileUrl(path), text: `download ${kind} (${path.split("/").pop()})` })));
+  $("run-samples").replaceChildren(...r.samples.slice(-3).flatMap((s) => s.images.map((img) => el("div", { class: "thumb" }, el("img", { src: fileUrl(img), alt: img }), el("small", { text: "step " + s.step })))));
+  $("run-log").textContent = r.log; $("run-log").scrollTop = $("run-log").scrollHeight;
+  for (const b of document.querySelectorAll(".run")) b.classList.toggle("selected", b.dataset.run === r.name);
+  if (["running", "queued"].includes(r.state) && $("runs").classList.contains("active")) RUN_TIMER = setTimeout(loadRuns, 1000);
+}
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs, text) { const n = document.createElementNS(SVG, tag); for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v); if (text !== undefined) n.textContent = text; return n; }
+function drawChart(r) {
+  const chart = $("chart"); chart.replaceChildren();
+  const W = 720, H = 300, L = 60, R = 20, T = 20, B = 40;
+  const points = [...r.train, ...r.val];
+  if (!points.length) { chart.append(svg("text", { x: L, y: H / 2 }, "no steps yet")); return; }
+  const maxStep = Math.max(r.total_steps || 0, ...points.map((p) => p.step), 1);
+  const smoothed = []; let ema = null;
+  for (const p of r.train) { ema = ema === null ? p.loss : 0.9 * ema + 0.1 * p.loss; smoothed.push({ step: p.step, loss: ema }); }
+  const ys = [...smoothed.map((p) => p.loss), ...r.val.flatMap((p) => [p.loss - (p.se || 0), p.loss + (p.se || 0)])];
+  let lo = Math.min(...ys), hi = Math.max(...ys); if (hi - lo < 1e-9) { hi += 1e-3; lo -= 1e-3; }
+  const x = (s) => L + (W - L - R) * s / maxStep, y = (v) => T + (H - T - B) * (hi - v) / (hi - lo);
+  chart.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#888" }), svg("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#888" }));
+  for (const v of [lo, (lo + hi) / 2, hi]) chart.append(svg("text", { x: 4, y: y(v) + 4, "font-size": 11 }, v.toFixed(4)));
+  chart.append(svg("text", { x: W - R - 30, y: H - 10, "font-size": 11 }, "step"), svg("text", { x: L, y: H - 10, "font-size": 11 }, "0"), svg("text", { x: W - R - 80, y: H - 24, "font-size": 11 }, String(maxStep)));
+  if (smoothed.length) chart.append(svg("polyline", { points: smoothed.map((p) => `${x(p.step)},${y(p.loss)}`).join(" "), fill: "none", stroke: "#9ab", "stroke-width": 1.5, class: "train-line" }));
+  for (const p of r.val) {
+    const g = svg("g", { class: "val-point" });
+    if (p.se) g.append(svg("line", { x1: x(p.step), x2: x(p.step), y1: y(p.loss - p.se), y2: y(p.loss + p.se), stroke: "#c05" }));
+    g.append(svg("circle", { cx: x(p.step), cy: y(p.loss), r: 3.5, fill: "#c05" }));
+    chart.append(g);
+  }
+  if (r.best_step !== null && r.best_step !== undefined && r.val.length) {
+    chart.append(svg("line", { x1: x(r.best_step), x2: x(r.best_step), y1: T, y2: H - B, stroke: "#2a2", "stroke-dasharray": "4 3" }),
+      svg("text", { id: "best-marker", x: x(r.best_step) + (x(r.best_step) > W - 120 ? -4 : 4), y: H - B - 8, fill: "#2a2",
+        "font-size": 12, "text-anchor": x(r.best_step) > W - 120 ? "end" : "start" }, "best step " + r.best_step));
+  }
+  chart.append(svg("text", { x: W - 220, y: T + 12, "font-size": 11, fill: "#9ab" }, "train loss (smoothed)"), svg("text", { x: W - 220, y: T + 26, "font-size": 11, fill: "#c05" }, "validation loss ± s.e."));
+}
+async function stopRun() { await api("/api/stop", { name: CURRENT_RUN }); status("stopping " + CURRENT_RUN + " (a checkpoint first)"); loadRuns(); }
+async function resumeRun() { await api("/api/resume", { name: CURRENT_RUN }); status("resuming " + CURRENT_RUN); setTimeout(loadRuns, 500); }
+
+// ---- test ----
+async function loadAdapters() {
+  const runs = await api("/api/runs");
+  const rows = runs.filter((r) => r.exported.kohya).map((r) => {
+    const use = el("input", { type: "checkbox", "data-adapter": r.exported.kohya });
+    const strength = el("input", { type: "range", min: "0", max: "1.5", step: "0.05", value: "1", "data-strength": r.exported.kohya });
+    const shown = el("span", { text: "1" }); strength.addEventListener("input", () => { shown.textContent = strength.value; });
+    return el("div", { class: "row" }, el("label", {}, use, " " + r.name + " (" + r.exported.kohya + ")"), strength, shown);
+  });
+  $("test-adapters").replaceChildren(...(rows.length ? rows : [el("p", { text: "no exported adapters yet: train one first" })]));
+}
+function chosenAdapters(strength) {
+  return [...document.querySelectorAll("[data-adapter]")].filter((c) => c.checked)
+    .map((c) => `${c.dataset.adapter}:${strength ?? document.querySelector(`[data-strength="${c.dataset.adapter}"]`).value}`);
+}
+async function generate(strength) {
+  const settings = { model: { base: $("test-base").value },
+    sampling: { seed: parseInt($("test-seed").value, 10), steps: parseInt($("test-steps").value, 10), guidance: parseFloat($("test-guidance").value) },
+    generate: { prompt: $("test-prompt").value, lora: chosenAdapters(strength) } };
+  if ($("test-negative").value) settings.generate.negative_prompt = $("test-negative").value;
+  if ($("test-scheduler").value) settings.sampling.scheduler = $("test-scheduler").value;
+  const job = await api("/api/jobs", { command: "generate", settings });
+  status("generating…");
+  const done = await waitJob(job.id);
+  if (done.state !== "finished") { status("generate " + done.state + ": " + done.log.split("\n").slice(-1)[0], true); return []; }
+  status("generated");
+  return done.images.map((img) => el("div", { class: "thumb" }, el("img", { src: fileUrl(img), alt: img, class: "generated" }), el("small", { text: `${settings.generate.lora.join(", ") || "base model"}` })));
+}
+async function runGenerate() { $("test-images").replaceChildren(...await generate()); }
+async function runGrid() {
+  $("test-images").replaceChildren();
+  for (const s of $("test-grid").value.split(",").map((v) => v.trim()).filter(Boolean)) $("test-images").append(...await generate(s));
+}
+
+// ---- evaluate / compare ----
+function evalForm() { buildForm($("eval-form"), STATE.forms[$("eval-command").value], {}); }
+async function startEval() {
+  const command = $("eval-command").value;
+  const job = await api("/api/jobs", { command, name: $("eval-name").value || undefined, settings: formSettings($("eval-form"), STATE.forms[command]) });
+  $("eval-status").textContent = command + " running…";
+  const done = await waitJob(job.id);
+  $("eval-status").replaceChildren(done.reports.length ? el("a", { href: fileUrl(done.reports[0]), target: "_blank", text: "open report.html" }) : document.createTextNode(command + " " + done.state + ": " + done.log.split("\n").slice(-1)[0]));
+}
+
+async function init() {
+  STATE = await api("/api/state");
+  $("data-folder").replaceChildren(...STATE.folders.map((f) => el("option", { value: f, text: f })));
+  $("train-preset").replaceChildren(...Object.keys(STATE.presets).map((p) => el("option", { value: p, text: p })));
+  const scheduler = STATE.forms.generate.find((f) => f.key === "sampling.scheduler");
+  $("test-scheduler").replaceChildren(el("option", { value: "", text: "(the base model's)" }), ...scheduler.choices.map((c) => el("option", { value: c, text: c })));
+  const toy = Object.values(STATE.presets)[0];
+  $("test-base").value = toy.model.base;
+  $("test-prompt").value = "a red onion-domed building with two floors at night";
+  applyPreset(); evalForm();
+  for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => show(b.dataset.tab));
+  const on = (id, f) => $(id).addEventListener("click", (e) => { e.preventDefault(); f().catch(() => {}); });
+  on("data-load", loadData); on("caption-missing", captionMissing); on("train-estimate", estimate); on("train-start", startTraining);
+  on("run-stop", stopRun); on("run-resume", resumeRun); on("test-generate", runGenerate); on("test-grid-run", runGrid); on("eval-start", startEval);
+  $("train-preset").addEventListener("change", applyPreset); $("eval-command").addEventListener("change", evalForm);
+  show("data"); loadData().catch(() => {});
+}
+init().catch((e) => status(String(e), true));

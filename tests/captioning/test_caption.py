@@ -127,6 +127,7 @@ def refused(*args) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # six CLI subprocesses
 def test_bad_models_and_folders_are_one_line_and_write_nothing(folder, tmp_path, tiny_model_dir):
     before = captions(folder)
     assert "hf download Salesforce/blip-image-captioning-large" in refused(

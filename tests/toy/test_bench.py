@@ -167,3 +167,57 @@ def test_analyse_run_measures_the_gap_to_the_lowest_fid():
 def test_mean_std_has_no_spread_for_one_seed():
     assert mean_std([2.0]) == {"mean": 2.0, "std": None}
     assert mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2))}
+
+
+def test_replayed_signals_stop_where_their_rules_say():
+    from trilora.toy.stopping import replay
+
+    points = [(0, 1.0, 0.1), (10, 0.5, 0.1), (20, 0.55, 0.1), (30, 0.58, 0.1), (40, 0.7, 0.1)]
+    assert replay(points, 2) == (30, 10)  # two validations without improvement
+    assert replay(points, 2, margin=True) == (None, 10)  # only step 40 rose by more than its error
+    assert replay(points, 0) == (None, 10)  # patience 0 never stops
+    assert replay([(0, 0.1, 0), (10, 0.5, 0), (20, 0.4, 0)], 1, higher_is_better=True) == (20, 10)
+
+
+def test_signals_are_judged_by_the_quality_of_what_they_export():
+    from trilora.toy.stopping import compare_signals, signals_summary
+
+    run = {
+        "validations": [{"step": s, "val_loss": v, "val_loss_se": 0.01, "val_loss_by_t": {125: v, 375: m, 625: m}}
+                        for s, v, m in [(0, 0.9, 0.9), (10, 0.5, 0.6), (20, 0.4, 0.7), (30, 0.45, 0.8)]],
+        "checkpoints": [{"step": s, "fid": f, "fidelity_unseen": u, "signal": {"all": a}}
+                        for s, f, u, a in [(0, 100, 0.5, 0.0), (10, 50, 0.5, 0.5), (20, 60, 0.3, 0.4), (30, 70, 0.2, 0.3)]],
+    }  # fmt: skip
+    found = compare_signals(run, patience=1)
+    assert found["val_loss"]["chosen_step"] == 20 and found["val_loss"]["stop_step"] == 30
+    assert found["val_loss_mid"]["chosen_step"] == 10 and found["val_loss_mid"]["fid_within_5pct"]
+    assert found["generation"]["chosen_step"] == 10 and found["generation"]["wasted"] == 10
+    assert not found["val_loss"]["fid_within_5pct"] and not found["val_loss"]["unseen_within_5pct"]
+    summary = signals_summary([{"signals": found}])
+    assert summary["val_loss_mid"]["fid_within_5pct"] == 1 and summary["val_loss"]["fid_within_5pct"] == 0
+
+
+@pytest.mark.slow  # ~60 s: the long-run setting, reduced, and its resume
+def test_long_setting_scores_unseen_colours_signals_and_strengths_and_resumes(tmp_path):
+    build_toy_pipeline(0).save_pretrained(tmp_path / "base")
+    args = ["bench", "toy", "--methods", "trilora", "--ranks", "2", "--seeds", "1", "--steps", "4", "--eval-every", "2",
+            "--prompts", "4", "--train-images", "6", "--train-colours", "2", "--signal-prompts", "2",
+            "--strengths", "1.5", "--output", str(tmp_path / "out"), "--base", str(tmp_path / "base")]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(args) == 0
+        first = json.loads((tmp_path / "out" / "results.json").read_text())
+        run = first["runs"][0]
+        assert all("fidelity_unseen" in c and "signal" in c for c in run["checkpoints"])
+        assert set(run["signals"]) == {"val_loss", "val_loss_mid", "val_loss_se", "generation"}
+        assert [p["strength"] for p in run["strengths"]["last"]] == [1.5]
+        assert first["settings"]["train_colours"] == ["red", "blue"]
+        assert "## Stopping signals" in (tmp_path / "out" / "report.md").read_text()
+        assert main(args) == 2  # a second start is refused; --resume continues, reusing runs and scores
+        assert main([*args, "--resume"]) == 0
+        again = json.loads((tmp_path / "out" / "results.json").read_text())
+        assert again["runs"][0]["checkpoints"] == run["checkpoints"] and again["signals"] == first["signals"]
+        assert main([*args[:-4], "--steps", "6", "--output", str(tmp_path / "out"), "--resume"]) == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -60,3 +60,22 @@ def test_early_stopping_state_is_the_counters_not_the_settings():
     resumed.load_state_dict(old.state_dict())
     assert (resumed.best_loss, resumed.best_step, resumed.bad_validations) == (0.5, 1, 2)
     assert (resumed.patience, resumed.min_delta) == (5, 0.01) and not resumed.should_stop
+
+
+def test_loss_by_timestep_and_its_metrics_column(tmp_path):
+    from trilora.training.metrics import MetricsLog, read_metrics
+    from trilora.training.validation import by_timestep
+
+    losses = torch.tensor([[0.1, 0.2, 0.4], [0.3, 0.2, 0.0]])  # 2 images x 3 timesteps
+    by_t = by_timestep(losses, torch.tensor([166, 500, 833]))
+    assert by_t == pytest.approx({166: 0.2, 500: 0.2, 833: 0.2}) and list(by_t) == [166, 500, 833]
+    log = MetricsLog(None)
+    log.path = tmp_path / "metrics.csv"  # the file alone, no TensorBoard
+    log._start_file()
+    log.write(step=0, val_loss=0.2, val_loss_se=0.05, val_loss_by_t=by_t, lr=1e-4, elapsed_s=0.0)
+    log.write(step=1, train_loss=0.3, lr=1e-4, elapsed_s=1.0)
+    rows = read_metrics(log.path)
+    assert rows[0]["val_loss_by_t"] == pytest.approx(by_t) and rows[1]["val_loss_by_t"] is None
+    old = tmp_path / "old.csv"  # written before the column existed
+    old.write_text("step,train_loss,val_loss,val_loss_se,lr,elapsed_s\n0,,0.5,0.1,0.0001,0\n")
+    assert read_metrics(old)[0]["val_loss_by_t"] is None and read_metrics(old)[0]["val_loss"] == 0.5

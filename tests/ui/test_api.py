@@ -87,6 +87,7 @@ def test_captions_are_edited_and_written_by_a_caption_job(ui):
     assert 'model = "toy"' in (ui.root / done["folder"] / "job.toml").read_text()  # the job is a CLI run
 
 
+@pytest.mark.slow  # a CLI subprocess that loads diffusers
 def test_dry_run_estimate(ui):
     _, state = ui.json("/api/state")
     toy = next(iter(state["presets"].values()))

@@ -145,6 +145,16 @@ class BenchConfig:
         None, "Toy base model folder (default: the shipped trilora/toy/base).", metavar="DIR", path=True
     )
     overwrite: bool = opt(False, "Replace an earlier benchmark in --output (default: refuse).", saved=False)
+    resume: bool = opt(False, "Continue the bench in --output (same settings): finished runs are kept, an "
+                       "interrupted one resumes from its last checkpoint, scores computed already are reused.",
+                       saved=False)  # fmt: skip
+    train_images: int = opt(30, "Training renders of the new style.")
+    train_colours: int = opt(3, "Wall colours of the training renders (the first N of red, blue, white); "
+                             "test prompts ask for all eight, fidelity is also scored on the unseen ones.")  # fmt: skip
+    signal_prompts: int = opt(0, "Held-out prompts (not the test prompts) scored at every checkpoint: the "
+                              "generation signal for stopping (0 = none).")  # fmt: skip
+    strengths: list[float] = opt([], "Also score each run's best and last adapter at these strengths "
+                                 "(the strength-control curve), comma-separated.", comma=True)  # fmt: skip
 
     def validate(self) -> None:
         ranks, steps, every = self.ranks, self.steps, self.eval_every
@@ -158,6 +168,11 @@ class BenchConfig:
             (self.prompts >= 2, f"--prompts must be at least 2 (FID needs two images), got {self.prompts}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
             (self.patience >= 0, f"--patience must be 0 or more, got {self.patience}"),
+            (self.train_images >= 2, f"--train-images must be at least 2, got {self.train_images}"),
+            (1 <= self.train_colours <= 3, f"--train-colours must be 1, 2 or 3, got {self.train_colours}"),
+            (self.signal_prompts == 0 or self.signal_prompts >= 2, "--signal-prompts must be 0 or at least 2"),
+            (all(s >= 0 for s in self.strengths), "--strengths must be 0 or more"),
+            (not (self.resume and self.overwrite), "--resume and --overwrite contradict each other"),
         ])  # fmt: skip
 
 

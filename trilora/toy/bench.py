@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import Image
 
 from trilora.config import SETTINGS_FILE, BenchConfig, RunConfig, Tree, from_dict, settings_toml
+from trilora.errors import UserError
 from trilora.files import write_text
 from trilora.toy.evaluate import (
     ADAPTER_COLOURS,
@@ -41,10 +42,10 @@ from trilora.toy.evaluate import (
 
 log = logging.getLogger("trilora")
 
-TRAIN_IMAGES = 30
 VAL_IMAGES = 10
 TRAIN_SEED, VAL_SEED = 0, 1  # render seeds of the training and validation sets
 PROMPT_SEED = 2  # the test prompts (evaluate.prompt_set)
+SIGNAL_SEED = 3  # the held-out prompts of the generation stopping signal
 IMAGE_SEED = 0  # image k from latent seed IMAGE_SEED + k; also the reference renders' seed
 RESOLUTION = 32
 BATCH_SIZE = 4
@@ -61,7 +62,7 @@ def bench_command(tree: Tree) -> dict:
 def run_bench(settings: BenchConfig) -> dict:
     """Train and score every (method, rank, seed); write report.md, plots/, results.json and
     settings.toml to settings.output, which the bench holds locked; an earlier bench there is
-    deleted first only with settings.overwrite."""
+    deleted first only with settings.overwrite, or continued with settings.resume."""
     from trilora.run_folder import claim
     from trilora.toy.base import toy_base
 
@@ -72,23 +73,26 @@ def run_bench(settings: BenchConfig) -> dict:
     settings.validate()
     base = toy_base(settings.base)
     output = Path(settings.output)
-    lock = claim(
-        output,
-        bench_files,
-        "bench toy",
-        settings.overwrite,
-        False,
-        "its report is report.md",
-        what="a benchmark",
-    )
+    saved = settings_toml(Tree(bench=settings), "bench")
+    if settings.resume:
+        earlier = output / SETTINGS_FILE
+        if not earlier.is_file():
+            raise UserError(f"no bench to resume in {output} (no {SETTINGS_FILE}); start it without --resume")
+        if body(earlier.read_text()) != body(saved):
+            raise UserError(f"the bench in {output} has other settings (see its {SETTINGS_FILE}); resume it with "
+                            f"--config {earlier} --resume, or choose another --output")  # fmt: skip
+    lock = claim(output, bench_files, "bench toy", settings.overwrite, settings.resume,
+                 "its report is report.md; continue it with --resume", what="a benchmark")  # fmt: skip
     try:
-        write_text(output / SETTINGS_FILE, settings_toml(Tree(bench=settings), "bench"))
-        s = settings
-        return bench_locked(
-            output, s.methods, s.ranks, s.seeds, s.steps, s.eval_every, s.prompts, base, s.lr, s.patience
-        )
+        write_text(output / SETTINGS_FILE, saved)
+        return bench_locked(output, settings, base)
     finally:
         lock.release()
+
+
+def body(toml: str) -> str:
+    """A settings.toml without its comment header (which names the version)."""
+    return "\n".join(line for line in toml.splitlines() if not line.startswith("#"))
 
 
 BENCH_FILES = ("report.md", "results.json", "plots", "runs", "data", SETTINGS_FILE)
@@ -98,48 +102,83 @@ def bench_files(folder: Path) -> list[Path]:
     return [folder / name for name in BENCH_FILES if (folder / name).exists()]
 
 
-def bench_locked(output: Path, methods: list[str], ranks: list[int], seeds: int, steps: int, eval_every: int,
-                 prompts: int, base: Path, lr: float, patience: int) -> dict:  # fmt: skip
+def train_colours(settings: BenchConfig) -> tuple[str, ...]:
+    return ADAPTER_COLOURS[: settings.train_colours]
+
+
+def bench_locked(output: Path, settings: BenchConfig, base: Path) -> dict:
     from trilora.toy.report import analyse_run, summarise, write_report
-    from trilora.training.loop import train
+    from trilora.toy.stopping import compare_signals, signals_summary
 
     started = time.perf_counter()
-    adapter_dataset(output / "data" / "train", TRAIN_IMAGES, TRAIN_SEED)
-    adapter_dataset(output / "data" / "val", VAL_IMAGES, VAL_SEED)
+    s = settings
+    adapter_dataset(output / "data" / "train", s.train_images, TRAIN_SEED, train_colours(s))
+    adapter_dataset(output / "data" / "val", VAL_IMAGES, VAL_SEED, train_colours(s))
     runs, configs = [], {}
-    for method, rank, seed in product(methods, ranks, range(seeds)):
+    for method, rank, seed in product(s.methods, s.ranks, range(s.seeds)):
         folder = output / "runs" / f"{method}-r{rank}-s{seed}"
-        log.info("bench: training %s rank %d seed %d", method, rank, seed)
-        run_started = time.perf_counter()
-        config = configs[method, rank] = bench_config(
-            output, folder, base, method, rank, seed, steps, eval_every, lr
-        )
-        train(config)
-        runs.append({"method": method, "rank": rank, "seed": seed, "folder": str(folder.relative_to(output)),
-                     "train_seconds": time.perf_counter() - run_started,
-                     "validations": read_validations(folder / "metrics.csv")})  # fmt: skip
+        config = configs[method, rank] = bench_config(output, folder, base, method, rank, seed, s.steps,
+                                                      s.eval_every, s.lr)  # fmt: skip
+        runs.append(train_run(config, folder, output, method, rank, seed))
     trained = time.perf_counter()
-    base_scores = evaluate_runs(output, base, runs, configs, prompts)
+    scorer = Scorer(output, base, s)
+    base_scores = scorer.base_scores
+    for (method, rank), config in configs.items():
+        for run in [r for r in runs if (r["method"], r["rank"]) == (method, rank)]:
+            scorer.score_run(run, config)
+    runs = [analyse_run(run, s.patience) for run in runs]
+    for run in runs:
+        run["signals"] = compare_signals(run, s.patience)
+    if s.strengths:
+        for (method, rank), config in configs.items():
+            for run in [r for r in runs if (r["method"], r["rank"]) == (method, rank)]:
+                scorer.strength_curves(run, config, s.strengths)
     evaluated = time.perf_counter()
-    runs = [analyse_run(run, patience) for run in runs]
-    settings = dict(
-        methods=methods, ranks=ranks, seeds=seeds, steps=steps, eval_every=eval_every, prompts=prompts,
-        base=str(base), lr=lr, patience=patience, batch_size=BATCH_SIZE, train_images=TRAIN_IMAGES,
-        val_images=VAL_IMAGES, val_timesteps=VAL_TIMESTEPS, style=ADAPTER_STYLE,
-        train_colours=list(ADAPTER_COLOURS), prompt_seed=PROMPT_SEED, image_seed=IMAGE_SEED, sample_steps=STEPS,
-        guidance=GUIDANCE,
+    recorded = dict(
+        methods=s.methods, ranks=s.ranks, seeds=s.seeds, steps=s.steps, eval_every=s.eval_every, prompts=s.prompts,
+        base=str(base), lr=s.lr, patience=s.patience, batch_size=BATCH_SIZE, train_images=s.train_images,
+        val_images=VAL_IMAGES, val_timesteps=VAL_TIMESTEPS, style=ADAPTER_STYLE, train_colours=list(train_colours(s)),
+        signal_prompts=s.signal_prompts, strengths=s.strengths, prompt_seed=PROMPT_SEED, signal_seed=SIGNAL_SEED,
+        image_seed=IMAGE_SEED, sample_steps=STEPS, guidance=GUIDANCE,
     )  # fmt: skip
     results = {
-        "command": command_line(output, settings),
-        "settings": settings,
+        "command": command_line(output, recorded),
+        "settings": recorded,
         "base": base_scores,
         "runs": runs,
         "summary": summarise(runs),
+        "signals": signals_summary(runs),
         "seconds": {"train": trained - started, "evaluate": evaluated - trained},
     }
     results["seconds"]["total"] = time.perf_counter() - started
     write_report(output, results)
     return results
+
+
+def train_run(config: RunConfig, folder: Path, output: Path, method: str, rank: int, seed: int) -> dict:
+    """Train one run, or continue it: a finished run (summary.json) is kept, an interrupted one
+    resumes from its last checkpoint. Its record: settings, training time, validations."""
+    import json
+
+    from trilora.training.checkpoint import list_checkpoints
+    from trilora.training.loop import train
+
+    record_file = folder / "bench-run.json"
+    if (folder / "summary.json").is_file() and record_file.is_file():
+        log.info("bench: %s rank %d seed %d is trained already", method, rank, seed)
+        seconds = json.loads(record_file.read_text())["train_seconds"]
+    else:
+        run_started = time.perf_counter()
+        if list_checkpoints(folder):
+            log.info("bench: resuming %s rank %d seed %d", method, rank, seed)
+            config.checkpoint.resume = str(folder)
+        else:
+            log.info("bench: training %s rank %d seed %d", method, rank, seed)
+        train(config)
+        seconds = time.perf_counter() - run_started
+        write_text(record_file, json.dumps({"train_seconds": seconds}))
+    return {"method": method, "rank": rank, "seed": seed, "folder": str(folder.relative_to(output)),
+            "train_seconds": seconds, "validations": read_validations(folder / "metrics.csv")}  # fmt: skip
 
 
 def bench_config(
@@ -176,55 +215,116 @@ def bench_config(
 def read_validations(path: Path) -> list[dict]:
     from trilora.training.metrics import read_metrics
 
-    return [{"step": int(row["step"]), "val_loss": row["val_loss"], "val_loss_se": row["val_loss_se"]}
+    return [{"step": int(row["step"]), "val_loss": row["val_loss"], "val_loss_se": row["val_loss_se"],
+             "val_loss_by_t": row["val_loss_by_t"]}
             for row in read_metrics(path) if row["val_loss"] is not None]  # fmt: skip
 
 
-def evaluate_runs(output: Path, base: Path, runs: list[dict], configs: dict, prompts: int) -> dict:
-    """Score the base model, then every checkpoint of every run (adds run["checkpoints"]); returns
-    the base model's scores. The base is loaded once; each (method, rank) gets one copy of its UNet
-    with adapters shaped by `configs[method, rank]`, into which each checkpoint's factors are loaded."""
-    from trilora.adapters.inject import add_run_adapters, load_adapter_state_dict
-    from trilora.base.load import load_pipeline
-    from trilora.toy.judge import load_judge
-    from trilora.toy.metrics import nfid
-    from trilora.training.checkpoint import list_checkpoints, load_checkpoint
+class Scorer:
+    """Generates and judges: the base model once, then every checkpoint of every run, each scored
+    on the test prompts (and the held-out signal prompts); scores are kept beside each checkpoint
+    (scores.json) so that a resumed bench does not score again. Each (method, rank) gets one copy
+    of the base UNet with adapters shaped by its config, into which each checkpoint is loaded."""
 
-    pipe = load_pipeline(base)
-    pipe.set_progress_bar_config(disable=True)
-    judge = load_judge()
-    wanted = prompt_set(prompts, (ADAPTER_STYLE,), seed=PROMPT_SEED)
-    reference = reference_renders(wanted, seed=IMAGE_SEED)
-    training = [Image.open(p).convert("RGB") for p in sorted((output / "data" / "train").glob("*.png"))]
+    def __init__(self, output: Path, base: Path, settings: BenchConfig):
+        from trilora.base.load import load_pipeline
+        from trilora.toy.judge import load_judge
+        from trilora.toy.metrics import nfid
 
-    def measure(what: str) -> dict[str, float]:
+        self.pipe = load_pipeline(base)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.judge, self.settings, self.base_unet = load_judge(), settings, self.pipe.unet
+        self.wanted = prompt_set(settings.prompts, (ADAPTER_STYLE,), seed=PROMPT_SEED)
+        self.signal = prompt_set(settings.signal_prompts, (ADAPTER_STYLE,), seed=SIGNAL_SEED)
+        self.reference = reference_renders(self.wanted, seed=IMAGE_SEED)
+        self.training = [
+            Image.open(p).convert("RGB") for p in sorted((output / "data" / "train").glob("*.png"))
+        ]
+        self.output, self.shaped = output, None
+        self.key = {"prompts": settings.prompts, "signal_prompts": settings.signal_prompts,
+                    "train_colours": settings.train_colours, "train_images": settings.train_images}  # fmt: skip
+        self.base_scores = self.measure("base model", signal=True)
+        self.base_scores["nfid"] = nfid(self.base_scores["fid"], self.base_scores["fid"])
+
+    def measure(self, what: str, signal: bool = False) -> dict:
         started = time.perf_counter()
-        images = generate_images(pipe, wanted, seed=IMAGE_SEED)
-        scores = score(judge, images, wanted, reference=reference, training=training)
+        images = generate_images(self.pipe, self.wanted, seed=IMAGE_SEED)
+        scores = score(self.judge, images, self.wanted, reference=self.reference, training=self.training,
+                       seen_colours=train_colours(self.settings))  # fmt: skip
+        if signal and self.signal:
+            held_out = generate_images(self.pipe, self.signal, seed=IMAGE_SEED + 10_000)
+            scores["signal"] = score(
+                self.judge, held_out, self.signal, seen_colours=train_colours(self.settings)
+            )
         log.info("bench: %s: style %.2f, fidelity %.2f, toy FID %.1f (%.0f s)",
                  what, scores["style"], scores["fidelity"], scores["fid"], time.perf_counter() - started)  # fmt: skip
         return scores
 
-    base_scores = measure("base model")
-    base_scores["nfid"] = nfid(base_scores["fid"], base_scores["fid"])
-    base_unet = pipe.unet
-    for (method, rank), config in configs.items():
-        pipe.unet = copy.deepcopy(base_unet)
-        add_run_adapters(pipe.unet, None, config.adapter)
-        for run in [r for r in runs if (r["method"], r["rank"]) == (method, rank)]:
-            started = time.perf_counter()
-            # Every adapter starts as the identity (LoRA's up and TriLoRA's down are zero): step 0 is the base.
-            run["checkpoints"] = [{"step": 0} | base_scores]
-            for path in list_checkpoints(output / run["folder"]):
-                state = load_checkpoint(path)
-                unet_state = {k.removeprefix("unet."): v for k, v in state["adapter"].items()}
-                load_adapter_state_dict(pipe.unet, unet_state)
-                scores = measure(f"{method} rank {rank} seed {run['seed']} step {state['step']}")
-                scores["nfid"] = nfid(scores["fid"], base_scores["fid"])
-                run["checkpoints"].append({"step": state["step"]} | scores)
-            run["evaluate_seconds"] = time.perf_counter() - started
-    pipe.unet = base_unet
-    return base_scores
+    def shape(self, config: RunConfig) -> None:
+        from trilora.adapters.inject import add_run_adapters
+
+        if self.shaped != (config.adapter.method, config.adapter.rank):
+            self.pipe.unet = copy.deepcopy(self.base_unet)
+            add_run_adapters(self.pipe.unet, None, config.adapter)
+            self.shaped = (config.adapter.method, config.adapter.rank)
+
+    def load(self, path: Path) -> int:
+        from trilora.adapters.inject import load_adapter_state_dict
+        from trilora.training.checkpoint import load_checkpoint
+
+        state = load_checkpoint(path)
+        load_adapter_state_dict(
+            self.pipe.unet, {k.removeprefix("unet."): v for k, v in state["adapter"].items()}
+        )
+        return state["step"]
+
+    def score_run(self, run: dict, config: RunConfig) -> None:
+        """Adds run["checkpoints"]: step 0 (every adapter starts as the identity: the base model), then each."""
+        import json
+
+        from trilora.toy.metrics import nfid
+        from trilora.training.checkpoint import list_checkpoints
+
+        started = time.perf_counter()
+        run["checkpoints"] = [{"step": 0} | self.base_scores]
+        self.shape(config)
+        for path in list_checkpoints(self.output / run["folder"]):
+            cached = path / "scores.json"
+            found = json.loads(cached.read_text()) if cached.is_file() else None
+            if found is not None and found.get("key") == self.key:
+                scores, step = found["scores"], found["step"]
+            else:
+                step = self.load(path)
+                scores = self.measure(
+                    f"{run['method']} rank {run['rank']} seed {run['seed']} step {step}", signal=True
+                )
+                scores["nfid"] = nfid(scores["fid"], self.base_scores["fid"])
+                write_text(cached, json.dumps({"key": self.key, "step": step, "scores": scores}))
+            run["checkpoints"].append({"step": step} | scores)
+        run["evaluate_seconds"] = time.perf_counter() - started
+
+    def strength_curves(self, run: dict, config: RunConfig, strengths: list[float]) -> None:
+        """Adds run["strengths"]: style hit and fidelity of its best and last adapters at each strength."""
+        from trilora.adapters.inject import set_multiplier
+        from trilora.training.checkpoint import checkpoint_dir
+
+        self.shape(config)
+        run["strengths"] = {}
+        for which in ("best", "last"):
+            step = run[which]["step"]
+            if step == 0:
+                continue
+            self.load(checkpoint_dir(self.output / run["folder"], step))
+            curve = []
+            for strength in strengths:
+                set_multiplier(self.pipe.unet, strength)
+                scores = self.measure(f"{run['folder']} {which} at strength {strength:g}")
+                curve.append(
+                    {"strength": strength}
+                    | {k: scores[k] for k in ("style", "fidelity", "fidelity_unseen", "fid")}
+                )
+            set_multiplier(self.pipe.unet, 1.0)
+            run["strengths"][which] = curve
 
 
 def command_line(output: Path, settings: dict) -> str:

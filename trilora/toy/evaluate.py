@@ -25,9 +25,11 @@ ADAPTER_STYLE = "onion"
 ADAPTER_COLOURS = ("red", "blue", "white")
 
 
-def adapter_dataset(folder, count: int = 30, seed: int = 0) -> list[Attributes]:
-    """The adapter training set: `count` renders of ADAPTER_STYLE in ADAPTER_COLOURS with captions."""
-    return render_dataset(folder, count, seed, styles=(ADAPTER_STYLE,), colours=ADAPTER_COLOURS)
+def adapter_dataset(
+    folder, count: int = 30, seed: int = 0, colours: Sequence[str] = ADAPTER_COLOURS
+) -> list[Attributes]:
+    """The adapter training set: `count` renders of ADAPTER_STYLE in `colours` with captions."""
+    return render_dataset(folder, count, seed, styles=(ADAPTER_STYLE,), colours=tuple(colours))
 
 
 def prompt_set(count: int, styles: Sequence[str] = BASE_STYLES, seed: int = 0) -> list[Attributes]:
@@ -80,10 +82,12 @@ def score(
     wanted: Sequence[Attributes],
     reference: Sequence[Image.Image] | None = None,
     training: Sequence[Image.Image] | None = None,
+    seen_colours: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Per-attribute accuracy ("style" is the style hit rate), prompt fidelity (colour, floors and
-    time all right: our CLIP-score analogue), toy FID against `reference` and the mean nearest-
-    training-image distance when `training` is given."""
+    time all right: our CLIP-score analogue), toy FID against `reference`, the mean nearest-
+    training-image distance when `training` is given, and fidelity on the prompts in `seen_colours`
+    and on the others when those are given."""
     predicted = judge.predict(list(images))
     accuracy = attribute_accuracy(predicted, list(wanted))
     hits = [
@@ -91,6 +95,10 @@ def score(
         for p, w in zip(predicted, wanted, strict=True)
     ]
     result = {**accuracy, "fidelity": sum(hits) / len(hits)}
+    if seen_colours is not None:  # fidelity on the training colours, and on the others (generalisation)
+        for name, keep in (("fidelity_seen", True), ("fidelity_unseen", False)):
+            chosen = [h for h, w in zip(hits, wanted, strict=True) if (w.colour in seen_colours) == keep]
+            result[name] = sum(chosen) / len(chosen) if chosen else float("nan")
     if reference is not None:
         result["fid"] = toy_fid(judge.features(list(images)), judge.features(list(reference)))
     if training is not None:

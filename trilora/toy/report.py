@@ -86,7 +86,13 @@ def write_report(output: Path, results: dict) -> None:
         plot_curves(runs, results["base"]["fid"], output / name, f"{entry['method']} rank {entry['rank']}")
         plots.append((f"{entry['method']} rank {entry['rank']}", name))
     plot_fid_overview(results, output / "plots" / "fid.png")
-    write_text(output / "report.md", report_markdown(results, plots))
+    from trilora.toy.stopping import signals_markdown, strengths_markdown
+
+    extra = signals_markdown(results.get("signals", {}), results["settings"]["patience"])
+    extra += strengths_markdown(results["runs"])
+    write_text(
+        output / "report.md", report_markdown(results, plots) + "\n".join(extra) + ("\n" if extra else "")
+    )
 
 
 def report_markdown(results: dict, plots: list[tuple[str, str]]) -> str:

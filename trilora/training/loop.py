@@ -49,7 +49,7 @@ from trilora.training.optim import make_optimizer
 from trilora.training.progress import Progress
 from trilora.training.schedule import lr_at
 from trilora.training.state import TrainingState
-from trilora.training.validation import EarlyStopping, mean_and_standard_error
+from trilora.training.validation import EarlyStopping, by_timestep, mean_and_standard_error
 
 if TYPE_CHECKING:  # setup.py imports diffusers: a refused run should stop before that
     from trilora.training.setup import Setup
@@ -152,23 +152,22 @@ def run(
     started = time.perf_counter() - (elapsed_before or 0.0)
     stopped_early, val_loss = state.stopper.should_stop, None
     if start_step == 0:
-        val_loss, val_se = evaluate(r, state, progress)
-        state.metrics.write(
-            step=0, val_loss=val_loss, val_loss_se=val_se, elapsed_s=0.0, lr=learning_rate(r, 0)
-        )
+        val_loss, val_se, by_t = evaluate(r, state, progress)
+        state.metrics.write(step=0, val_loss=val_loss, val_loss_se=val_se, val_loss_by_t=by_t, elapsed_s=0.0,
+                            lr=learning_rate(r, 0))  # fmt: skip
     with StopRequest() as stop:
         last_step = start_step if stopped_early else s.total_steps  # a resumed run that had stopped early
         for step in range(start_step + 1, last_step + 1):
             lr = learning_rate(r, step - 1)
             train_loss = train_step(r, state, order, step, lr)
             state.step = step
-            val_loss = val_se = None
+            val_loss = val_se = by_t = None
             if step % val_opts.validate_every == 0 or step == s.total_steps:
-                val_loss, val_se = evaluate(r, state, progress)
+                val_loss, val_se, by_t = evaluate(r, state, progress)
             elif val_opts.sample_every and step % val_opts.sample_every == 0 and val_opts.sample_prompt:
                 sample(r, state)
-            state.metrics.write(step=step, train_loss=train_loss, val_loss=val_loss, val_loss_se=val_se, lr=lr,
-                                elapsed_s=time.perf_counter() - started)  # fmt: skip
+            state.metrics.write(step=step, train_loss=train_loss, val_loss=val_loss, val_loss_se=val_se,
+                                val_loss_by_t=by_t, lr=lr, elapsed_s=time.perf_counter() - started)  # fmt: skip
             progress.update(step, train_loss)
             stopped_early = state.stopper.should_stop
             if stopped_early:
@@ -325,8 +324,9 @@ def train_step(r: Run, state: TrainingState, order: BatchOrder, step: int, lr: f
 
 
 @torch.no_grad()
-def validate(r: Run, state: TrainingState) -> tuple[float, float]:
-    """Each validation image at the K fixed timesteps with its fixed noise: one batch of K per image."""
+def validate(r: Run, state: TrainingState) -> tuple[float, float, dict[int, float]]:
+    """Each validation image at the K fixed timesteps with its fixed noise: one batch of K per image.
+    The mean loss, its standard error, and the mean loss at each timestep."""
     v, device = r.setup.validation, r.device
     for m in state.models.values():
         m.eval()
@@ -342,7 +342,8 @@ def validate(r: Run, state: TrainingState) -> tuple[float, float]:
             )
     for m in state.models.values():
         m.train()
-    return mean_and_standard_error(torch.cat(losses))
+    losses = torch.stack(losses)  # (images, K)
+    return *mean_and_standard_error(losses.flatten()), by_timestep(losses, v.timesteps)
 
 
 def sample(r: Run, state: TrainingState) -> None:
@@ -353,15 +354,17 @@ def sample(r: Run, state: TrainingState) -> None:
         save_samples(r.setup.pipe, r.config.validation, r.config, folder, r.device, r.setup.autocast)
 
 
-def evaluate(r: Run, state: TrainingState, progress: Progress) -> tuple[float | None, float | None]:
+def evaluate(
+    r: Run, state: TrainingState, progress: Progress
+) -> tuple[float | None, float | None, dict | None]:
     """Samples, then the validation loss; a new best becomes the best adapter (written to best/)."""
     if r.config.validation.sample_prompt:
         sample(r, state)
     if r.setup.validation is None:
-        return None, None
+        return None, None, None
     stopper = state.stopper
     with state.averaged():
-        val_loss, val_se = validate(r, state)
+        val_loss, val_se, by_t = validate(r, state)
         if stopper.update(val_loss, state.step):
             state.best_state = state.adapter_state()
         if r.dist.main:
@@ -370,7 +373,7 @@ def evaluate(r: Run, state: TrainingState, progress: Progress) -> tuple[float | 
             )
     progress.note(f"step {state.step}: val_loss {val_loss:.5f} ± {val_se:.5f} "
                   f"(best {stopper.best_loss:.5f} at step {stopper.best_step})")  # fmt: skip
-    return val_loss, val_se
+    return val_loss, val_se, by_t
 
 
 def finish(r: Run, state: TrainingState, stopped_early: bool, last_val_loss: float | None) -> dict:

@@ -8,7 +8,8 @@ from pathlib import Path
 from trilora.files import save_figure, write_text
 from trilora.plotting import pyplot
 
-COLUMNS = ("step", "train_loss", "val_loss", "val_loss_se", "lr", "elapsed_s")
+COLUMNS = ("step", "train_loss", "val_loss", "val_loss_se", "lr", "elapsed_s", "val_loss_by_t")
+# val_loss_by_t: the validation loss at each validation timestep, "t:loss t:loss ..." (ascending t)
 
 
 class MetricsLog:
@@ -74,12 +75,23 @@ def _csv_row(row: dict) -> list[str]:
 
 
 def _fmt(value) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{t}:{loss:.6g}" for t, loss in value.items())
     return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
+def _parse(key: str, value: str | None):
+    if value in ("", None):
+        return None
+    if key == "val_loss_by_t":
+        return {int(t): float(loss) for t, loss in (pair.split(":") for pair in value.split())}
+    return float(value)
+
+
 def read_metrics(path: Path) -> list[dict]:
+    """The rows of metrics.csv (files from before a column was added read it as None)."""
     with Path(path).open(newline="") as f:
-        return [{k: (float(v) if v != "" else None) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: _parse(k, row.get(k)) for k in COLUMNS} for row in csv.DictReader(f)]
 
 
 def smooth(values: list[float], weight: float = 0.9) -> list[float]:

@@ -45,6 +45,11 @@ def mean_and_standard_error(values: torch.Tensor) -> tuple[float, float]:
     return mean, values.std().item() / math.sqrt(values.numel())
 
 
+def by_timestep(losses: torch.Tensor, timesteps: torch.Tensor) -> dict[int, float]:
+    """Mean over the images of each timestep's loss: `losses` is (images, K), `timesteps` (K,)."""
+    return {int(t): float(m) for t, m in zip(timesteps.tolist(), losses.mean(0).tolist(), strict=True)}
+
+
 class EarlyStopping:
     """Counts validations without an improvement of more than `min_delta`; patience 0 never stops."""
 

@@ -126,6 +126,10 @@ class TrainConfig:
         choices=("auto", "no", "bf16"),
     )
     device: str = opt("auto", "Device to train on: auto, cpu, cuda, cuda:N.", resumable=True)
+    compile: bool = opt(False, "torch.compile the UNet's transformer blocks (regional compilation: one "
+                        "graph per block shape, so compiling stays short); off until measured on a GPU.")  # fmt: skip
+    channels_last: bool = opt(False, "Keep the UNet's convolution activations channels-last (faster on "
+                              "tensor cores); off until measured on a GPU.")  # fmt: skip
 
 
 @dataclass

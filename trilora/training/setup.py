@@ -22,6 +22,7 @@ from trilora.device import resolve_device
 from trilora.files import save_image, write_text
 from trilora.seeds import derive_seed
 from trilora.training.distributed import Distributed
+from trilora.training.fast import apply_fast_path
 from trilora.training.validation import ValidationSet, make_validation_set
 
 log = logging.getLogger("trilora")
@@ -110,6 +111,7 @@ def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
     add_run_adapters(pipe.unet, pipe.text_encoder, adapter)
     if opts.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
+    apply_fast_path(pipe.unet, opts, device)
 
     validation = None
     if val_items:

@@ -1,0 +1,166 @@
+"""The one device check: trilora's training step on full-size SD 1.5 (random weights) on a GPU.
+
+Measures, in one run, and prints one Markdown table (also written as JSON with --out):
+- seconds per step at batch 1, 4 and 8 at 512 px, eager and with the fast path (--compile
+  --channels-last), through `trilora train` itself, and MFU from the FLOP count of a LoRA-r16 step
+  (1,725 GFLOP per image, 2,317 with gradient checkpointing; issue 13) against PEAK_TFLOPS;
+- the bare loop of benchmarks/train_step.py at the same batch (forward + backward + AdamW, nothing
+  else) as the baseline: diffusers' train_text_to_image_lora.py is not in the diffusers wheel and
+  the GPU machine reaches no registry, so that comparison is not made here;
+- peak memory (torch.cuda.max_memory_allocated) against the `--dry-run` estimate, for batch 1 with
+  and without gradient checkpointing and batch 4;
+- a bf16 sanity run: finite, falling loss on one repeated image, and the exported file loading in
+  diffusers' load_lora_weights.
+
+    benchmarks/gpu_check.sh            # on the GPU machine (about 5 minutes on an H200)
+    benchmarks/gpu_check.sh --smoke    # the same code on the CPU with the tiny model (the test suite)
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_step import bare_loop, save_sd15_random  # noqa: E402
+
+from trilora.base.tiny import TINY_RESOLUTION, make_shapes_dataset, save_tiny_pipeline  # noqa: E402
+from trilora.config import from_dict  # noqa: E402
+from trilora.training.loop import train  # noqa: E402
+from trilora.training.memory import estimate_memory, meta_models  # noqa: E402
+from trilora.training.metrics import read_metrics  # noqa: E402
+
+GFLOP_PER_IMAGE = {False: 1725.0, True: 2317.0}  # LoRA r16 at 512 px, gradient checkpointing off/on
+PEAK_TFLOPS = 790.0  # bf16 dense matrix products measured on this workplace's H200 (device KINDS.md)
+
+
+def run_config(base: Path, data: Path, out: Path, resolution: int, batch: int, steps: int, **train_options):
+    return from_dict({
+        "output": str(out), "model": {"base": str(base)},
+        "data": {"data": str(data), "resolution": resolution, "val_fraction": 0.0},
+        "adapter": {"method": "trilora", "rank": 16},
+        "train": {"batch_size": batch, "steps": steps, "lr": 1e-4} | train_options,
+        "validation": {"validate_every": steps + 1}, "checkpoint": {"checkpoint_every": 0},
+    })  # fmt: skip
+
+
+def step_seconds(out: Path, warmup: int) -> float:
+    elapsed = [r["elapsed_s"] for r in read_metrics(out / "metrics.csv") if r["step"] >= 1]
+    return statistics.median([b - a for a, b in zip(elapsed, elapsed[1:], strict=False)][warmup:])
+
+
+def timed_run(tmp: Path, name: str, base, data, resolution, batch, steps, warmup, **options) -> dict:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    config = run_config(base, data, tmp / name, resolution, batch, steps, **options)
+    started = time.perf_counter()
+    train(config)
+    row = {"name": name, "batch": batch, "s_per_step": step_seconds(tmp / name, warmup),
+           "wall_s": time.perf_counter() - started}  # fmt: skip
+    if torch.cuda.is_available():
+        row["peak_bytes"] = torch.cuda.max_memory_allocated()
+        models = meta_models(config)
+        estimate = estimate_memory(models.unet, models.text_encoder, models.vae, config)
+        row["estimate_bytes"] = estimate.phases(config.train.gradient_checkpointing)["training step"]
+    checkpointing = bool(options.get("gradient_checkpointing"))
+    row["mfu"] = GFLOP_PER_IMAGE[checkpointing] * 1e9 * batch / row["s_per_step"] / (PEAK_TFLOPS * 1e12)
+    return row
+
+
+def bf16_sanity(tmp: Path, base: Path, resolution: int, steps: int) -> dict:
+    """One image, many steps: the loss must stay finite and fall; the export must load in diffusers."""
+    from trilora.base.load import load_pipeline
+
+    data = make_shapes_dataset(tmp / "one", count=1, size=resolution)
+    config = run_config(base, data, tmp / "bf16", resolution, 1, steps, mixed_precision="bf16", lr=1e-3)
+    summary = train(config)
+    losses = [
+        r["train_loss"] for r in read_metrics(tmp / "bf16" / "metrics.csv") if r["train_loss"] is not None
+    ]
+    k = max(1, len(losses) // 5)
+    first, last = statistics.fmean(losses[:k]), statistics.fmean(losses[-k:])
+    pipe = load_pipeline(base)
+    kohya = Path(summary["exported"]["kohya"])
+    pipe.load_lora_weights(str(kohya.parent), weight_name=kohya.name)
+    return {"finite": all(math.isfinite(v) for v in losses), "first": first, "last": last,
+            "falls": last < first, "loads_in_diffusers": True}  # fmt: skip
+
+
+def table(rows: list[dict], bare: dict, sanity: dict, device: str) -> str:
+    lines = [f"device: {device}; trilora train, TriLoRA rank 16; MFU against {PEAK_TFLOPS:g} TFLOP/s bf16", "",
+             "| run | batch | s/step | MFU | peak memory | --dry-run estimate | estimate off by |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in rows:
+        peak, estimate = r.get("peak_bytes"), r.get("estimate_bytes")
+        memory = (
+            (f"{peak / 2**30:.2f} GiB", f"{estimate / 2**30:.2f} GiB", f"{(estimate - peak) / peak:+.0%}")
+            if peak
+            else ("–",) * 3
+        )
+        mfu = f"{r['mfu']:.1%}" if peak else "–"  # the FLOP count is SD 1.5's: meaningless for the tiny model
+        lines.append(
+            f"| {r['name']} | {r['batch']} | {r['s_per_step'] * 1000:.1f} ms | {mfu} | "
+            + " | ".join(memory)
+            + " |"
+        )
+    for batch, seconds in bare.items():
+        lines.append(f"| bare loop (train_step.py) | {batch} | {seconds * 1000:.1f} ms | – | – | – | – |")
+    lines += ["", f"bf16 sanity: finite {sanity['finite']}, loss {sanity['first']:.4f} -> {sanity['last']:.4f} "
+              f"(falls: {sanity['falls']}), export loads in diffusers: {sanity['loads_in_diffusers']}"]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="The tiny model on the CPU, few steps (tests).")
+    parser.add_argument("--out", type=Path, help="Also write the results as JSON here.")
+    args = parser.parse_args()
+    smoke = args.smoke
+    if not smoke and not torch.cuda.is_available():
+        raise SystemExit("gpu_check: no CUDA device; use --smoke on a CPU")
+    steps, warmup = (4, 1) if smoke else (25, 5)
+    batches = (1, 2) if smoke else (1, 4, 8)
+    # on the CPU the compiled path is checked by tests/training/test_fast.py; here it would take minutes
+    fast = {"channels_last": True} if smoke else {"channels_last": True, "compile": True}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        base, resolution = (
+            (save_tiny_pipeline(tmp / "base"), TINY_RESOLUTION)
+            if smoke
+            else (save_sd15_random(tmp / "base"), 512)
+        )
+        data = make_shapes_dataset(tmp / "data", count=max(batches), size=resolution)
+        rows = []
+        for batch in batches:
+            rows.append(timed_run(tmp, f"eager b{batch}", base, data, resolution, batch, steps, warmup))
+            rows.append(
+                timed_run(tmp, f"fast b{batch}", base, data, resolution, batch, steps, warmup, **fast)
+            )
+        rows.append(timed_run(tmp, "eager b1 checkpointing", base, data, resolution, 1, steps, warmup,
+                              gradient_checkpointing=True))  # fmt: skip
+        device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
+        bare = {
+            b: statistics.median(bare_loop(base, resolution, b, 16, steps, device)[warmup:]) for b in batches
+        }
+        sanity = bf16_sanity(tmp, base, resolution, 12 if smoke else 60)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(table(rows, bare, sanity, f"{name}, torch {torch.__version__}"))
+    if args.out:
+        args.out.write_text(
+            json.dumps({"rows": rows, "bare": bare, "bf16": sanity, "device": name}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The fast path's checks that need no GPU: compiled blocks give eager's losses (inductor on the
+CPU, with the system compiler), channels-last too, and the bf16 path trains on the CPU."""
+
+import math
+import re
+
+import pytest
+
+from trilora.base.tiny import make_shapes_dataset
+from trilora.config import from_dict
+from trilora.training.loop import train
+from trilora.training.metrics import read_metrics
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "data", count=8)
+
+
+def losses(tmp_path, tiny_model_dir, shapes, name: str, steps: int = 3, validate: bool = True,
+           **train_options) -> list[float]:  # fmt: skip
+    config = from_dict({
+        "output": str(tmp_path / name), "model": {"base": str(tiny_model_dir)},
+        "data": {"data": str(shapes), "resolution": 32, "val_fraction": 0.25 if validate else 0.0},
+        "adapter": {"method": "trilora", "rank": 4},
+        "train": {"lr": 2e-3, "batch_size": 2, "steps": steps, "seed": 0, "device": "cpu"} | train_options,
+        "validation": {"validate_every": steps, "patience": 0, "val_timesteps": 2},
+    })  # fmt: skip
+    train(config)
+    rows = read_metrics(tmp_path / name / "metrics.csv")
+    return [r[k] for r in rows for k in ("train_loss", "val_loss") if r[k] is not None]
+
+
+@pytest.mark.slow  # inductor compiles the tiny UNet's transformer blocks on the CPU (~1 min)
+def test_compiled_and_channels_last_steps_match_eager(tmp_path, tiny_model_dir, shapes, caplog):
+    # no validation: its no-grad passes would be compiled too, a minute more on 2 cores
+    eager = losses(tmp_path, tiny_model_dir, shapes, "eager", validate=False)
+    with caplog.at_level("INFO", logger="trilora"):
+        fast = losses(
+            tmp_path, tiny_model_dir, shapes, "fast", validate=False, compile=True, channels_last=True
+        )
+    assert re.search(r"[1-9]\d* transformer blocks compiled; channels-last", caplog.text), caplog.text
+    # the stated tolerance: fp32 reassociation only
+    assert len(eager) == 3 and fast == pytest.approx(eager, rel=1e-4, abs=1e-6)
+
+
+def test_bf16_path_trains_on_the_cpu(tmp_path, tiny_model_dir, shapes):
+    """bf16 autocast and bf16 frozen weights with fp32 adapters: dtype mistakes fail here, not on a GPU."""
+    values = losses(tmp_path, tiny_model_dir, shapes, "bf16", steps=12, mixed_precision="bf16")
+    assert all(math.isfinite(v) for v in values)
+    rows = read_metrics(tmp_path / "bf16" / "metrics.csv")
+    val = [r["val_loss"] for r in rows if r["val_loss"] is not None]
+    assert len(val) == 2 and val[-1] < val[0]  # it learns

@@ -1,0 +1,38 @@
+"""The GPU fast path's switches, each an option of the tree (`--compile`, `--channels-last`);
+bf16 frozen weights with fp32 adapters, fused AdamW and SDPA attention are always on where they apply."""
+
+import logging
+
+import torch
+
+log = logging.getLogger("trilora")
+
+
+def compile_blocks(unet: torch.nn.Module) -> int:
+    """Regional compilation: each BasicTransformerBlock compiled in place (the UNet's repeated block;
+    one graph per input shape, so buckets get one each). Returns how many were compiled."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    blocks = [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
+    for block in blocks:
+        block.compile(dynamic=False)
+    return len(blocks)
+
+
+def attention_backend(device: torch.device) -> str:
+    """Which attention kernel family torch's scaled_dot_product_attention may choose here."""
+    if device.type != "cuda":
+        return "SDPA (math/CPU kernels)"
+    enabled = [name for name, on in (("flash", torch.backends.cuda.flash_sdp_enabled()),
+               ("memory-efficient", torch.backends.cuda.mem_efficient_sdp_enabled()),
+               ("math", torch.backends.cuda.math_sdp_enabled())) if on]  # fmt: skip
+    return "SDPA (" + ", ".join(enabled) + ")"
+
+
+def apply_fast_path(unet: torch.nn.Module, opts, device: torch.device) -> None:
+    if opts.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    compiled = compile_blocks(unet) if opts.compile else 0
+    log.info("fast path: attention %s; %s; %s", attention_backend(device),
+             f"{compiled} transformer blocks compiled" if opts.compile else "not compiled",
+             "channels-last" if opts.channels_last else "channels-first")  # fmt: skip

@@ -144,7 +144,7 @@ def start_job(ws: Workspace, command: str, settings: dict, name: str | None = No
     if command == "caption":
         folder = inside(ws.root, settings.get("data", {}).get("data") or "")
         job_folder = ws.root / "jobs" / f"caption-{time.strftime('%Y%m%d-%H%M%S')}-{len(ws.jobs.jobs)}"
-        settings["data"]["data"] = str(folder)
+        settings.setdefault("data", {})["data"] = str(folder)
     else:
         job_folder = new_folder(ws, command, name)
         if command == "train":

@@ -142,6 +142,11 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(HTTPStatus.FORBIDDEN, {"error": str(error)})
         except (UserError, ValueError) as error:
             self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+        except Exception as error:  # our bug: the page gets a line, the terminal the traceback
+            log.exception("ui: %s failed", self.path)
+            self.send_json(
+                HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error ({type(error).__name__})"}
+            )
 
     def static(self, path: str) -> None:
         name = "index.html" if path in ("/", "/index.html") else path.removeprefix("/static/")

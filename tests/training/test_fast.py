@@ -51,3 +51,13 @@ def test_bf16_path_trains_on_the_cpu(tmp_path, tiny_model_dir, shapes):
     rows = read_metrics(tmp_path / "bf16" / "metrics.csv")
     val = [r["val_loss"] for r in rows if r["val_loss"] is not None]
     assert len(val) == 2 and val[-1] < val[0]  # it learns
+
+
+def test_a_loss_that_stops_being_finite_stops_the_run_saving_nothing_spoilt(tmp_path, tiny_model_dir, shapes):
+    from trilora.errors import UserError
+
+    with pytest.raises(UserError, match=r"the training loss became (nan|inf) at step \d+; lower --lr"):
+        losses(tmp_path, tiny_model_dir, shapes, "diverges", steps=6, lr=1e15)
+    assert (
+        not (tmp_path / "diverges" / "checkpoints").exists() and not (tmp_path / "diverges" / "last").exists()
+    )

@@ -309,17 +309,19 @@ def train_step(r: Run, state: TrainingState, order: BatchOrder, step: int, lr: f
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     r.dist.sum_([p.grad for p in params] + [train_loss])
-    train_loss = train_loss.item()
-    if not math.isfinite(train_loss):
-        state.metrics.close()
-        raise UserError(f"the training loss became {train_loss} at step {step}; lower --lr and resume "
-                        f"from the last checkpoint (the best adapter so far is in {r.output / 'best'})")  # fmt: skip
     if opts.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
     if state.ema:
         state.ema.update()
+    # The step's one host synchronisation, once all its kernels are queued. A non-finite loss stops
+    # the run before anything is saved, so the weights it spoilt in memory are never written.
+    train_loss = train_loss.item()
+    if not math.isfinite(train_loss):
+        state.metrics.close()
+        raise UserError(f"the training loss became {train_loss} at step {step}; lower --lr and resume "
+                        f"from the last checkpoint (the best adapter so far is in {r.output / 'best'})")  # fmt: skip
     return train_loss
 
 

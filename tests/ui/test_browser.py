@@ -72,10 +72,7 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     page.click("#run-resume")
     page.wait_for_function("['finished', 'stopped early'].includes(document.getElementById('run-state').textContent)",
                            timeout=300000)  # fmt: skip
-    assert (
-        page.locator("#chart .val-point").count() > points == 2
-        or page.locator("#chart .val-point").count() > points
-    )
+    assert page.locator("#chart .val-point").count() > points  # the resumed run added validations
     best = page.locator("#best-marker").text_content()
     summary = (ui.root / "runs" / "ui-run" / "summary.json").read_text()
     assert best.startswith("best step ") and f'"best_step": {best.split()[-1]}' in summary

@@ -92,6 +92,11 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     assert page.eval_on_selector("img.generated", "e => e.naturalWidth") > 0
     screenshot(page, "test", tmp_path_factory)
 
+    page.click("button[data-tab=evaluate]")
+    page.wait_for_selector("#eval-form [name='evaluate.strengths']")
+    assert page.input_value("#eval-form [name='evaluate.strengths']") == "0,0.25,0.5,0.75,1"  # from the tree
+    screenshot(page, "evaluate", tmp_path_factory)
+
 
 def test_the_browser_cannot_leave_the_root_or_skip_the_token(ui, page):
     status = page.evaluate(

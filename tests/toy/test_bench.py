@@ -218,6 +218,8 @@ def test_long_setting_scores_unseen_colours_signals_and_strengths_and_resumes(tm
         assert main([*args, "--resume"]) == 0
         again = json.loads((tmp_path / "out" / "results.json").read_text())
         assert again["runs"][0]["checkpoints"] == run["checkpoints"] and again["signals"] == first["signals"]
+        assert again["runs"][0]["strengths"] == run["strengths"]  # read back from strengths.json
+        assert list((tmp_path / "out").glob("runs/*/checkpoints/step-*/strengths.json"))
         assert main([*args[:-4], "--steps", "6", "--output", str(tmp_path / "out"), "--resume"]) == 2
     finally:
         torch.set_num_threads(threads)

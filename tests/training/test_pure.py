@@ -31,6 +31,29 @@ def test_early_stopping_counts_validations_without_improvement():
     assert stopper.should_stop and stopper.best_step == 20 and stopper.best_loss == 0.5
 
 
+def test_margin_counts_only_rises_beyond_the_standard_error():
+    stopper = EarlyStopping(patience=2, margin=True)
+    assert stopper.update(0.5, 0, se=0.1, val_loss=0.7) and stopper.best_val_loss == 0.7
+    assert not stopper.update(0.58, 10, se=0.1) and stopper.bad_validations == 0  # within its error bar
+    assert not stopper.update(0.65, 20, se=0.1) and stopper.bad_validations == 1
+    assert not stopper.update(0.7, 30, se=0.1) and stopper.should_stop and stopper.best_step == 0
+    plain = EarlyStopping(patience=2)
+    plain.update(0.5, 0)
+    assert not plain.update(0.58, 10, se=0.1) and plain.bad_validations == 1
+
+
+def test_mid_range_is_the_middle_half_of_the_schedule():
+    from trilora.training.validation import mid_range, signal_value
+
+    by_t = {62: 9.0, 312: 1.0, 687: 3.0, 750: 9.0, 937: 9.0}
+    assert mid_range(by_t, 1000) == 2.0
+    assert mid_range({10: 1.0, 990: 3.0}, 1000) == 2.0  # none in the middle: all of them
+    assert (
+        signal_value("val_loss_mid", 5.0, by_t, 1000) == 2.0
+        and signal_value("val_loss", 5.0, by_t, 1000) == 5.0
+    )
+
+
 def test_patience_zero_never_stops():
     stopper = EarlyStopping(patience=0)
     stopper.update(1.0, 0)
@@ -59,6 +82,9 @@ def test_early_stopping_state_is_the_counters_not_the_settings():
     resumed = EarlyStopping(patience=5, min_delta=0.01)
     resumed.load_state_dict(old.state_dict())
     assert (resumed.best_loss, resumed.best_step, resumed.bad_validations) == (0.5, 1, 2)
+    legacy = EarlyStopping(patience=2)  # a checkpoint from before --stop-on has no best_val_loss
+    legacy.load_state_dict({k: v for k, v in old.state_dict().items() if k != "best_val_loss"})
+    assert legacy.best_val_loss == 0.5
     assert (resumed.patience, resumed.min_delta) == (5, 0.01) and not resumed.should_stop
 
 

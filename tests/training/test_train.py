@@ -114,6 +114,32 @@ def test_early_stopping_stops_and_exports_the_best(tmp_path, tiny_model_dir, sha
     summary = train(cfg)
     assert summary["stopped_early"] and summary["steps_run"] == 4 and summary["best_step"] == 0
     assert summary["exported_step"] == 0
+    _, meta = load_adapter(tmp_path / "run" / "best" / "adapter.safetensors")
+    assert meta["step"] == 0 and meta["val_loss"] == pytest.approx(summary["best_val_loss"])
+
+
+# Scripted validations (step: loss, standard error, loss by timestep) where the three signals disagree:
+# the full loss is lowest at step 5, the mid-range part (T/4 <= t < 3T/4: here t = 300) at step 10, and
+# the rises after step 5 stay within their error bars, so the margin rule never runs out of patience.
+SCRIPT = {0: (1.0, 0.01, {300: 1.0, 900: 1.0}), 5: (0.5, 0.01, {300: 0.9, 900: 0.1}),
+          10: (0.6, 0.2, {300: 0.4, 900: 0.8}), 15: (0.62, 0.2, {300: 0.6, 900: 0.64}),
+          20: (0.64, 0.2, {300: 0.6, 900: 0.68})}  # fmt: skip
+
+
+@pytest.mark.parametrize("stop_on, best_step, steps_run", [("val_loss", 5, 15), ("val_loss_mid", 10, 20),
+                                                           ("val_loss_se", 5, 20)])  # fmt: skip
+def test_stop_on_chooses_what_each_signal_says(tmp_path, tiny_model_dir, shapes, monkeypatch, stop_on, best_step,
+                                               steps_run):  # fmt: skip
+    import trilora.training.loop as loop
+
+    monkeypatch.setattr(loop, "validate", lambda r, state: SCRIPT[state.step])
+    cfg = config(tmp_path, tiny_model_dir, shapes, train={"steps": 20},
+                 validation={"validate_every": 5, "patience": 2, "stop_on": stop_on})  # fmt: skip
+    summary = train(cfg)
+    assert (summary["best_step"], summary["steps_run"], summary["stop_on"]) == (best_step, steps_run, stop_on)
+    assert summary["best_val_loss"] == SCRIPT[best_step][0] and summary["exported_step"] == best_step
+    _, meta = load_adapter(tmp_path / "run" / "best" / "adapter.safetensors")
+    assert meta["step"] == best_step
 
 
 def test_single_file_base_with_base_config_and_text_encoder(tmp_path, tiny_model_dir, shapes):

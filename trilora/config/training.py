@@ -142,6 +142,13 @@ class ValidationConfig:
     min_delta: float = opt(
         0.0, "An improvement must lower the validation loss by more than this.", resumable=True
     )
+    stop_on: str = opt(
+        "val_loss",
+        "What early stopping and the best checkpoint follow: val_loss (all timesteps), val_loss_mid (the "
+        "middle half of the schedule only) or val_loss_se (a validation counts against patience only when "
+        "its loss rises above the best by more than its standard error); measured in benchmarks/toy/long.",
+        choices=("val_loss", "val_loss_mid", "val_loss_se"),
+    )
     sample_prompt: list[str] = opt(
         [], "Prompt to sample at each validation (repeatable).", repeat=True, resumable=True
     )

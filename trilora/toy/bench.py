@@ -304,7 +304,10 @@ class Scorer:
         run["evaluate_seconds"] = time.perf_counter() - started
 
     def strength_curves(self, run: dict, config: RunConfig, strengths: list[float]) -> None:
-        """Adds run["strengths"]: style hit and fidelity of its best and last adapters at each strength."""
+        """Adds run["strengths"]: style hit and fidelity of its best and last adapters at each strength
+        (kept beside the checkpoint in strengths.json, so that a resumed bench does not measure again)."""
+        import json
+
         from trilora.adapters.inject import set_multiplier
         from trilora.training.checkpoint import checkpoint_dir
 
@@ -314,7 +317,14 @@ class Scorer:
             step = run[which]["step"]
             if step == 0:
                 continue
-            self.load(checkpoint_dir(self.output / run["folder"], step))
+            path = checkpoint_dir(self.output / run["folder"], step)
+            cached = path / "strengths.json"
+            key = self.key | {"strengths": list(strengths)}
+            found = json.loads(cached.read_text()) if cached.is_file() else None
+            if found is not None and found.get("key") == key:
+                run["strengths"][which] = found["curve"]
+                continue
+            self.load(path)
             curve = []
             for strength in strengths:
                 set_multiplier(self.pipe.unet, strength)
@@ -324,6 +334,7 @@ class Scorer:
                     | {k: scores[k] for k in ("style", "fidelity", "fidelity_unseen", "fid")}
                 )
             set_multiplier(self.pipe.unet, 1.0)
+            write_text(cached, json.dumps({"key": key, "curve": curve}))
             run["strengths"][which] = curve
 
 

@@ -86,9 +86,11 @@ def write_report(output: Path, results: dict) -> None:
         plot_curves(runs, results["base"]["fid"], output / name, f"{entry['method']} rank {entry['rank']}")
         plots.append((f"{entry['method']} rank {entry['rank']}", name))
     plot_fid_overview(results, output / "plots" / "fid.png")
+    from trilora.toy.overfitting import onset_markdown, strength_summary_markdown
     from trilora.toy.stopping import signals_markdown, strengths_markdown
 
     extra = signals_markdown(results.get("signals", {}), results["settings"]["patience"])
+    extra += onset_markdown(results["runs"]) + strength_summary_markdown(results["runs"])
     extra += strengths_markdown(results["runs"])
     write_text(
         output / "report.md", report_markdown(results, plots) + "\n".join(extra) + ("\n" if extra else "")

@@ -3,10 +3,10 @@ every validation), and compared by the quality of the checkpoint each would expo
 
 A signal is a value per validation and a direction; with patience P, training stops after P
 validations that do not improve on the best so far, and the best-so-far checkpoint is exported
-(trilora train's rule). The signals:
+(trilora train's rule). The signals (the first three are `trilora train --stop-on` choices):
 - `val_loss`: the validation loss over all its timesteps (trilora train's default today);
-- `val_loss_mid`: the validation loss at the mid-range timesteps only (250 <= t < 750), where the
-  loss depends most on what the adapter learnt rather than on the noise level;
+- `val_loss_mid`: the validation loss at the mid-range timesteps only (250 <= t < 750 of the toy
+  base's 1000), where the loss depends most on what the adapter learnt rather than on the noise level;
 - `val_loss_se`: the validation loss, but a validation counts against patience only when its loss
   exceeds the best by more than its standard error (a rise the error bars cannot explain);
 - `generation`: held-out prompts (not the test prompts) generated and judged at every validation:
@@ -21,8 +21,9 @@ highest.
 import math
 
 from trilora.toy.report import mean_std
+from trilora.training.validation import mid_range
 
-MID = (250, 750)
+TIMESTEPS = 1000  # the toy base's schedule
 SIGNALS = ("val_loss", "val_loss_mid", "val_loss_se", "generation")
 
 
@@ -49,10 +50,9 @@ def signal_points(run: dict, signal: str) -> list[tuple[int, float, float]]:
     points = []
     for v in run["validations"]:
         if signal == "val_loss_mid":
-            mid = [loss for t, loss in (v.get("val_loss_by_t") or {}).items() if MID[0] <= int(t) < MID[1]]
-            if not mid:
+            if not v.get("val_loss_by_t"):
                 return []
-            points.append((v["step"], sum(mid) / len(mid), 0.0))
+            points.append((v["step"], mid_range(v["val_loss_by_t"], TIMESTEPS), 0.0))
         else:
             points.append(
                 (v["step"], v["val_loss"], v["val_loss_se"] or 0.0 if signal == "val_loss_se" else 0.0)
@@ -131,7 +131,7 @@ def strengths_markdown(runs: list[dict]) -> list[str]:
                 curves.setdefault(key, []).append(point)
     if not curves:
         return []
-    lines = ["", "## Strength control", "",
+    lines = ["", "### Every strength", "",
              "The best and last adapters of every run at each strength (the kohya file's multiplier), mean over "
              "seeds: style hit, fidelity (all prompts) and fidelity on unseen colours.", "",
              "| method | rank | checkpoint | strength | style hit | fidelity | unseen fidelity | toy FID |",

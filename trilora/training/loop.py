@@ -49,7 +49,7 @@ from trilora.training.optim import make_optimizer
 from trilora.training.progress import Progress
 from trilora.training.schedule import lr_at
 from trilora.training.state import TrainingState
-from trilora.training.validation import EarlyStopping, by_timestep, mean_and_standard_error
+from trilora.training.validation import EarlyStopping, by_timestep, mean_and_standard_error, signal_value
 
 if TYPE_CHECKING:  # setup.py imports diffusers: a refused run should stop before that
     from trilora.training.setup import Setup
@@ -211,7 +211,11 @@ def new_state(r: Run, metrics_start: int) -> TrainingState:
     for model in models.values():
         model.train()  # from_pretrained leaves models in eval mode; adapter dropout needs train mode
     metrics = MetricsLog(r.output / "metrics.csv" if r.dist.main else None, metrics_start)
-    stopper = EarlyStopping(config.validation.patience, config.validation.min_delta)
+    stopper = EarlyStopping(
+        config.validation.patience,
+        config.validation.min_delta,
+        margin=config.validation.stop_on == "val_loss_se",
+    )
     ema = EMA(params, config.train.ema) if config.train.ema else None
     return TrainingState(models, optimizer, stopper, metrics, ema)
 
@@ -238,7 +242,7 @@ def restore(r: Run, state: TrainingState, resume: dict, source: Path, in_place: 
             shutil.rmtree(later, ignore_errors=True)
     if r.dist.main and not in_place and state.best_state is not None:
         write_adapter(r.output / "best" / "adapter.safetensors", state.best_state, r.config, state.stopper.best_step,
-                      state.stopper.best_loss)  # fmt: skip
+                      state.stopper.best_val_loss)  # fmt: skip
     log.info("resumed from step %d (%s) into %s", state.step, source, r.output)
 
 
@@ -367,14 +371,21 @@ def evaluate(
     stopper = state.stopper
     with state.averaged():
         val_loss, val_se, by_t = validate(r, state)
-        if stopper.update(val_loss, state.step):
+        value = signal_value(
+            r.config.validation.stop_on, val_loss, by_t, r.scheduler.config.num_train_timesteps
+        )
+        if stopper.update(value, state.step, val_se, val_loss):
             state.best_state = state.adapter_state()
-        if r.dist.main:
-            write_adapter(
-                r.output / "best" / "adapter.safetensors", state.best_state, r.config, state.step, val_loss
-            )
+            if r.dist.main:
+                write_adapter(
+                    r.output / "best" / "adapter.safetensors",
+                    state.best_state,
+                    r.config,
+                    state.step,
+                    val_loss,
+                )
     progress.note(f"step {state.step}: val_loss {val_loss:.5f} ± {val_se:.5f} "
-                  f"(best {stopper.best_loss:.5f} at step {stopper.best_step})")  # fmt: skip
+                  f"(best {stopper.best_val_loss:.5f} at step {stopper.best_step})")  # fmt: skip
     return val_loss, val_se, by_t
 
 
@@ -391,7 +402,7 @@ def finish(r: Run, state: TrainingState, stopped_early: bool, last_val_loss: flo
         log.warning("no validation set: exporting the last adapter")
     state.load_adapter_state(state.best_state if use_best else last_state)
     exported_step = stopper.best_step if use_best else step
-    exported = export_adapters(r.setup.pipe, config, r.output, exported_step, stopper.best_loss if use_best else None,
+    exported = export_adapters(r.setup.pipe, config, r.output, exported_step, stopper.best_val_loss if use_best else None,
                                step)  # fmt: skip
     plot_losses(state.metrics.rows, r.output / "loss.png", stopper.best_step,
                 f"{config.adapter.method} rank {config.adapter.rank}")  # fmt: skip
@@ -403,7 +414,8 @@ def finish(r: Run, state: TrainingState, stopped_early: bool, last_val_loss: flo
         "conv_alpha": config.adapter.resolved_conv_alpha,
         "steps_run": step,
         "best_step": stopper.best_step,
-        "best_val_loss": stopper.best_loss if stopper.best_step is not None else None,
+        "best_val_loss": stopper.best_val_loss if stopper.best_step is not None else None,
+        "stop_on": config.validation.stop_on,
         "stopped_early": stopped_early,
         "exported": {k: str(v) for k, v in exported.items()},
         "exported_step": exported_step,

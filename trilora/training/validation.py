@@ -50,19 +50,40 @@ def by_timestep(losses: torch.Tensor, timesteps: torch.Tensor) -> dict[int, floa
     return {int(t): float(m) for t, m in zip(timesteps.tolist(), losses.mean(0).tolist(), strict=True)}
 
 
+def mid_range(by_t: dict[int, float], num_train_timesteps: int) -> float:
+    """The mean loss over the validation timesteps in the middle half of the schedule, T/4 <= t < 3T/4
+    (all timesteps when none falls there): where the loss depends most on what the adapter learnt."""
+    mid = [
+        loss for t, loss in by_t.items() if num_train_timesteps / 4 <= int(t) < 3 * num_train_timesteps / 4
+    ]
+    mid = mid or list(by_t.values())
+    return sum(mid) / len(mid)
+
+
+def signal_value(stop_on: str, val_loss: float, by_t: dict[int, float], num_train_timesteps: int) -> float:
+    """The value early stopping follows (lower is better): the validation loss, or its mid-range part."""
+    return mid_range(by_t, num_train_timesteps) if stop_on == "val_loss_mid" else val_loss
+
+
 class EarlyStopping:
-    """Counts validations without an improvement of more than `min_delta`; patience 0 never stops."""
+    """Counts validations without an improvement of more than `min_delta`; patience 0 never stops.
+    `margin`: a validation counts against patience only when it is worse than the best by more than
+    its standard error (a rise the error bars cannot explain)."""
 
-    def __init__(self, patience: int, min_delta: float = 0.0):
-        self.patience, self.min_delta = patience, min_delta
+    def __init__(self, patience: int, min_delta: float = 0.0, margin: bool = False):
+        self.patience, self.min_delta, self.margin = patience, min_delta, margin
         self.best_loss, self.best_step, self.bad_validations = math.inf, None, 0
+        self.best_val_loss = math.inf  # the validation loss at best_step (best_loss is the signal's value)
 
-    def update(self, loss: float, step: int) -> bool:
-        """Record a validation; True when it is the new best."""
-        if loss < self.best_loss - self.min_delta:
-            self.best_loss, self.best_step, self.bad_validations = loss, step, 0
+    def update(self, value: float, step: int, se: float = 0.0, val_loss: float | None = None) -> bool:
+        """Record a validation (the signal's value, its standard error and the validation loss); True when
+        it is the new best."""
+        if value < self.best_loss - self.min_delta:
+            self.best_loss, self.best_step, self.bad_validations = value, step, 0
+            self.best_val_loss = value if val_loss is None else val_loss
             return True
-        self.bad_validations += 1
+        if not self.margin or value > self.best_loss + se:
+            self.bad_validations += 1
         return False
 
     @property
@@ -75,8 +96,10 @@ class EarlyStopping:
             "best_loss": self.best_loss,
             "best_step": self.best_step,
             "bad_validations": self.bad_validations,
+            "best_val_loss": self.best_val_loss,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.best_loss, self.best_step = state["best_loss"], state["best_step"]
         self.bad_validations = state["bad_validations"]
+        self.best_val_loss = state.get("best_val_loss", self.best_loss)  # checkpoints from before stop_on

@@ -3,9 +3,12 @@
 The bare loop is the least a LoRA trainer must do: the same UNet with the same adapters, the same
 cached latents and text embeddings and batch, forward + backward + AdamW, nothing else. Our loop
 adds data order, per-step metrics, the progress display and the learning-rate schedule. The goal
-is an overhead ratio of at most 1.10. The last line is the ratio.
+is an overhead ratio of at most 1.10. The last line is the ratio. With --compile, our loop also runs
+with --compile (regional torch.compile; its compilation falls in the warm-up steps the medians leave
+out), and the compiled/eager ratio is printed before it.
 
     python benchmarks/train_step.py                 # the tiny model on the CPU
+    python benchmarks/train_step.py --compile       # and our loop compiled, side by side
     python benchmarks/train_step.py --model sd15    # full-size SD 1.5, random weights (needs a GPU)
 """
 
@@ -78,14 +81,21 @@ def bare_loop(
 
 
 def our_loop(
-    base: Path, data: Path, out: Path, resolution: int, batch_size: int, rank: int, steps: int
+    base: Path,
+    data: Path,
+    out: Path,
+    resolution: int,
+    batch_size: int,
+    rank: int,
+    steps: int,
+    compile: bool = False,
 ) -> list[float]:
     config = from_dict({
         "output": str(out),
         "model": {"base": str(base)},
         "data": {"data": str(data), "resolution": resolution, "val_fraction": 0.0},
         "adapter": {"method": "trilora", "rank": rank},
-        "train": {"batch_size": batch_size, "steps": steps},
+        "train": {"batch_size": batch_size, "steps": steps, "compile": compile},
         "validation": {"validate_every": steps + 1},
     })  # fmt: skip
     train(config)
@@ -101,6 +111,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--compile", action="store_true", help="also time our loop with --compile")
     args = parser.parse_args()
     device = resolve_device("auto")
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,6 +126,9 @@ def main() -> None:
         # (warm-up, other load) does not favour either side
         bare_before = bare_loop(base, resolution, args.batch_size, args.rank, args.steps, device)[warmup:]
         ours = our_loop(base, data, tmp / "run", resolution, args.batch_size, args.rank, args.steps)[warmup:]
+        if args.compile:
+            compiled = our_loop(base, data, tmp / "compiled", resolution, args.batch_size, args.rank, args.steps,
+                                compile=True)[warmup:]  # fmt: skip
         bare_after = bare_loop(base, resolution, args.batch_size, args.rank, args.steps, device)[warmup:]
     bare_s = (statistics.median(bare_before) + statistics.median(bare_after)) / 2
     ours_s = statistics.median(ours)
@@ -123,6 +137,10 @@ def main() -> None:
     )
     print(f"bare loop: {bare_s * 1000:.1f} ms/step (median)")
     print(f"trilora:   {ours_s * 1000:.1f} ms/step (median)")
+    if args.compile:
+        compiled_s = statistics.median(compiled)
+        print(f"trilora --compile: {compiled_s * 1000:.1f} ms/step (median)")
+        print(f"compiled / eager: {compiled_s / ours_s:.2f}")
     print(f"overhead ratio: {ours_s / bare_s:.2f}")
 
 

@@ -193,6 +193,7 @@ def test_signals_are_judged_by_the_quality_of_what_they_export():
     assert found["val_loss_mid"]["chosen_step"] == 10 and found["val_loss_mid"]["fid_within_5pct"]
     assert found["generation"]["chosen_step"] == 10 and found["generation"]["wasted"] == 10
     assert not found["val_loss"]["fid_within_5pct"] and not found["val_loss"]["unseen_within_5pct"]
+    assert found["none"]["chosen_step"] == 30 and found["none"]["stop_step"] is None  # train to the end
     summary = signals_summary([{"signals": found}])
     assert summary["val_loss_mid"]["fid_within_5pct"] == 1 and summary["val_loss"]["fid_within_5pct"] == 0
 
@@ -210,7 +211,7 @@ def test_long_setting_scores_unseen_colours_signals_and_strengths_and_resumes(tm
         first = json.loads((tmp_path / "out" / "results.json").read_text())
         run = first["runs"][0]
         assert all("fidelity_unseen" in c and "signal" in c for c in run["checkpoints"])
-        assert set(run["signals"]) == {"val_loss", "val_loss_mid", "val_loss_se", "generation"}
+        assert set(run["signals"]) == {"val_loss", "val_loss_mid", "val_loss_se", "generation", "none"}
         assert [p["strength"] for p in run["strengths"]["last"]] == [1.5]
         assert first["settings"]["train_colours"] == ["red", "blue"]
         assert "## Stopping signals" in (tmp_path / "out" / "report.md").read_text()

@@ -89,7 +89,7 @@ def write_report(output: Path, results: dict) -> None:
     from trilora.toy.overfitting import onset_markdown, strength_summary_markdown
     from trilora.toy.stopping import signals_markdown, strengths_markdown
 
-    extra = signals_markdown(results.get("signals", {}), results["settings"]["patience"])
+    extra = signals_markdown(results.get("signals", {}), results["settings"])
     extra += onset_markdown(results["runs"]) + strength_summary_markdown(results["runs"])
     extra += strengths_markdown(results["runs"])
     write_text(
@@ -183,8 +183,10 @@ def report_markdown(results: dict, plots: list[tuple[str, str]]) -> str:
     for title, name in plots:
         lines += [f"![{title}]({name})", ""]
     lines += [
-        f"Wall time: training {seconds['train']:.0f} s, evaluation {seconds['evaluate']:.0f} s, "
-        f"total {seconds['total']:.0f} s. Every number is in results.json.",
+        f"Wall time of this invocation: training {seconds['train']:.0f} s, evaluation {seconds['evaluate']:.0f} s, "
+        f"total {seconds['total']:.0f} s (a resumed bench counts only what it did itself; each run's training "
+        f"seconds since its last start are in results.json: {sum(r['train_seconds'] for r in results['runs']):.0f} s "
+        "in all). Every number is in results.json.",
         "",
     ]
     return "\n".join(lines)

@@ -11,7 +11,9 @@ validations that do not improve on the best so far, and the best-so-far checkpoi
   exceeds the best by more than its standard error (a rise the error bars cannot explain);
 - `generation`: held-out prompts (not the test prompts) generated and judged at every validation:
   the share with style, colour, floors and time all right (higher is better); for real models the
-  same role falls to CLIP score and KID against the validation images (`trilora evaluate`).
+  same role falls to CLIP score and KID against the validation images (`trilora evaluate`);
+- `none` (the baseline): no early stopping, the last adapter exported, as kohya's and OneTrainer's
+  users do by default.
 Quality, from the test prompts: toy FID (lower is better) and fidelity on the colours the training
 set never shows (higher is better). A chosen checkpoint is "within 5 %" when its toy FID is at most
 1.05 x the lowest of the run, and separately when its unseen-colour fidelity is at least 0.95 x the
@@ -69,13 +71,16 @@ def compare_signals(run: dict, patience: int) -> dict:
     best_fid_step = min(run["checkpoints"], key=lambda c: c["fid"])["step"]
     last = run["checkpoints"][-1]["step"]
     out = {}
-    for signal in SIGNALS:
-        points = [p for p in signal_points(run, signal) if p[0] in by_step]
-        if len(points) < 2:
+    for signal in (*SIGNALS, "none"):
+        points = [p for p in signal_points(run, signal) if p[0] in by_step] if signal != "none" else []
+        if signal == "none":  # the baseline: no early stopping, the last adapter exported
+            stop, chosen = None, last
+        elif len(points) < 2:
             continue
-        stop, chosen = replay(
-            points, patience, higher_is_better=signal == "generation", margin=signal == "val_loss_se"
-        )
+        else:
+            stop, chosen = replay(
+                points, patience, higher_is_better=signal == "generation", margin=signal == "val_loss_se"
+            )
         c = by_step[chosen]
         trained = stop if stop is not None else last
         out[signal] = {
@@ -90,7 +95,7 @@ def compare_signals(run: dict, patience: int) -> dict:
 def signals_summary(runs: list[dict]) -> dict:
     """Per signal, over all runs: how often within 5 %, and steps trained, wasted and cut short."""
     summary = {}
-    for signal in SIGNALS:
+    for signal in (*SIGNALS, "none"):
         found = [r["signals"][signal] for r in runs if signal in r.get("signals", {})]
         if not found:
             continue
@@ -103,21 +108,35 @@ def signals_summary(runs: list[dict]) -> dict:
     return summary
 
 
-def signals_markdown(summary: dict, patience: int) -> list[str]:
+def unet_passes(signal: str, settings: dict) -> int:
+    """What one validation of a signal costs, in UNet evaluations: the validation loss is one forward
+    pass per (image, timestep); the generation signal samples each held-out prompt (two passes per
+    denoising step with classifier-free guidance)."""
+    if signal == "none":
+        return 0
+    if signal == "generation":
+        return settings["signal_prompts"] * settings["sample_steps"] * (2 if settings["guidance"] > 1 else 1)
+    return settings["val_images"] * settings["val_timesteps"]
+
+
+def signals_markdown(summary: dict, settings: dict) -> list[str]:
     if not summary:
         return []
     lines = ["", "## Stopping signals", "",
-             f"Each signal replayed with patience {patience} on the same runs (trilora/toy/stopping.py says what "
-             "each is). Within 5 %: runs whose exported checkpoint has a toy FID within 5 % of the run's lowest, "
-             "or an unseen-colour fidelity within 5 % of its highest. Steps: mean ± sd over runs.", "",
+             f"Each signal replayed with patience {settings['patience']} on the same runs (trilora/toy/stopping.py "
+             "says what each is). Within 5 %: runs whose exported checkpoint has a toy FID within 5 % of the run's "
+             "lowest, or an unseen-colour fidelity within 5 % of its highest. Steps: mean ± sd over runs. Cost: UNet "
+             "evaluations per validation (a training step of batch "
+             f"{settings['batch_size']} is about {3 * settings['batch_size']}: forward and backward).", "",
              "| signal | runs | FID within 5 % | unseen fidelity within 5 % | steps trained | wasted after the lowest FID "
-             "| cut short before it | toy FID exported |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+             "| cut short before it | toy FID exported | cost per validation |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for signal, s in summary.items():
         f = lambda stat, d=0: "–" if stat["mean"] is None else (  # noqa: E731
             f"{stat['mean']:.{d}f}" + ("" if stat["std"] is None else f" ± {stat['std']:.{d}f}"))  # fmt: skip
         lines.append(f"| `{signal}` | {s['runs']} | {s['fid_within_5pct']} | {s['unseen_within_5pct']} | "
-                     f"{f(s['steps_trained'])} | {f(s['wasted'])} | {f(s['cut_short'])} | {f(s['fid'], 1)} |")  # fmt: skip
+                     f"{f(s['steps_trained'])} | {f(s['wasted'])} | {f(s['cut_short'])} | {f(s['fid'], 1)} | "
+                     f"{unet_passes(signal, settings)} |")  # fmt: skip
     return lines
 
 

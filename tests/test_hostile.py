@@ -127,6 +127,17 @@ def test_a_toml_value_of_the_wrong_type_names_key_type_and_value(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_generation_signal_without_a_scorer_is_refused_before_anything_is_written(
+    tiny_model_dir, shapes, tmp_path
+):
+    output = tmp_path / "run"
+    result = cli(*train_args(tiny_model_dir, shapes, output, "--steps", "1", "--stop-on", "generation"))
+    assert_refused(result, "--stop-on generation needs a scorer", "--clip-model")
+    assert_refused(cli(*train_args(tiny_model_dir, shapes, output, "--steps", "1", "--clip-model", tmp_path / "nowhere")),
+                   "nowhere")  # fmt: skip
+    assert {p.name for p in output.iterdir()} <= {".trilora.lock"}  # no run left behind to block a retry
+
+
 def test_output_paths_that_cannot_be_folders(tiny_model_dir, shapes, tmp_path):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")

@@ -15,7 +15,7 @@ from PIL import Image
 from trilora.config import SETTINGS_FILE, DemoConfig, RunConfig, Tree, from_dict, settings_toml
 from trilora.files import save_image, write_json, write_text
 from trilora.toy.base import RESOLUTION
-from trilora.toy.evaluate import ADAPTER_STYLE, adapter_dataset, prompt_set
+from trilora.toy.evaluate import ADAPTER_STYLE, SIGNAL_SEED, adapter_dataset, prompt_set
 from trilora.toy.world import caption
 
 log = logging.getLogger("trilora")
@@ -39,7 +39,14 @@ def demo_config(output: Path, base: Path, steps: int) -> RunConfig:
                 "warmup_steps": 20,
                 "min_snr_gamma": 5.0,
             },
-            "validation": {"validate_every": 20, "patience": 10, "val_timesteps": 8},
+            # stopping follows the generation signal (--stop-on auto on the toy base) on the long bench's
+            # 16 held-out prompts, in all eight colours: not the test prompts, not the validation captions
+            "validation": {
+                "validate_every": 20,
+                "patience": 10,
+                "val_timesteps": 8,
+                "signal_prompt": [caption(a) for a in prompt_set(16, (ADAPTER_STYLE,), seed=SIGNAL_SEED)],
+            },
             "export": {"name": "onion"},
         },
         source="demo",
@@ -122,7 +129,8 @@ def demo_locked(output: Path, steps: int, base: Path, captions: str = "given") -
 
     b, a = scores["before"], scores["after"]
     print(
-        f"demo finished: best step {summary['best_step']} of {summary['steps_run']} (chosen by validation loss)"
+        f"demo finished: best step {summary['best_step']} of {summary['steps_run']} (chosen by "
+        f"{'the generation signal' if summary['stop_on'] == 'generation' else 'validation loss'})"
     )
     print(f"  {ADAPTER_STYLE} style hit (judge): {b['style']:.0%} before -> {a['style']:.0%} after")
     print(f"  colour right: {b['colour']:.0%} -> {a['colour']:.0%}; colour, floors and time all right: "

@@ -17,6 +17,7 @@ PURPOSES = (
     "dropout",  # the adapter dropout of each optimiser step (the global torch generator)
     "validation",  # the fixed noise of the validation set
     "class_image",  # DreamBooth's generated class images, one each
+    "signal",  # the latents of the generation signal's held-out prompts, one each
 )
 
 

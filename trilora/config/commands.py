@@ -313,7 +313,8 @@ COMMANDS = {
                 "export.name",
                 "checkpoint.resume",
                 "checkpoint.overwrite",
-            ),  # per method, or compare's own
+                "validation.clip_model",
+            ),  # per method, or compare's own (its trainings stop on the validation loss or the toy judge)
             flags={
                 "train.steps": "train-steps",
                 "train.batch_size": "train-batch-size",

@@ -143,11 +143,26 @@ class ValidationConfig:
         0.0, "An improvement must lower the validation loss by more than this.", resumable=True
     )
     stop_on: str = opt(
-        "val_loss",
-        "What early stopping and the best checkpoint follow: val_loss (all timesteps), val_loss_mid (the "
-        "middle half of the schedule only) or val_loss_se (a validation counts against patience only when "
-        "its loss rises above the best by more than its standard error); measured in benchmarks/toy/long.",
-        choices=("val_loss", "val_loss_mid", "val_loss_se"),
+        "auto",
+        "What early stopping and the best checkpoint follow: generation (held-out prompts sampled and "
+        "scored at each validation: by the toy judge on the toy base, else by CLIP score with --clip-model), "
+        "val_loss (all timesteps), val_loss_mid (the middle half of the schedule only) or val_loss_se (a "
+        "validation counts against patience only when its loss rises above the best by more than its "
+        "standard error); auto = generation where a scorer is at hand, else val_loss. Measured in "
+        "benchmarks/toy/long.",
+        choices=("auto", "generation", "val_loss", "val_loss_mid", "val_loss_se"),
+    )
+    signal_prompt: list[str] = opt(
+        [],
+        "Held-out prompt for the generation signal (repeatable; default: up to 16 validation captions).",
+        repeat=True,
+    )
+    clip_model: str | None = opt(
+        None,
+        "A local CLIP folder (e.g. openai/clip-vit-large-patch14) that scores the generation signal "
+        "on real models.",
+        metavar="DIR",
+        path=True,
     )
     sample_prompt: list[str] = opt(
         [], "Prompt to sample at each validation (repeatable).", repeat=True, resumable=True

@@ -32,6 +32,7 @@ from trilora.toy.evaluate import (
     ADAPTER_COLOURS,
     ADAPTER_STYLE,
     GUIDANCE,
+    SIGNAL_SEED,
     STEPS,
     adapter_dataset,
     generate_images,
@@ -45,7 +46,6 @@ log = logging.getLogger("trilora")
 VAL_IMAGES = 10
 TRAIN_SEED, VAL_SEED = 0, 1  # render seeds of the training and validation sets
 PROMPT_SEED = 2  # the test prompts (evaluate.prompt_set)
-SIGNAL_SEED = 3  # the held-out prompts of the generation stopping signal
 IMAGE_SEED = 0  # image k from latent seed IMAGE_SEED + k; also the reference renders' seed
 RESOLUTION = 32
 BATCH_SIZE = 4
@@ -204,7 +204,13 @@ def bench_config(
             },  # fmt: skip
             "adapter": {"method": method, "rank": rank},
             "train": {"lr": lr, "batch_size": BATCH_SIZE, "steps": steps, "seed": seed},
-            "validation": {"validate_every": eval_every, "patience": 0, "val_timesteps": VAL_TIMESTEPS},
+            # stopping is replayed afterwards, the generation signal included (Scorer): none while training
+            "validation": {
+                "validate_every": eval_every,
+                "patience": 0,
+                "val_timesteps": VAL_TIMESTEPS,
+                "stop_on": "val_loss",
+            },
             "checkpoint": {"checkpoint_every": eval_every, "keep_checkpoints": steps // eval_every},
             "export": {"name": f"{method}-r{rank}-s{seed}"},
         },

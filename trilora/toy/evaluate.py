@@ -23,6 +23,7 @@ GUIDANCE = (
 # three wall colours; test prompts ask for all eight, so overfitting shows as lost colour fidelity.
 ADAPTER_STYLE = "onion"
 ADAPTER_COLOURS = ("red", "blue", "white")
+SIGNAL_SEED = 3  # the held-out prompts of the generation stopping signal (the bench's, and the demo's)
 
 
 def adapter_dataset(

@@ -150,24 +150,23 @@ def run(
     order = BatchOrder([i.repeats for i in s.train_items], s.train_buckets, opts.batch_size, opts.seed)
     elapsed_before = state.metrics.rows[-1]["elapsed_s"] if state.metrics.rows else None
     started = time.perf_counter() - (elapsed_before or 0.0)
-    stopped_early, val_loss = state.stopper.should_stop, None
+    stopped_early, measured = state.stopper.should_stop, {}
     if start_step == 0:
-        val_loss, val_se, by_t = evaluate(r, state, progress)
-        state.metrics.write(step=0, val_loss=val_loss, val_loss_se=val_se, val_loss_by_t=by_t, elapsed_s=0.0,
-                            lr=learning_rate(r, 0))  # fmt: skip
+        measured = evaluate(r, state, progress)
+        state.metrics.write(step=0, elapsed_s=0.0, lr=learning_rate(r, 0), **measured)
     with StopRequest() as stop:
         last_step = start_step if stopped_early else s.total_steps  # a resumed run that had stopped early
         for step in range(start_step + 1, last_step + 1):
             lr = learning_rate(r, step - 1)
             train_loss = train_step(r, state, order, step, lr)
             state.step = step
-            val_loss = val_se = by_t = None
+            measured = {}
             if step % val_opts.validate_every == 0 or step == s.total_steps:
-                val_loss, val_se, by_t = evaluate(r, state, progress)
+                measured = evaluate(r, state, progress)
             elif val_opts.sample_every and step % val_opts.sample_every == 0 and val_opts.sample_prompt:
                 sample(r, state)
-            state.metrics.write(step=step, train_loss=train_loss, val_loss=val_loss, val_loss_se=val_se,
-                                val_loss_by_t=by_t, lr=lr, elapsed_s=time.perf_counter() - started)  # fmt: skip
+            state.metrics.write(step=step, train_loss=train_loss, lr=lr, elapsed_s=time.perf_counter() - started,
+                                **measured)  # fmt: skip
             progress.update(step, train_loss)
             stopped_early = state.stopper.should_stop
             if stopped_early:
@@ -186,7 +185,7 @@ def run(
                 break
     progress.close()
     state.metrics.close()
-    return finish(r, state, stopped_early, val_loss if state.step > start_step else None)
+    return finish(r, state, stopped_early, measured.get("val_loss") if state.step > start_step else None)
 
 
 def training_scheduler(s: Setup):
@@ -212,9 +211,7 @@ def new_state(r: Run, metrics_start: int) -> TrainingState:
         model.train()  # from_pretrained leaves models in eval mode; adapter dropout needs train mode
     metrics = MetricsLog(r.output / "metrics.csv" if r.dist.main else None, metrics_start)
     stopper = EarlyStopping(
-        config.validation.patience,
-        config.validation.min_delta,
-        margin=config.validation.stop_on == "val_loss_se",
+        config.validation.patience, config.validation.min_delta, margin=r.setup.stop_on == "val_loss_se"
     )
     ema = EMA(params, config.train.ema) if config.train.ema else None
     return TrainingState(models, optimizer, stopper, metrics, ema)
@@ -360,21 +357,25 @@ def sample(r: Run, state: TrainingState) -> None:
         save_samples(r.setup.pipe, r.config.validation, r.config, folder, r.device, r.setup.autocast)
 
 
-def evaluate(
-    r: Run, state: TrainingState, progress: Progress
-) -> tuple[float | None, float | None, dict | None]:
-    """Samples, then the validation loss; a new best becomes the best adapter (written to best/)."""
+def evaluate(r: Run, state: TrainingState, progress: Progress) -> dict:
+    """Samples, then the validation loss (and the generation signal); a new best of what stopping
+    follows becomes the best adapter (written to best/). Returns the metrics row's measurements."""
     if r.config.validation.sample_prompt:
         sample(r, state)
     if r.setup.validation is None:
-        return None, None, None
-    stopper = state.stopper
+        return {}
+    stopper, signal = state.stopper, None
     with state.averaged():
         val_loss, val_se, by_t = validate(r, state)
-        value = signal_value(
-            r.config.validation.stop_on, val_loss, by_t, r.scheduler.config.num_train_timesteps
-        )
-        if stopper.update(value, state.step, val_se, val_loss):
+        if r.setup.signal is not None:
+            signal = r.setup.signal.measure(
+                r.setup.pipe, r.config.data.resolution, r.device, r.setup.autocast
+            )
+            value, se = -signal, 0.0  # higher is better; the stopper minimises
+        else:
+            value = signal_value(r.setup.stop_on, val_loss, by_t, r.scheduler.config.num_train_timesteps)
+            se = val_se
+        if stopper.update(value, state.step, se, val_loss):
             state.best_state = state.adapter_state()
             if r.dist.main:
                 write_adapter(
@@ -384,9 +385,10 @@ def evaluate(
                     state.step,
                     val_loss,
                 )
-    progress.note(f"step {state.step}: val_loss {val_loss:.5f} ± {val_se:.5f} "
-                  f"(best {stopper.best_val_loss:.5f} at step {stopper.best_step})")  # fmt: skip
-    return val_loss, val_se, by_t
+    shown = "" if signal is None else f", signal {signal:.3f}"
+    progress.note(f"step {state.step}: val_loss {val_loss:.5f} ± {val_se:.5f}{shown} "
+                  f"(best step {stopper.best_step}: val_loss {stopper.best_val_loss:.5f})")  # fmt: skip
+    return {"val_loss": val_loss, "val_loss_se": val_se, "val_loss_by_t": by_t, "signal": signal}
 
 
 def finish(r: Run, state: TrainingState, stopped_early: bool, last_val_loss: float | None) -> dict:
@@ -415,7 +417,7 @@ def finish(r: Run, state: TrainingState, stopped_early: bool, last_val_loss: flo
         "steps_run": step,
         "best_step": stopper.best_step,
         "best_val_loss": stopper.best_val_loss if stopper.best_step is not None else None,
-        "stop_on": config.validation.stop_on,
+        "stop_on": r.setup.stop_on,
         "stopped_early": stopped_early,
         "exported": {k: str(v) for k, v in exported.items()},
         "exported_step": exported_step,

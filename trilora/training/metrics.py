@@ -8,8 +8,9 @@ from pathlib import Path
 from trilora.files import save_figure, write_text
 from trilora.plotting import pyplot
 
-COLUMNS = ("step", "train_loss", "val_loss", "val_loss_se", "lr", "elapsed_s", "val_loss_by_t")
+COLUMNS = ("step", "train_loss", "val_loss", "val_loss_se", "lr", "elapsed_s", "val_loss_by_t", "signal")
 # val_loss_by_t: the validation loss at each validation timestep, "t:loss t:loss ..." (ascending t)
+# signal: the generation signal's score (--stop-on generation; higher is better)
 
 
 class MetricsLog:
@@ -61,7 +62,7 @@ class MetricsLog:
             csv.writer(f).writerow(_csv_row(row))
 
     def _scalars(self, row: dict) -> None:
-        for key in ("train_loss", "val_loss", "lr"):
+        for key in ("train_loss", "val_loss", "lr", "signal"):
             if row[key] is not None:
                 self.tensorboard.add_scalar(key, row[key], row["step"])
 

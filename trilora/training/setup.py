@@ -23,6 +23,7 @@ from trilora.files import save_image, write_text
 from trilora.seeds import derive_seed
 from trilora.training.distributed import Distributed
 from trilora.training.fast import apply_fast_path
+from trilora.training.signal import GenerationSignal, generation_signal
 from trilora.training.validation import ValidationSet, make_validation_set
 
 log = logging.getLogger("trilora")
@@ -42,6 +43,8 @@ class Setup:
     validation: ValidationSet | None
     total_steps: int
     data_fingerprint: str  # what resume checks to refuse changed data
+    stop_on: str  # what early stopping follows (--stop-on auto resolved)
+    signal: GenerationSignal | None  # the generation signal, when stop_on is "generation"
 
 
 def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
@@ -68,6 +71,9 @@ def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
         train_items, val_items = split_validation(items, data.val_fraction, opts.seed)
     train_items += regularisation  # class images train, never validate
     pipe = load_pipeline(config.model.base, config.model.base_config)
+    # the stopping signal's scorer before any long work, so that a wrong --clip-model stops here
+    stop_on, signal = generation_signal(config, pipe, [i.caption for i in val_items], device) if val_items else (
+        "val_loss", None)  # fmt: skip
     buckets = choose_buckets([i.image for i in train_items + val_items], data.resolution, data.buckets)
     train_items, train_pixels = load_images(train_items, data.resolution, buckets)
     val_items, val_pixels = load_images(val_items, data.resolution, buckets) if val_items else ([], [])
@@ -125,7 +131,7 @@ def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
     total_steps = opts.steps or (opts.epochs * steps_per_epoch if opts.epochs else 1000)
     fingerprint = data_fingerprint(train_items, val_items)
     return Setup(pipe, device, autocast, train_items, train_latents, train_condition, shapes, validation,
-                 total_steps, fingerprint)  # fmt: skip
+                 total_steps, fingerprint, stop_on, signal)  # fmt: skip
 
 
 def data_fingerprint(train_items: list[Item], val_items: list[Item]) -> str:

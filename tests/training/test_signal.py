@@ -1,0 +1,86 @@
+"""The generation stopping signal: which scorer `--stop-on auto` finds, what the toy judge scores, and
+that stopping and the best checkpoint follow the signal rather than the validation loss."""
+
+import pytest
+
+from trilora.base.tiny import make_shapes_dataset
+from trilora.config import from_dict
+from trilora.errors import UserError
+from trilora.toy.base import build_toy_pipeline
+from trilora.toy.world import Attributes, caption, render
+from trilora.training.signal import generation_signal, is_toy_world, toy_scorer
+
+TOY = [
+    Attributes("onion", colour, floors, "day") for colour, floors in [("red", 1), ("green", 3), ("blue", 2)]
+]
+
+
+def run_config(tmp_path, base, **validation):
+    return from_dict({"output": str(tmp_path / "run"), "model": {"base": str(base)},
+                      "data": {"data": str(tmp_path), "resolution": 32}, "validation": validation})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def toy_pipe():
+    return build_toy_pipeline(0)
+
+
+def test_the_toy_world_is_told_by_its_unet(toy_pipe, tiny_model_dir):
+    from trilora.base.load import load_pipeline
+
+    assert is_toy_world(toy_pipe.unet) and not is_toy_world(load_pipeline(tiny_model_dir).unet)
+
+
+def test_the_judge_scores_renders_of_the_prompts_above_renders_of_others():
+    prompts = [caption(a) for a in TOY]
+    score = toy_scorer(prompts)
+    assert score([render(a, 7 + k) for k, a in enumerate(TOY)], prompts) == 1.0
+    assert score([render(a, 7 + k) for k, a in enumerate(reversed(TOY))], prompts) < 1.0
+    assert toy_scorer(["a photo of a cat", *prompts]) is None  # not the judge's language
+
+
+def test_auto_finds_a_scorer_or_falls_back_to_the_validation_loss(tmp_path, toy_pipe, tiny_model_dir):
+    from trilora.base.load import load_pipeline
+
+    captions = [caption(a) for a in TOY]
+    stop_on, signal = generation_signal(run_config(tmp_path, "x"), toy_pipe, captions + captions, "cpu")
+    assert stop_on == "generation" and signal.prompts == captions and signal.scorer == "the toy judge"
+    assert len(set(signal.seeds)) == 3 and signal.guidance == 3.0
+    tiny = load_pipeline(tiny_model_dir)
+    assert generation_signal(run_config(tmp_path, "x"), tiny, captions, "cpu") == ("val_loss", None)
+    assert generation_signal(run_config(tmp_path, "x"), toy_pipe, ["a red cat"], "cpu") == ("val_loss", None)
+    assert generation_signal(run_config(tmp_path, "x", stop_on="val_loss_mid"), toy_pipe, captions, "cpu") == (
+        "val_loss_mid", None)  # fmt: skip
+    with pytest.raises(UserError, match="--stop-on generation needs a scorer: give --clip-model"):
+        generation_signal(run_config(tmp_path, "x", stop_on="generation"), tiny, captions, "cpu")
+    chosen = run_config(tmp_path, "x", signal_prompt=[captions[1]])
+    assert generation_signal(chosen, toy_pipe, captions, "cpu")[1].prompts == [captions[1]]
+
+
+# Scripted: the validation loss of the tiny model falls all run long; the signal peaks at step 10.
+SIGNAL = {0: 0.1, 5: 0.5, 10: 0.9, 15: 0.6, 20: 0.7}
+
+
+def test_stopping_and_the_best_checkpoint_follow_the_signal(tmp_path, tiny_model_dir, monkeypatch):
+    import trilora.training.setup as setup_module
+    from trilora.formats.native import load_adapter
+    from trilora.training.loop import train
+    from trilora.training.metrics import read_metrics
+
+    class Scripted:
+        def measure(self, pipe, resolution, device, autocast):
+            return SIGNAL[steps.pop(0)]
+
+    steps = sorted(SIGNAL)
+    monkeypatch.setattr(setup_module, "generation_signal", lambda *a: ("generation", Scripted()))
+    data = make_shapes_dataset(tmp_path / "data", count=12)
+    config = from_dict({"output": str(tmp_path / "run"), "model": {"base": str(tiny_model_dir)},
+                        "data": {"data": str(data), "resolution": 32, "val_fraction": 0.25},
+                        "adapter": {"rank": 4}, "train": {"lr": 2e-3, "batch_size": 4, "steps": 40},
+                        "validation": {"validate_every": 5, "patience": 2, "val_timesteps": 2}})  # fmt: skip
+    summary = train(config)
+    assert (summary["best_step"], summary["steps_run"], summary["stop_on"]) == (10, 20, "generation")
+    rows = {row["step"]: row for row in read_metrics(tmp_path / "run" / "metrics.csv")}
+    assert {s: rows[s]["signal"] for s in SIGNAL} == pytest.approx(SIGNAL)
+    assert rows[20]["val_loss"] < rows[10]["val_loss"]  # the loss alone would have kept step 20
+    assert load_adapter(tmp_path / "run" / "best" / "adapter.safetensors")[1]["step"] == 10

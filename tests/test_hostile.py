@@ -133,8 +133,6 @@ def test_a_generation_signal_without_a_scorer_is_refused_before_anything_is_writ
     output = tmp_path / "run"
     result = cli(*train_args(tiny_model_dir, shapes, output, "--steps", "1", "--stop-on", "generation"))
     assert_refused(result, "--stop-on generation needs a scorer", "--clip-model")
-    assert_refused(cli(*train_args(tiny_model_dir, shapes, output, "--steps", "1", "--clip-model", tmp_path / "nowhere")),
-                   "nowhere")  # fmt: skip
     assert {p.name for p in output.iterdir()} <= {".trilora.lock"}  # no run left behind to block a retry
 
 

@@ -137,6 +137,22 @@ def test_resume_refuses_changed_settings_and_allows_more_steps(tmp_path, uninter
         assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(STEPS + 3))
 
 
+def test_a_checkpoint_from_before_stop_on_resumes_and_keeps_stopping_on_the_loss(tmp_path, uninterrupted_run):
+    import json
+    import shutil
+
+    import torch
+
+    shutil.copytree(uninterrupted_run / "run", tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "step-000012" / "state.pt"
+    state = torch.load(last, weights_only=True)
+    for key in ("stop_on", "signal_prompt", "clip_model"):
+        del state["config"]["validation"][key]
+    torch.save(state, last)
+    assert main(["train", "--resume", str(tmp_path / "run"), "--steps", str(STEPS + 1)]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stop_on"] == "val_loss"
+
+
 def test_keep_checkpoints_and_no_leftovers(uninterrupted_run):
     from trilora.training.checkpoint import list_checkpoints
 

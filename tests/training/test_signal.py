@@ -53,6 +53,10 @@ def test_auto_finds_a_scorer_or_falls_back_to_the_validation_loss(tmp_path, toy_
         "val_loss_mid", None)  # fmt: skip
     with pytest.raises(UserError, match="--stop-on generation needs a scorer: give --clip-model"):
         generation_signal(run_config(tmp_path, "x", stop_on="generation"), tiny, captions, "cpu")
+    with pytest.raises(UserError, match="nowhere"):  # a wrong CLIP folder stops here, before any long work
+        generation_signal(
+            run_config(tmp_path, "x", clip_model=str(tmp_path / "nowhere")), tiny, captions, "cpu"
+        )
     chosen = run_config(tmp_path, "x", signal_prompt=[captions[1]])
     assert generation_signal(chosen, toy_pipe, captions, "cpu")[1].prompts == [captions[1]]
 

@@ -58,6 +58,8 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     for name, value in {"train.steps": "40", "validation.validate_every": "10", "checkpoint.checkpoint_every": "10",
                         "validation.sample_prompt": PROMPT, "validation.sample_steps": "8"}.items():  # fmt: skip
         page.fill(f"[name='{name}']", value)
+    # a select of the form; the loss rule, not the default generation signal, keeps this test short
+    page.select_option("[name='validation.stop_on']", "val_loss")
     page.click("#train-estimate")
     page.wait_for_function("document.getElementById('train-estimate-text').textContent.includes('trainable')")
     screenshot(page, "train", tmp_path_factory)

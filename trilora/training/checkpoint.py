@@ -84,7 +84,15 @@ def load_checkpoint(path: Path) -> dict:
     if missing or not isinstance(state["config"], dict) or not isinstance(state["step"], int):
         raise UserError(f"cannot read checkpoint {file}: not a trilora training state "
                         f"(missing {', '.join(missing) or 'a valid step or config'}); resume from another checkpoint")  # fmt: skip
+    for section, values in ADDED_SETTINGS.items():  # a run started before these existed ran as they say
+        for key, value in values.items():
+            state["config"].setdefault(section, {}).setdefault(key, value)
     return state
+
+
+# Settings added after runs were checkpointed, with the value that describes how those runs ran
+# (before --stop-on existed, stopping followed the validation loss).
+ADDED_SETTINGS = {"validation": {"stop_on": "val_loss", "signal_prompt": [], "clip_model": None}}
 
 
 def flatten(config: dict, prefix: str = "") -> dict:

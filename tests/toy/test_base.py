@@ -47,3 +47,11 @@ def test_demo_runs_end_to_end(tmp_path, one_thread, capsys):
     scores = json.loads((tmp_path / "metrics.json").read_text())
     assert scores == json.loads(json.dumps(result["scores"]))
     assert set(scores) == {"before", "after"} and 0 <= scores["after"]["style"] <= 1
+    # on the toy base, stopping follows the generation signal (the judge on 16 held-out prompts)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stop_on"] == "generation"
+    from trilora.training.metrics import read_metrics
+
+    signals = [
+        r["signal"] for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["val_loss"] is not None
+    ]
+    assert len(signals) == 2 and all(s * 16 == round(s * 16) for s in signals)  # shares of 16 prompts

@@ -105,7 +105,8 @@ def generation_signal(config: RunConfig, pipe, val_captions: list[str], device: 
         scorer, guidance = "the toy judge", TOY_GUIDANCE
     elif v.stop_on == "generation":
         raise UserError("--stop-on generation needs a scorer: give --clip-model DIR (a local CLIP folder, e.g. "
-                        "openai/clip-vit-large-patch14) or use --stop-on val_loss")  # fmt: skip
+                        "openai/clip-vit-large-patch14; the toy judge scores only the toy base with toy-world "
+                        "prompts) or use --stop-on val_loss")  # fmt: skip
     else:
         log.info("stopping on the validation loss (--stop-on auto: no scorer for the generation signal; "
                  "--clip-model DIR gives one)")  # fmt: skip

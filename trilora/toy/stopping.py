@@ -23,7 +23,7 @@ highest.
 import math
 
 from trilora.toy.report import mean_std
-from trilora.training.validation import mid_range
+from trilora.training.validation import EarlyStopping, mid_range
 
 TIMESTEPS = 1000  # the toy base's schedule
 SIGNALS = ("val_loss", "val_loss_mid", "val_loss_se", "generation")
@@ -31,19 +31,16 @@ SIGNALS = ("val_loss", "val_loss_mid", "val_loss_se", "generation")
 
 def replay(points: list[tuple[int, float, float]], patience: int, higher_is_better: bool = False,
            margin: bool = False) -> tuple[int | None, int]:  # fmt: skip
-    """(step where training stops, or None; step exported) for (step, value, standard error) points.
-    `margin`: a validation counts against patience only if it is worse than the best by more than its error."""
+    """(step where training stops, or None; step exported) for (step, value, standard error) points,
+    by trilora train's own rule (EarlyStopping). `margin`: a validation counts against patience only
+    if it is worse than the best by more than its error."""
     sign = -1.0 if higher_is_better else 1.0
-    best_value, best_step, bad = math.inf, points[0][0], 0
+    stopper = EarlyStopping(patience, margin=margin)
     for step, value, se in points:
-        value = sign * value
-        if value < best_value:
-            best_value, best_step, bad = value, step, 0
-        elif not margin or value > best_value + se:
-            bad += 1
-        if patience and bad >= patience:
-            return step, best_step
-    return None, best_step
+        stopper.update(sign * value, step, se)
+        if stopper.should_stop:
+            return step, stopper.best_step
+    return None, stopper.best_step
 
 
 def signal_points(run: dict, signal: str) -> list[tuple[int, float, float]]:

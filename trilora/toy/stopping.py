@@ -3,13 +3,15 @@ every validation), and compared by the quality of the checkpoint each would expo
 
 A signal is a value per validation and a direction; with patience P, training stops after P
 validations that do not improve on the best so far, and the best-so-far checkpoint is exported
-(trilora train's rule). The signals (the first three are `trilora train --stop-on` choices):
-- `val_loss`: the validation loss over all its timesteps (trilora train's default today);
+(trilora train's rule). The signals (all but `none` are `trilora train --stop-on` choices):
+- `val_loss`: the validation loss over all its timesteps (trilora train's rule before this bench;
+  `--stop-on auto` still falls back to it where no scorer is at hand);
 - `val_loss_mid`: the validation loss at the mid-range timesteps only (250 <= t < 750 of the toy
   base's 1000), where the loss depends most on what the adapter learnt rather than on the noise level;
 - `val_loss_se`: the validation loss, but a validation counts against patience only when its loss
   exceeds the best by more than its standard error (a rise the error bars cannot explain);
-- `generation`: held-out prompts (not the test prompts) generated and judged at every validation:
+- `generation`: held-out prompts (not the test prompts) generated and judged at every validation
+  (the measured best: `--stop-on auto` follows it where a scorer is at hand, trilora/training/signal.py):
   the share with style, colour, floors and time all right (higher is better); for real models the
   same role falls to CLIP score and KID against the validation images (`trilora evaluate`);
 - `none` (the baseline): no early stopping, the last adapter exported, as kohya's and OneTrainer's
@@ -69,7 +71,7 @@ def compare_signals(run: dict, patience: int) -> dict:
     last = run["checkpoints"][-1]["step"]
     out = {}
     for signal in (*SIGNALS, "none"):
-        points = [p for p in signal_points(run, signal) if p[0] in by_step] if signal != "none" else []
+        points = [] if signal == "none" else [p for p in signal_points(run, signal) if p[0] in by_step]
         if signal == "none":  # the baseline: no early stopping, the last adapter exported
             stop, chosen = None, last
         elif len(points) < 2:

@@ -3,7 +3,11 @@
 Measures, in one run, and prints one Markdown table (also written as JSON with --out):
 - seconds per step at batch 1, 4 and 8 at 512 px, eager and with the fast path (--compile
   --channels-last), through `trilora train` itself, and MFU from the FLOP count of a LoRA-r16 step
-  (1,725 GFLOP per image, 2,317 with gradient checkpointing; issue 13) against PEAK_TFLOPS;
+  (1,725 GFLOP per image, 2,317 with gradient checkpointing; issue 13) against PEAK_TFLOPS; the
+  fast path with --cuda-graphs at batch 1 (where launches bound the step), its failure recorded
+  rather than ending the check;
+- host synchronisations inside a training step (torch.cuda.set_sync_debug_mode counts them; the
+  design is none: the loss is read a step late, trilora/training/readout.py);
 - the bare loop of benchmarks/train_step.py at the same batch (forward + backward + AdamW, nothing
   else) as the baseline: diffusers' train_text_to_image_lora.py is not in the diffusers wheel and
   the GPU machine reaches no registry, so that comparison is not made here;
@@ -14,6 +18,8 @@ Measures, in one run, and prints one Markdown table (also written as JSON with -
 
     benchmarks/gpu_check.sh            # on the GPU machine (about 5 minutes on an H200)
     benchmarks/gpu_check.sh --smoke    # the same code on the CPU with the tiny model (the test suite)
+
+With --out, the JSON is rewritten after each measurement: a check cut short keeps what it measured.
 """
 
 import argparse
@@ -23,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,6 +41,7 @@ from train_step import bare_loop, save_sd15_random  # noqa: E402
 
 from trilora.base.tiny import TINY_RESOLUTION, make_shapes_dataset, save_tiny_pipeline  # noqa: E402
 from trilora.config import from_dict  # noqa: E402
+from trilora.training import loop  # noqa: E402
 from trilora.training.loop import train  # noqa: E402
 from trilora.training.memory import estimate_memory, meta_models  # noqa: E402
 from trilora.training.metrics import read_metrics  # noqa: E402
@@ -76,6 +84,39 @@ def timed_run(tmp: Path, name: str, base, data, resolution, batch, steps, warmup
     return row
 
 
+def guarded(measure, name: str, batch: int) -> dict:
+    """A measurement that may fail on a new GPU path (CUDA graphs): its error goes into the table."""
+    try:
+        return measure()
+    except Exception as error:  # noqa: BLE001 -- recorded, so the rest of the check still runs
+        return {"name": name, "batch": batch, "error": f"{type(error).__name__}: {str(error)[:160]}"}
+
+
+def syncs_per_step(tmp: Path, base: Path, data: Path, resolution: int, steps: int) -> float | None:
+    """Host synchronisations inside trilora's training step, counted by torch.cuda.set_sync_debug_mode
+    (a warning at each), the median over the steps after the first; None on the CPU."""
+    counts, step = [], loop.train_step
+
+    def counted(*args, **kwargs):
+        if not torch.cuda.is_available():
+            return step(*args, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                return step(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+                counts.append(sum("synchroniz" in str(w.message) for w in caught))
+
+    loop.train_step = counted
+    try:
+        train(run_config(base, data, tmp / "syncs", resolution, 1, steps))
+    finally:
+        loop.train_step = step
+    return statistics.median(counts[1:]) if len(counts) > 1 else None
+
+
 def bf16_sanity(tmp: Path, base: Path, resolution: int, steps: int) -> dict:
     """One image, many steps: the loss must stay finite and fall; the export must load in diffusers."""
     from trilora.base.load import load_pipeline
@@ -95,11 +136,14 @@ def bf16_sanity(tmp: Path, base: Path, resolution: int, steps: int) -> dict:
             "falls": last < first, "loads_in_diffusers": True}  # fmt: skip
 
 
-def table(rows: list[dict], bare: dict, sanity: dict, device: str) -> str:
+def table(rows: list[dict], bare: dict, sanity: dict | None, syncs: float | None, device: str) -> str:
     lines = [f"device: {device}; trilora train, TriLoRA rank 16; MFU against {PEAK_TFLOPS:g} TFLOP/s bf16", "",
              "| run | batch | s/step | MFU | peak memory | --dry-run estimate | estimate off by |",
              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | {r['batch']} | failed: {r['error']} | – | – | – | – |")
+            continue
         peak, estimate = r.get("peak_bytes"), r.get("estimate_bytes")
         memory = (
             (f"{peak / 2**30:.2f} GiB", f"{estimate / 2**30:.2f} GiB", f"{(estimate - peak) / peak:+.0%}")
@@ -114,8 +158,10 @@ def table(rows: list[dict], bare: dict, sanity: dict, device: str) -> str:
         )
     for batch, seconds in bare.items():
         lines.append(f"| bare loop (train_step.py) | {batch} | {seconds * 1000:.1f} ms | – | – | – | – |")
-    lines += ["", f"bf16 sanity: finite {sanity['finite']}, loss {sanity['first']:.4f} -> {sanity['last']:.4f} "
-              f"(falls: {sanity['falls']}), export loads in diffusers: {sanity['loads_in_diffusers']}"]  # fmt: skip
+    lines += ["", "host synchronisations per training step: " + ("–" if syncs is None else f"{syncs:g}")]
+    if sanity:
+        lines += [f"bf16 sanity: finite {sanity['finite']}, loss {sanity['first']:.4f} -> {sanity['last']:.4f} "
+                  f"(falls: {sanity['falls']}), export loads in diffusers: {sanity['loads_in_diffusers']}"]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -133,6 +179,18 @@ def main() -> None:
     batches = (1, 2) if smoke else (1, 4, 8)
     # on the CPU the compiled path is checked by tests/training/test_fast.py; here it would take minutes
     fast = {"channels_last": True} if smoke else {"channels_last": True, "compile": True}
+    device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    found = {"rows": [], "bare": {}, "syncs_per_step": None, "bf16": None, "device": name}
+
+    def measured(key: str, value) -> None:
+        if key == "rows":
+            found["rows"].append(value)
+        else:
+            found[key] = value
+        if args.out:
+            args.out.write_text(json.dumps(found, indent=2))
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base, resolution = (
@@ -141,25 +199,33 @@ def main() -> None:
             else (save_sd15_random(tmp / "base"), 512)
         )
         data = make_shapes_dataset(tmp / "data", count=max(batches), size=resolution)
-        rows = []
         for batch in batches:
-            rows.append(timed_run(tmp, f"eager b{batch}", base, data, resolution, batch, steps, warmup))
-            rows.append(
-                timed_run(tmp, f"fast b{batch}", base, data, resolution, batch, steps, warmup, **fast)
+            measured("rows", timed_run(tmp, f"eager b{batch}", base, data, resolution, batch, steps, warmup))
+            measured(
+                "rows", timed_run(tmp, f"fast b{batch}", base, data, resolution, batch, steps, warmup, **fast)
             )
-        rows.append(timed_run(tmp, "eager b1 checkpointing", base, data, resolution, 1, steps, warmup,
-                              gradient_checkpointing=True))  # fmt: skip
-        device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
-        bare = {
+        measured("rows", timed_run(tmp, "eager b1 checkpointing", base, data, resolution, 1, steps, warmup,
+                                   gradient_checkpointing=True))  # fmt: skip
+        measured("syncs_per_step", syncs_per_step(tmp, base, data, resolution, 6))
+        measured("bare", {
             b: statistics.median(bare_loop(base, resolution, b, 16, steps, device)[warmup:]) for b in batches
-        }
-        sanity = bf16_sanity(tmp, base, resolution, 12 if smoke else 60)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(table(rows, bare, sanity, f"{name}, torch {torch.__version__}"))
-    if args.out:
-        args.out.write_text(
-            json.dumps({"rows": rows, "bare": bare, "bf16": sanity, "device": name}, indent=2)
+        })  # fmt: skip
+        measured("bf16", bf16_sanity(tmp, base, resolution, 12 if smoke else 60))
+        if (
+            not smoke
+        ):  # compiling takes minutes on a CPU; the option's CPU check is tests/training/test_fast.py
+            graphs = fast | {"cuda_graphs": True}
+            measured("rows", guarded(lambda: timed_run(tmp, "fast + CUDA graphs b1", base, data, resolution, 1, steps,
+                                                       warmup, **graphs), "fast + CUDA graphs b1", 1))  # fmt: skip
+    print(
+        table(
+            found["rows"],
+            found["bare"],
+            found["bf16"],
+            found["syncs_per_step"],
+            f"{name}, torch {torch.__version__}",
         )
+    )
 
 
 if __name__ == "__main__":

@@ -21,4 +21,6 @@ def test_gpu_check_smoke_runs_every_measurement(tmp_path):
     assert names == ["eager b1", "fast b1", "eager b2", "fast b2", "eager b1 checkpointing"]
     assert all(row["s_per_step"] > 0 for row in found["rows"]) and set(found["bare"]) == {"1", "2"}
     assert found["bf16"] == found["bf16"] | {"finite": True, "falls": True, "loads_in_diffusers": True}
+    assert found["syncs_per_step"] is None  # counted on CUDA only
     assert "| run | batch | s/step | MFU |" in result.stdout and "bf16 sanity: finite True" in result.stdout
+    assert "host synchronisations per training step: –" in result.stdout

@@ -97,6 +97,7 @@ BAD_TRAIN_OPTIONS = [
     (["--sample-every", "0"], "--sample-every must be at least 1"),
     (["--device", "bogus"], "--device 'bogus' is not a device"),
     (["--rank", "0"], "--rank must be at least 1"),
+    (["--cuda-graphs"], "--cuda-graphs replays compiled blocks: add --compile"),
     (["--resume", "RUN", "--overwrite"], "contradict"),
 ]
 

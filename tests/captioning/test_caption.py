@@ -150,15 +150,4 @@ def test_check_data_counts_missing_captions_and_names_the_command(folder, capsys
     assert f"5 images have no caption: `trilora caption {folder} --model PATH`" in out
 
 
-@pytest.mark.slow
-def test_demo_on_auto_captions(tmp_path, one_thread, capsys):
-    """The seed workflow in the toy world: renders captioned by `trilora caption --model toy`, then trained."""
-    import json
-
-    from trilora.config import DemoConfig
-    from trilora.demo import run_demo
-
-    run_demo(DemoConfig(output=str(tmp_path), steps=2, captions="toy"))
-    scores = json.loads((tmp_path / "metrics.json").read_text())
-    assert scores["captions"]["images"] == 42 and 0 <= scores["captions"]["exactly_right"] <= 42
-    assert "written by `trilora caption --model toy`" in capsys.readouterr().out
+# The demo on auto-captions (the seed workflow in the toy world) is tests/toy/test_base.py's end-to-end test.

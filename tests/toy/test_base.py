@@ -39,14 +39,18 @@ def test_the_base_draws_what_it_is_asked_for(one_thread):
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, one_thread, capsys):
-    """The demo's whole path on a few steps (make demo runs the full one)."""
-    result = run_demo(DemoConfig(output=str(tmp_path), steps=4))
+    """The demo's whole path on a few steps (make demo runs the full one), on the seed workflow's
+    captions: the renders captioned by `trilora caption --model toy` (the same path as the renders'
+    own captions, with the captioning step added)."""
+    result = run_demo(DemoConfig(output=str(tmp_path), steps=4, captions="toy"))
     out = capsys.readouterr().out
     assert "onion style hit (judge)" in out and str(tmp_path / "before_after.png") in out
+    assert "written by `trilora caption --model toy`" in out
     assert (tmp_path / "before_after.png").is_file() and (tmp_path / "run" / "loss.png").is_file()
     scores = json.loads((tmp_path / "metrics.json").read_text())
     assert scores == json.loads(json.dumps(result["scores"]))
-    assert set(scores) == {"before", "after"} and 0 <= scores["after"]["style"] <= 1
+    assert set(scores) == {"before", "after", "captions"} and 0 <= scores["after"]["style"] <= 1
+    assert scores["captions"]["images"] == 42 and 0 <= scores["captions"]["exactly_right"] <= 42
     # on the toy base, stopping follows the generation signal (the judge on 16 held-out prompts)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["stop_on"] == "generation"
     from trilora.training.metrics import read_metrics

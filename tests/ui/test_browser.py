@@ -56,7 +56,7 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     page.click("button[data-tab=train]")
     page.fill("#train-name", "ui-run")
     for name, value in {"train.steps": "40", "validation.validate_every": "10", "checkpoint.checkpoint_every": "10",
-                        "validation.sample_prompt": PROMPT, "validation.sample_steps": "8"}.items():  # fmt: skip
+                        "validation.sample_prompt": PROMPT, "validation.sample_steps": "4"}.items():  # fmt: skip
         page.fill(f"[name='{name}']", value)
     # a select of the form; the loss rule, not the default generation signal, keeps this test short
     page.select_option("[name='validation.stop_on']", "val_loss")

@@ -1,4 +1,5 @@
-"""The GPU fast path's switches, each an option of the tree (`--compile`, `--channels-last`);
+"""The GPU fast path's switches, each an option of the tree (`--compile`, `--cuda-graphs`,
+`--channels-last`, `--cache-on-device` in setup.py);
 bf16 frozen weights with fp32 adapters, fused AdamW and SDPA attention are always on where they apply."""
 
 import logging
@@ -8,14 +9,16 @@ import torch
 log = logging.getLogger("trilora")
 
 
-def compile_blocks(unet: torch.nn.Module) -> int:
+def compile_blocks(unet: torch.nn.Module, cuda_graphs: bool = False) -> int:
     """Regional compilation: each BasicTransformerBlock compiled in place (the UNet's repeated block;
-    one graph per input shape, so buckets get one each). Returns how many were compiled."""
+    one graph per input shape, so buckets get one each). `cuda_graphs`: torch.compile's
+    reduce-overhead mode, which replays each block's kernels as one CUDA graph (on CUDA only; the
+    loop marks each step's start). Returns how many were compiled."""
     from diffusers.models.attention import BasicTransformerBlock
 
     blocks = [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
     for block in blocks:
-        block.compile(dynamic=False)
+        block.compile(dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
     return len(blocks)
 
 
@@ -32,7 +35,8 @@ def attention_backend(device: torch.device) -> str:
 def apply_fast_path(unet: torch.nn.Module, opts, device: torch.device) -> None:
     if opts.channels_last:
         unet.to(memory_format=torch.channels_last)
-    compiled = compile_blocks(unet) if opts.compile else 0
+    compiled = compile_blocks(unet, opts.cuda_graphs) if opts.compile else 0
+    graphs = " as CUDA graphs" if opts.cuda_graphs and device.type == "cuda" else ""
     log.info("fast path: attention %s; %s; %s", attention_backend(device),
-             f"{compiled} transformer blocks compiled" if opts.compile else "not compiled",
+             f"{compiled} transformer blocks compiled{graphs}" if opts.compile else "not compiled",
              "channels-last" if opts.channels_last else "channels-first")  # fmt: skip

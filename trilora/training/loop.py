@@ -47,6 +47,7 @@ from trilora.training.metrics import MetricsLog, plot_losses, read_metrics
 from trilora.training.noise import training_noise
 from trilora.training.optim import make_optimizer
 from trilora.training.progress import Progress
+from trilora.training.readout import Readout, to_device
 from trilora.training.schedule import lr_at
 from trilora.training.state import TrainingState
 from trilora.training.validation import EarlyStopping, by_timestep, mean_and_standard_error, signal_value
@@ -154,26 +155,27 @@ def run(
     if start_step == 0:
         measured = evaluate(r, state, progress)
         state.metrics.write(step=0, elapsed_s=0.0, lr=learning_rate(r, 0), **measured)
+    rows = StepRows(r, state, progress, started)
     with StopRequest() as stop:
         last_step = start_step if stopped_early else s.total_steps  # a resumed run that had stopped early
         for step in range(start_step + 1, last_step + 1):
             lr = learning_rate(r, step - 1)
-            train_loss = train_step(r, state, order, step, lr)
+            loss = train_step(r, state, order, step, lr)  # queued on the device, not waited for
+            rows.push(step, lr, loss)  # writes the previous step's row: its loss has arrived by now
             state.step = step
-            measured = {}
             if step % val_opts.validate_every == 0 or step == s.total_steps:
+                rows.loss()  # a non-finite loss stops the run here, before validation writes best/
                 measured = evaluate(r, state, progress)
+                rows.write(**measured)
             elif val_opts.sample_every and step % val_opts.sample_every == 0 and val_opts.sample_prompt:
                 sample(r, state)
-            state.metrics.write(step=step, train_loss=train_loss, lr=lr, elapsed_s=time.perf_counter() - started,
-                                **measured)  # fmt: skip
-            progress.update(step, train_loss)
             stopped_early = state.stopper.should_stop
             if stopped_early:
                 progress.note(
                     f"stopping early at step {step}: no improvement in {val_opts.patience} validations"
                 )
             if ckpt_opts.checkpoint_every and step % ckpt_opts.checkpoint_every == 0 or stop.requested:
+                rows.write()  # a checkpoint holds the metrics rows up to its step
                 saved = checkpoint(r, state)
             if stop.requested:
                 progress.close()
@@ -183,9 +185,46 @@ def run(
                 )
             if stopped_early:
                 break
+        rows.write()
     progress.close()
     state.metrics.close()
     return finish(r, state, stopped_early, measured.get("val_loss") if state.step > start_step else None)
+
+
+class StepRows:
+    """Each step's metrics row and progress line, written once its loss is on the host.
+
+    The loss of step k is read after step k+1 is queued (readout.py), so the device never idles
+    while the host waits for it; a validation, a checkpoint and the end of the run read at once.
+    """
+
+    def __init__(self, r: Run, state: TrainingState, progress: Progress, started: float):
+        self.r, self.state, self.progress, self.started = r, state, progress, started
+        self.pending: tuple[int, float, Readout] | None = None  # (step, lr, its loss on the way)
+
+    def push(self, step: int, lr: float, loss: torch.Tensor) -> None:
+        self.write()
+        self.pending = step, lr, Readout(loss)
+
+    def loss(self) -> float:
+        """The pending step's loss. A non-finite loss stops the run before anything more is saved,
+        so the weights it spoilt in memory are never written."""
+        step, _, readout = self.pending
+        value = readout.value()
+        if not math.isfinite(value):
+            self.state.metrics.close()
+            raise UserError(f"the training loss became {value} at step {step}; lower --lr and resume from "
+                            f"the last checkpoint (the best adapter so far is in {self.r.output / 'best'})")  # fmt: skip
+        return value
+
+    def write(self, **measured) -> None:
+        if self.pending is None:
+            return
+        loss, (step, lr, _) = self.loss(), self.pending
+        self.state.metrics.write(step=step, train_loss=loss, lr=lr, elapsed_s=time.perf_counter() - self.started,
+                                 **measured)  # fmt: skip
+        self.progress.update(step, loss)
+        self.pending = None
 
 
 def training_scheduler(s: Setup):
@@ -253,16 +292,16 @@ def checkpoint(r: Run, state: TrainingState) -> Path | None:
 def condition(r: Run, batch: torch.Tensor) -> torch.Tensor:
     """Embeddings pass through; token ids go through the text encoder (with gradients when it trains)."""
     if batch.is_floating_point():
-        return batch.to(r.device)
+        return to_device(batch, r.device)
     with torch.set_grad_enabled(r.config.adapter.train_text_encoder and torch.is_grad_enabled()):
-        return encode_text(r.setup.pipe.text_encoder, batch.to(r.device))
+        return encode_text(r.setup.pipe.text_encoder, to_device(batch, r.device))
 
 
 def captions(r: Run, index: list[int], sample_ids: list[int]) -> torch.Tensor:
     """Captions of a batch: cached embeddings, or token ids of captions shuffled/dropped per sample."""
     s, data = r.setup, r.config.data
-    if s.train_condition is not None:
-        return s.train_condition[index]
+    if s.train_condition is not None:  # rows one by one: a list index would be copied to the device
+        return torch.stack([s.train_condition[i] for i in index])
     if not (data.shuffle_captions or data.caption_dropout):
         return tokenize(s.pipe.tokenizer, [s.train_items[i].caption for i in index])
     texts = [transform_caption(s.train_items[i].caption, random.Random(derive_seed(r.config.train.seed, "caption", j)),
@@ -271,13 +310,16 @@ def captions(r: Run, index: list[int], sample_ids: list[int]) -> torch.Tensor:
     return tokenize(s.pipe.tokenizer, texts)
 
 
-def train_step(r: Run, state: TrainingState, order: BatchOrder, step: int, lr: float) -> float:
+def train_step(r: Run, state: TrainingState, order: BatchOrder, step: int, lr: float) -> torch.Tensor:
     """One optimiser step: grad_accum micro-batches (this process's shard of each), the gradients
-    summed over processes, clipping, AdamW, EMA. The mean training loss of the global batch."""
+    summed over processes, clipping, AdamW, EMA. The mean training loss of the global batch, on the
+    device: nothing in a step makes the host wait for the device (tests/training/test_fast.py)."""
     opts, s, device = r.config.train, r.setup, r.device
     for group in state.optimizer.param_groups:
         group["lr"] = lr * group["lr_factor"]
     torch.manual_seed(derive_seed(opts.seed, "dropout", step))
+    if opts.cuda_graphs:  # a new step: the graphs' outputs of the last one may be overwritten
+        torch.compiler.cudagraph_mark_step_begin()
     train_loss = torch.zeros((), device=device)
     for micro in range(opts.grad_accum):
         n = (step - 1) * opts.grad_accum + micro  # micro-batch number over the whole run
@@ -288,10 +330,10 @@ def train_step(r: Run, state: TrainingState, order: BatchOrder, step: int, lr: f
         if not local:
             continue
         local_index, sample_ids = [i for i, _ in local], [j for _, j in local]
-        latents = torch.stack([s.train_latents[i] for i in local_index]).to(device)  # (B, C, h, w)
+        latents = to_device(torch.stack([s.train_latents[i] for i in local_index]), device)  # (B, C, h, w)
         noise, timesteps = training_noise(opts.seed, sample_ids, latents.shape[1:],
                                           r.scheduler.config.num_train_timesteps, opts.noise_offset)  # fmt: skip
-        noise, timesteps = noise.to(device), timesteps.to(device)
+        noise, timesteps = to_device(noise, device), to_device(timesteps, device)
         with r.autocast:
             text = condition(r, captions(r, local_index, sample_ids))
             losses = denoising_loss(s.pipe.unet, r.scheduler, latents, noise, timesteps, text)  # (B,)
@@ -301,7 +343,7 @@ def train_step(r: Run, state: TrainingState, order: BatchOrder, step: int, lr: f
             weights = [
                 r.config.data.prior_loss_weight if s.train_items[i].is_reg else 1.0 for i in local_index
             ]
-            losses = losses * torch.tensor(weights, device=device)
+            losses = losses * to_device(torch.tensor(weights), device)
         loss = losses.sum() / (len(index) * opts.grad_accum)  # summed over processes: the global mean
         loss.backward()
         train_loss += loss.detach()
@@ -316,13 +358,6 @@ def train_step(r: Run, state: TrainingState, order: BatchOrder, step: int, lr: f
     state.optimizer.zero_grad(set_to_none=True)
     if state.ema:
         state.ema.update()
-    # The step's one host synchronisation, once all its kernels are queued. A non-finite loss stops
-    # the run before anything is saved, so the weights it spoilt in memory are never written.
-    train_loss = train_loss.item()
-    if not math.isfinite(train_loss):
-        state.metrics.close()
-        raise UserError(f"the training loss became {train_loss} at step {step}; lower --lr and resume "
-                        f"from the last checkpoint (the best adapter so far is in {r.output / 'best'})")  # fmt: skip
     return train_loss
 
 
@@ -340,12 +375,10 @@ def validate(r: Run, state: TrainingState) -> tuple[float, float, dict[int, floa
             text = condition(r, v.condition[i : i + 1]).expand(k, -1, -1)
             latents = latent.to(device).expand(k, -1, -1, -1)  # (K, C, h, w)
             noise, timesteps = v.noise[i].to(device), v.timesteps.to(device)
-            losses.append(
-                denoising_loss(r.setup.pipe.unet, r.scheduler, latents, noise, timesteps, text).cpu()
-            )
+            losses.append(denoising_loss(r.setup.pipe.unet, r.scheduler, latents, noise, timesteps, text))
     for m in state.models.values():
         m.train()
-    losses = torch.stack(losses)  # (images, K)
+    losses = torch.stack(losses).cpu()  # (images, K): one wait for the device per validation
     return *mean_and_standard_error(losses.flatten()), by_timestep(losses, v.timesteps)
 
 

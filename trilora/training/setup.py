@@ -24,7 +24,7 @@ from trilora.seeds import derive_seed
 from trilora.training.distributed import Distributed
 from trilora.training.fast import apply_fast_path
 from trilora.training.signal import GenerationSignal, generation_signal
-from trilora.training.validation import ValidationSet, make_validation_set
+from trilora.training.validation import ValidationSet, make_validation_set, validation_on
 
 log = logging.getLogger("trilora")
 
@@ -125,6 +125,13 @@ def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
         validation = make_validation_set(
             val_latents, val_condition, config.validation.val_timesteps, num_train_timesteps, opts.seed
         )
+    cached = train_latents + ([train_condition] if train_condition is not None else []) + (
+        [*validation.latents, validation.condition, *validation.noise] if validation else [])  # fmt: skip
+    if cache_on_device(opts.cache_on_device, device, cached):
+        log.info("the cache (%.1f MiB) stays on %s", sum(t.nbytes for t in cached) / 2**20, device)
+        train_latents = [latent.to(device) for latent in train_latents]
+        train_condition = train_condition.to(device) if train_condition is not None else None
+        validation = validation_on(validation, device) if validation else None
     shapes = [tuple(latent.shape) for latent in train_latents]
     order = BatchOrder([i.repeats for i in train_items], shapes, opts.batch_size, opts.seed)
     steps_per_epoch = math.ceil(order.batches_per_epoch / opts.grad_accum)
@@ -132,6 +139,18 @@ def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
     fingerprint = data_fingerprint(train_items, val_items)
     return Setup(pipe, device, autocast, train_items, train_latents, train_condition, shapes, validation,
                  total_steps, fingerprint, stop_on, signal)  # fmt: skip
+
+
+def cache_on_device(asked: bool | None, device: torch.device, cached: list[torch.Tensor]) -> bool:
+    """Whether the cached latents and embeddings stay on the training device (no copy per step): as
+    asked, or by default on CUDA when they take under a tenth of its free memory (the rest is the
+    step's). On the CPU they are there already."""
+    if device.type == "cpu" or asked is False:
+        return False
+    if asked or device.type != "cuda":
+        return bool(asked)
+    free, _ = torch.cuda.mem_get_info(device)
+    return sum(t.nbytes for t in cached) <= free / 10
 
 
 def data_fingerprint(train_items: list[Item], val_items: list[Item]) -> str:

@@ -21,6 +21,11 @@ class ValidationSet:
     noise: list[torch.Tensor]  # N of (K, C, h, w)
 
 
+def validation_on(v: ValidationSet, device: torch.device) -> ValidationSet:
+    return ValidationSet([t.to(device) for t in v.latents], v.condition.to(device), v.timesteps.to(device),
+                         [t.to(device) for t in v.noise])  # fmt: skip
+
+
 def validation_timesteps(count: int, num_train_timesteps: int) -> torch.Tensor:
     """`count` timesteps at the centres of equal slices of [0, T): e.g. 4 of 1000 -> 125, 375, 625, 875."""
     return ((torch.arange(count) + 0.5) * num_train_timesteps / count).long()

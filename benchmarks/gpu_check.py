@@ -175,8 +175,8 @@ def main() -> None:
     smoke = args.smoke
     if not smoke and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device; use --smoke on a CPU")
-    steps, warmup = (4, 1) if smoke else (25, 5)
-    batches = (1, 2) if smoke else (1, 4, 8)
+    steps, warmup = (3, 1) if smoke else (25, 5)
+    batches = (2,) if smoke else (1, 4, 8)
     # on the CPU the compiled path is checked by tests/training/test_fast.py; here it would take minutes
     fast = {"channels_last": True} if smoke else {"channels_last": True, "compile": True}
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")

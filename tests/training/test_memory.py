@@ -129,6 +129,10 @@ def test_sd15_report_on_the_meta_device(tmp_path):
     report = format_report(config, meta, estimate)
     print(f"SD 1.5 estimate in {time.perf_counter() - started:.1f} s:\n{report}")
     assert "trainable parameters: 6,782,976 (6.78 M)" in report and "192 UNet layers" in report
+    # a 4x64x64 fp32 latent is 64 KiB, a 77x768 fp32 caption embedding 231 KiB; 8 validation timesteps of noise
+    latent, embedding = 4 * 64 * 64 * 4, 77 * 768 * 4
+    assert f"cache (not in the table): {(latent + embedding) / 2**20:.2f} MiB per training image, " in report
+    assert f"{(9 * latent + embedding) / 2**20:.2f} MiB per validation image" in report
     assert estimate.base_weights == 859_520_964 * 2  # SD 1.5's UNet in bf16
     assert estimate.optimizer_state == 8 * lora and estimate.gradients == 4 * lora
     off, on = estimate.activations[False], estimate.activations[True]

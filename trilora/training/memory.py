@@ -142,9 +142,32 @@ def format_report(config: RunConfig, models: MetaModels, estimate: MemoryEstimat
         f"estimated peak GPU memory: batch {config.train.batch_size}, {data.resolution}x{data.resolution} px "
         f"({side}x{side} latents), {'bf16 autocast' if uses_bf16(config) else 'fp32'}",
         memory_table(estimate, config),
+        cache_line(config, models),
         "Activations are measured on the meta device (trilora/training/activations.py); the figures are",
         "not yet checked against a GPU.",
     ])  # fmt: skip
+
+
+def cache_bytes_per_image(config: RunConfig, vae: nn.Module, text_encoder: nn.Module) -> tuple[int, int]:
+    """Bytes of the training cache per training and per validation image, as setup.py builds it (fp32):
+    the latent, the caption embedding when captions are encoded once (token ids otherwise, for
+    validation), and for validation the fixed noise at each validation timestep."""
+    data = config.data
+    side = latent_size(vae, data.resolution)
+    latent = vae.config.latent_channels * side * side * 4
+    tokens = text_encoder.config.max_position_embeddings
+    per_step = config.adapter.train_text_encoder or data.shuffle_captions or data.caption_dropout > 0
+    embedding = tokens * text_encoder.config.hidden_size * 4
+    train = latent + (0 if per_step else embedding)
+    val = latent * (1 + config.validation.val_timesteps) + (tokens * 8 if per_step else embedding)
+    return train, val
+
+
+def cache_line(config: RunConfig, models: MetaModels) -> str:
+    train, val = cache_bytes_per_image(config, models.vae, models.text_encoder)
+    return (f"cache (not in the table): {train / 1024**2:.2f} MiB per training image, {val / 1024**2:.2f} MiB "
+            "per validation image, kept on\nthe GPU when it takes under a tenth of its free memory "
+            "(--cache-on-device / --no-cache-on-device)")  # fmt: skip
 
 
 def memory_table(estimate: MemoryEstimate, config: RunConfig) -> str:

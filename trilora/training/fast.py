@@ -12,8 +12,8 @@ log = logging.getLogger("trilora")
 def compile_blocks(unet: torch.nn.Module, cuda_graphs: bool = False) -> int:
     """Regional compilation: each BasicTransformerBlock compiled in place (the UNet's repeated block;
     one graph per input shape, so buckets get one each). `cuda_graphs`: torch.compile's
-    reduce-overhead mode, which replays each block's kernels as one CUDA graph (on CUDA only; the
-    loop marks each step's start). Returns how many were compiled."""
+    reduce-overhead mode, which replays each block's kernels as one CUDA graph (the loop marks each
+    step's start). Returns how many were compiled."""
     from diffusers.models.attention import BasicTransformerBlock
 
     blocks = [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
@@ -35,8 +35,13 @@ def attention_backend(device: torch.device) -> str:
 def apply_fast_path(unet: torch.nn.Module, opts, device: torch.device) -> None:
     if opts.channels_last:
         unet.to(memory_format=torch.channels_last)
-    compiled = compile_blocks(unet, opts.cuda_graphs) if opts.compile else 0
-    graphs = " as CUDA graphs" if opts.cuda_graphs and device.type == "cuda" else ""
+    graphs = opts.cuda_graphs and device.type == "cuda"
+    compiled = compile_blocks(unet, graphs) if opts.compile else 0
+    if opts.cuda_graphs and not graphs:
+        log.warning(
+            "--cuda-graphs: CUDA graphs exist on CUDA only; the blocks on %s are compiled without", device
+        )
     log.info("fast path: attention %s; %s; %s", attention_backend(device),
-             f"{compiled} transformer blocks compiled{graphs}" if opts.compile else "not compiled",
+             f"{compiled} transformer blocks compiled{' as CUDA graphs' if graphs else ''}" if opts.compile
+             else "not compiled",
              "channels-last" if opts.channels_last else "channels-first")  # fmt: skip

@@ -318,7 +318,9 @@ def train_step(r: Run, state: TrainingState, order: BatchOrder, step: int, lr: f
     for group in state.optimizer.param_groups:
         group["lr"] = lr * group["lr_factor"]
     torch.manual_seed(derive_seed(opts.seed, "dropout", step))
-    if opts.cuda_graphs:  # a new step: the graphs' outputs of the last one may be overwritten
+    if (
+        opts.cuda_graphs and device.type == "cuda"
+    ):  # a new step: the last one's graph outputs may be overwritten
         torch.compiler.cudagraph_mark_step_begin()
     train_loss = torch.zeros((), device=device)
     for micro in range(opts.grad_accum):

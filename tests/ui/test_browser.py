@@ -6,6 +6,7 @@ installs it): there a missing browser fails. Screenshots go to the test's folder
 $TRILORA_UI_SCREENSHOTS when set (the README's come from there).
 """
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -71,6 +72,9 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     points = page.locator("#chart .val-point").count()
     assert (ui.root / "runs" / "ui-run" / "checkpoints").is_dir()
 
+    # settings the form leaves alone keep the tree's default: an unset on/off/auto option is not "off"
+    settings = json.loads((ui.root / "runs" / "ui-run" / "config.json").read_text())
+    assert settings["data"]["buckets"] is None and settings["train"]["cache_on_device"] is None
     page.click("#run-resume")
     page.wait_for_function("['finished', 'stopped early'].includes(document.getElementById('run-state').textContent)",
                            timeout=300000)  # fmt: skip

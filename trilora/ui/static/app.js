@@ -33,7 +33,11 @@ function buildForm(form, fields, values) {
     const section = f.section || "run";
     if (!sections[section]) { sections[section] = el("fieldset", {}, el("legend", { text: section })); form.append(sections[section]); }
     let input;
-    if (f.type === "bool") input = el("input", { type: "checkbox" });
+    if (f.type === "bool" && f.default !== null) input = el("input", { type: "checkbox" });
+    else if (f.type === "bool") {  // unset means "decide by itself" (--buckets, --cache-on-device): not off
+      input = el("select");
+      for (const [v, text] of [["", "(default)"], ["true", "on"], ["false", "off"]]) input.append(el("option", { value: v, text }));
+    }
     else if (f.choices) { input = el("select"); if (f.default === null) input.append(el("option", { value: "", text: "(default)" })); for (const c of f.choices) input.append(el("option", { value: c, text: c })); }
     else input = el("input", { type: f.type === "int" || f.type === "float" ? "number" : "text", step: f.type === "float" ? "any" : "1" });
     input.name = f.key; input.dataset.type = f.type; input.title = f.help;
@@ -51,7 +55,7 @@ function formSettings(form, fields) {
   for (const f of fields) {
     const input = form.elements[f.key]; if (!input) continue;
     let v;
-    if (f.type === "bool") v = input.checked;
+    if (f.type === "bool") v = input.type === "checkbox" ? input.checked : input.value === "" ? null : input.value === "true";
     else if (input.value === "") v = null;
     else if (f.type === "int") v = parseInt(input.value, 10);
     else if (f.type === "float") v = parseFloat(input.value);

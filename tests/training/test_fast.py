@@ -108,3 +108,27 @@ def test_a_training_step_never_makes_the_host_wait_for_the_device(
                     min_snr_gamma=5.0, noise_offset=0.05)  # fmt: skip
     assert reads == []
     assert len(values) == 3 + 2 and all(math.isfinite(v) for v in values)  # every step's loss was logged
+
+
+def test_compiled_blocks_get_a_graph_for_every_shape_not_eager_after_eight(monkeypatch):
+    """Dynamo's default keeps 8 graphs per function and runs the rest eager, silently: SD 1.5's four
+    block widths in training and validation spend that, and each bucket adds four shapes."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    from trilora.training.fast import compile_blocks
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # the default, restored after
+    graphs = []
+
+    def counting(gm, inputs):  # a backend that only counts: dynamo's limit does not depend on it
+        graphs.append(gm)
+        return gm.forward
+
+    model = torch.nn.Sequential(*(BasicTransformerBlock(32, 2, 16, cross_attention_dim=24) for _ in range(2)))
+    assert compile_blocks(model, backend=counting) == 2
+    context = torch.randn(1, 7, 24)
+    for tokens in range(4, 52, 4):  # 12 shapes, each through both blocks
+        for block in model:
+            block(torch.randn(1, tokens, 32), encoder_hidden_states=context)
+    torch._dynamo.reset()
+    assert len(graphs) == 12  # one per shape, shared by the two blocks

@@ -218,11 +218,12 @@ class StepRows:
         return value
 
     def write(self, **measured) -> None:
+        """The pending step's row; its time is when its loss was ready, or now after a validation."""
         if self.pending is None:
             return
-        loss, (step, lr, _) = self.loss(), self.pending
-        self.state.metrics.write(step=step, train_loss=loss, lr=lr, elapsed_s=time.perf_counter() - self.started,
-                                 **measured)  # fmt: skip
+        loss, (step, lr, readout) = self.loss(), self.pending
+        at = time.perf_counter() if measured else readout.ready_at
+        self.state.metrics.write(step=step, train_loss=loss, lr=lr, elapsed_s=at - self.started, **measured)
         self.progress.update(step, loss)
         self.pending = None
 

@@ -7,26 +7,30 @@ wait is then for a step that has long finished (the usual CUDA pattern: an event
 On the CPU everything runs in order and the read is immediate.
 """
 
+import time
+
 import torch
 
 
 class Readout:
-    """A scalar on its way from the device to the host; `value()` waits for it, and only for it."""
+    """A scalar on its way from the device to the host; `value()` waits for it, and only for it.
+    `ready_at`: the perf_counter time at which it was known to be computed (on the CPU, at once)."""
 
     def __init__(self, scalar: torch.Tensor):
         scalar = scalar.detach()
-        self.event = None
+        self.event, self.ready_at = None, None
         if scalar.device.type == "cuda":
             self.host = torch.empty((), dtype=scalar.dtype, pin_memory=True)
             self.host.copy_(scalar, non_blocking=True)
             self.event = torch.cuda.Event()
             self.event.record()
         else:
-            self.host = scalar
+            self.host, self.ready_at = scalar, time.perf_counter()
 
     def value(self) -> float:
         if self.event is not None:
             self.event.synchronize()
+            self.ready_at = self.ready_at or time.perf_counter()
         return self.host.item()
 
 

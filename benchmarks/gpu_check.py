@@ -24,6 +24,7 @@ With --out, the JSON is rewritten after each measurement: a check cut short keep
 
 import argparse
 import json
+import logging
 import math
 import statistics
 import sys
@@ -165,6 +166,19 @@ def table(rows: list[dict], bare: dict, sanity: dict | None, syncs: float | None
     return "\n".join(lines)
 
 
+class FastPathLines(logging.Handler):
+    """The runs' "fast path: attention ..." log lines: which SDPA kernel ran, what was compiled."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("fast path:") and message not in self.lines:
+            self.lines.append(message)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -181,13 +195,17 @@ def main() -> None:
     fast = {"channels_last": True} if smoke else {"channels_last": True, "compile": True}
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    found = {"rows": [], "bare": {}, "syncs_per_step": None, "bf16": None, "device": name}
+    found = {"rows": [], "bare": {}, "syncs_per_step": None, "bf16": None, "device": name, "fast_path": []}
+    fast_path = FastPathLines()
+    logging.getLogger("trilora").addHandler(fast_path)
+    logging.getLogger("trilora").setLevel(logging.INFO)
 
     def measured(key: str, value) -> None:
         if key == "rows":
             found["rows"].append(value)
         else:
             found[key] = value
+        found["fast_path"] = fast_path.lines
         if args.out:
             args.out.write_text(json.dumps(found, indent=2))
 
@@ -199,11 +217,10 @@ def main() -> None:
             else (save_sd15_random(tmp / "base"), 512)
         )
         data = make_shapes_dataset(tmp / "data", count=max(batches), size=resolution)
+        # the cheap measurements first, the compiled ones (a compile per block shape and batch) last:
+        # a check cut short by its time limit keeps the most
         for batch in batches:
             measured("rows", timed_run(tmp, f"eager b{batch}", base, data, resolution, batch, steps, warmup))
-            measured(
-                "rows", timed_run(tmp, f"fast b{batch}", base, data, resolution, batch, steps, warmup, **fast)
-            )
         measured("rows", timed_run(tmp, "eager b1 checkpointing", base, data, resolution, 1, steps, warmup,
                                    gradient_checkpointing=True))  # fmt: skip
         measured("syncs_per_step", syncs_per_step(tmp, base, data, resolution, 6))
@@ -211,21 +228,18 @@ def main() -> None:
             b: statistics.median(bare_loop(base, resolution, b, 16, steps, device)[warmup:]) for b in batches
         })  # fmt: skip
         measured("bf16", bf16_sanity(tmp, base, resolution, 12 if smoke else 60))
-        if (
-            not smoke
-        ):  # compiling takes minutes on a CPU; the option's CPU check is tests/training/test_fast.py
+        for batch in batches:
+            measured(
+                "rows", timed_run(tmp, f"fast b{batch}", base, data, resolution, batch, steps, warmup, **fast)
+            )
+        # compiling takes minutes on a CPU; the option's CPU check is tests/training/test_fast.py
+        if not smoke:
             graphs = fast | {"cuda_graphs": True}
             measured("rows", guarded(lambda: timed_run(tmp, "fast + CUDA graphs b1", base, data, resolution, 1, steps,
                                                        warmup, **graphs), "fast + CUDA graphs b1", 1))  # fmt: skip
-    print(
-        table(
-            found["rows"],
-            found["bare"],
-            found["bf16"],
-            found["syncs_per_step"],
-            f"{name}, torch {torch.__version__}",
-        )
-    )
+    shown = f"{name}, torch {torch.__version__}"
+    print(table(found["rows"], found["bare"], found["bf16"], found["syncs_per_step"], shown))
+    print("\n".join(["", *fast_path.lines]))
 
 
 if __name__ == "__main__":

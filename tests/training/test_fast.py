@@ -132,3 +132,17 @@ def test_compiled_blocks_get_a_graph_for_every_shape_not_eager_after_eight(monke
             block(torch.randn(1, tokens, 32), encoder_hidden_states=context)
     torch._dynamo.reset()
     assert len(graphs) == 12  # one per shape, shared by the two blocks
+
+
+def test_the_log_names_the_attention_kernel_torch_runs():
+    from diffusers.models.attention_processor import Attention
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from trilora.training.fast import attention_backend
+
+    model = torch.nn.Sequential(Attention(query_dim=32, heads=2, dim_head=16))
+    cpu = torch.device("cpu")
+    assert attention_backend(model, cpu, torch.float32) == "SDPA flash kernel (CPU) for 2 heads of 16"
+    with sdpa_kernel(SDPBackend.MATH):
+        assert attention_backend(model, cpu, torch.float32) == "SDPA math kernel (CPU) for 2 heads of 16"
+    assert attention_backend(torch.nn.Linear(2, 2), cpu, torch.float32) == "none (no attention layers)"

@@ -28,17 +28,30 @@ def compile_blocks(unet: torch.nn.Module, cuda_graphs: bool = False, backend="in
     return len(blocks)
 
 
-def attention_backend(device: torch.device) -> str:
-    """Which attention kernel family torch's scaled_dot_product_attention may choose here."""
-    if device.type != "cuda":
-        return "SDPA (math/CPU kernels)"
-    enabled = [name for name, on in (("flash", torch.backends.cuda.flash_sdp_enabled()),
-               ("memory-efficient", torch.backends.cuda.mem_efficient_sdp_enabled()),
-               ("math", torch.backends.cuda.math_sdp_enabled())) if on]  # fmt: skip
-    return "SDPA (" + ", ".join(enabled) + ")"
+KERNELS = {"FLASH_ATTENTION": "flash", "EFFICIENT_ATTENTION": "memory-efficient", "CUDNN_ATTENTION": "cuDNN",
+           "MATH": "math"}  # fmt: skip
 
 
-def apply_fast_path(unet: torch.nn.Module, opts, device: torch.device) -> None:
+def attention_backend(unet: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> str:
+    """The kernel torch's scaled_dot_product_attention runs for the UNet's first attention layer
+    (its heads and head width, in the run's dtype), as torch's own dispatcher chooses it."""
+    from diffusers.models.attention_processor import Attention
+    from torch.nn.attention import SDPBackend
+
+    attention = next((m for m in unet.modules() if isinstance(m, Attention)), None)
+    if attention is None:
+        return "none (no attention layers)"
+    heads, width = attention.heads, attention.inner_dim // attention.heads
+    q = torch.zeros(1, heads, 64, width, device=device, dtype=dtype)
+    try:
+        choice = SDPBackend(torch._fused_sdp_choice(q, q, q)).name  # what F.scaled_dot_product_attention runs
+    except (AttributeError, RuntimeError, ValueError):  # an internal of torch: if it moves, say so
+        return "SDPA (this torch does not say which kernel)"
+    where = " (CPU)" if device.type == "cpu" else ""
+    return f"SDPA {KERNELS.get(choice, choice.lower())} kernel{where} for {heads} heads of {width}"
+
+
+def apply_fast_path(unet: torch.nn.Module, opts, device: torch.device, dtype: torch.dtype) -> None:
     if opts.channels_last:
         unet.to(memory_format=torch.channels_last)
     graphs = opts.cuda_graphs and device.type == "cuda"
@@ -47,7 +60,7 @@ def apply_fast_path(unet: torch.nn.Module, opts, device: torch.device) -> None:
         log.warning(
             "--cuda-graphs: CUDA graphs exist on CUDA only; the blocks on %s are compiled without", device
         )
-    log.info("fast path: attention %s; %s; %s", attention_backend(device),
+    log.info("fast path: attention %s; %s; %s", attention_backend(unet, device, dtype),
              f"{compiled} transformer blocks compiled{' as CUDA graphs' if graphs else ''}" if opts.compile
              else "not compiled",
              "channels-last" if opts.channels_last else "channels-first")  # fmt: skip

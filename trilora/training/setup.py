@@ -117,7 +117,7 @@ def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
     add_run_adapters(pipe.unet, pipe.text_encoder, adapter)
     if opts.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-    apply_fast_path(pipe.unet, opts, device)
+    apply_fast_path(pipe.unet, opts, device, weight_dtype)
 
     validation = None
     if val_items:

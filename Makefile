@@ -34,12 +34,15 @@ format: install
 	$(VENV)/bin/ruff check --fix trilora tests benchmarks scripts
 	$(VENV)/bin/ruff format trilora tests benchmarks scripts
 
+# Two pytest workers with one thread each use two cores fully (torch's own threads in each worker
+# would oversubscribe them); TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The inner loop: everything but the end-to-end runs marked slow (CI runs those too, in `make test`).
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 bench: install
 	$(PY) benchmarks/train_step.py

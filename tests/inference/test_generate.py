@@ -40,7 +40,9 @@ def test_several_images_go_to_a_folder_with_their_settings(tiny_model_dir, tmp_p
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["00.png", "01.png", "settings.toml"]
     second = generate(tiny_model_dir, tmp_path, "second", "--prompt", "x", "--steps", "2", "--seed", "8")
-    assert np.array_equal(np.asarray(Image.open(out / "01.png")).astype(int), second)
+    # a batch of two against a batch of one: other kernel shapes, so float rounding may differ by a level
+    batched = np.asarray(Image.open(out / "01.png")).astype(int)
+    assert np.abs(batched - second).max() <= 2 and np.abs(batched - second).mean() < 0.1
     assert Image.open(out / "01.png").text["trilora"] == (out / "settings.toml").read_text()
 
     assert (

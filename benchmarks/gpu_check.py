@@ -9,8 +9,9 @@ Measures, in one run, and prints one Markdown table (also written as JSON with -
 - host synchronisations inside a training step (torch.cuda.set_sync_debug_mode counts them; the
   design is none: the loss is read a step late, trilora/training/readout.py);
 - the bare loop of benchmarks/train_step.py at the same batch (forward + backward + AdamW, nothing
-  else) as the baseline: diffusers' train_text_to_image_lora.py is not in the diffusers wheel and
-  the GPU machine reaches no registry, so that comparison is not made here;
+  else) as the baseline;
+- with --diffusers-script FILE, diffusers' train_text_to_image_lora.py at batch 8 on the same model,
+  images and rank (benchmarks/diffusers_script.py), and trilora's throughput against it;
 - peak memory (torch.cuda.max_memory_allocated) against the `--dry-run` estimate, for batch 1 with
   and without gradient checkpointing and batch 4;
 - a bf16 sanity run: finite, falling loss on one repeated image, and the exported file loading in
@@ -38,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from diffusers_script import script_row  # noqa: E402
 from train_step import bare_loop, save_sd15_random  # noqa: E402
 
 from trilora.base.tiny import TINY_RESOLUTION, make_shapes_dataset, save_tiny_pipeline  # noqa: E402
@@ -159,6 +161,7 @@ def table(rows: list[dict], bare: dict, sanity: dict | None, syncs: float | None
         )
     for batch, seconds in bare.items():
         lines.append(f"| bare loop (train_step.py) | {batch} | {seconds * 1000:.1f} ms | – | – | – | – |")
+    lines += script_ratios(rows)
     lines += ["", "host synchronisations per training step: " + ("–" if syncs is None else f"{syncs:g}")]
     if sanity:
         lines += [f"bf16 sanity: finite {sanity['finite']}, loss {sanity['first']:.4f} -> {sanity['last']:.4f} "
@@ -179,16 +182,36 @@ class FastPathLines(logging.Handler):
             self.lines.append(message)
 
 
+def script_ratios(rows: list[dict]) -> list[str]:
+    """trilora's throughput against diffusers' script at the script's batch (issue 13's goal: >= 1.3x)."""
+    timed = {r["name"]: r["s_per_step"] for r in rows if "error" not in r}
+    lines = []
+    for r in rows:
+        if r["name"].startswith("diffusers script") and "error" not in r:
+            ours = []
+            for kind in ("eager", "fast"):
+                mine = timed.get(f"{kind} b{r['batch']}")
+                if mine:
+                    ours.append(f"{kind} {r['s_per_step'] / mine:.2f}x")
+            lines += ["", f"throughput against diffusers' script at batch {r['batch']}: "
+                      f"{', '.join(ours) or '-'} (goal: >= 1.3x)"]  # fmt: skip
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--smoke", action="store_true", help="The tiny model on the CPU, few steps (tests).")
     parser.add_argument("--out", type=Path, help="Also write the results as JSON here.")
+    parser.add_argument("--diffusers-script", type=Path, metavar="FILE",
+                        help="diffusers' examples/text_to_image/train_text_to_image_lora.py, to time beside trilora.")  # fmt: skip
     args = parser.parse_args()
     smoke = args.smoke
     if not smoke and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device; use --smoke on a CPU")
+    if args.diffusers_script and not args.diffusers_script.is_file():
+        raise SystemExit(f"gpu_check: --diffusers-script {args.diffusers_script} is not a file")
     steps, warmup = (3, 1) if smoke else (25, 5)
     batches = (2,) if smoke else (1, 4, 8)
     # on the CPU the compiled path is checked by tests/training/test_fast.py; here it would take minutes
@@ -228,6 +251,11 @@ def main() -> None:
             b: statistics.median(bare_loop(base, resolution, b, 16, steps, device)[warmup:]) for b in batches
         })  # fmt: skip
         measured("bf16", bf16_sanity(tmp, base, resolution, 12 if smoke else 60))
+        if args.diffusers_script:
+            b, label = max(batches), f"diffusers script b{max(batches)}"
+            lengths = (2, 4) if smoke else (5, 25)
+            measured("rows", guarded(lambda: script_row(args.diffusers_script.resolve(), base, data, tmp, resolution, b,
+                                                        16, lengths, device.type == "cuda"), label, b))  # fmt: skip
         for batch in sorted(batches, key=lambda b: (b != max(batches), b)):  # batch 8 first: the goal's
             measured(
                 "rows", timed_run(tmp, f"fast b{batch}", base, data, resolution, batch, steps, warmup, **fast)

@@ -74,9 +74,7 @@ def test_a_loss_that_stops_being_finite_stops_the_run_saving_nothing_spoilt(tmp_
     )
 
 
-def test_a_training_step_never_makes_the_host_wait_for_the_device(
-    tmp_path, tiny_model_dir, shapes, monkeypatch
-):
+def test_a_training_step_reads_no_tensor_back_to_the_host(tmp_path, tiny_model_dir, shapes, monkeypatch):
     """Nothing in a step reads a tensor back (item, tolist, cpu, bool, float, ...): on a GPU each read
     stalls the device until the step's kernels have run. The loss reaches the host by the loop's
     readout, once the next step is queued (trilora/training/readout.py)."""

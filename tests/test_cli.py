@@ -15,6 +15,7 @@ def run(capsys, *argv):
 
 
 def test_missing_base_model_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "data").mkdir()
     result = subprocess.run(
         [
             sys.executable,
@@ -24,7 +25,7 @@ def test_missing_base_model_is_one_line_and_exit_2(tmp_path):
             "--base",
             str(tmp_path / "nowhere"),
             "--data",
-            str(tmp_path),
+            str(tmp_path / "data"),
             "--output",
             str(tmp_path / "out"),
         ],  # fmt: skip
@@ -82,7 +83,7 @@ def test_missing_files_in_other_commands(capsys, tmp_path):
     code, _, err = run(capsys, "inspect", str(tmp_path / "none.safetensors"))
     assert code == 2 and "none.safetensors" in err
     code, _, err = run(capsys, "generate", "--base", str(tmp_path), "--lora", str(tmp_path / "x.safetensors:0.5"),
-                       "--prompt", "p", "--output", str(tmp_path / "o.png"))  # fmt: skip
+                       "--prompt", "p", "--output", str(tmp_path.parent / "o.png"))  # fmt: skip
     assert code == 2 and "x.safetensors" in err
 
 

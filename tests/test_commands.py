@@ -76,7 +76,7 @@ def test_config_file_with_an_unknown_key_is_refused_by_name(capsys, tmp_path, na
 @pytest.mark.parametrize(
     "name, toml, message",
     [
-        ("demo", "[demo]\nsteps = 0\n", "--steps must be at least 1, got 0"),
+        ("demo", "[demo]\nsteps = 0\n", "demo.steps must be at least 1"),
         (
             "bench",
             "[bench]\nsteps = 7\neval_every = 3\n",
@@ -87,9 +87,9 @@ def test_config_file_with_an_unknown_key_is_refused_by_name(capsys, tmp_path, na
             '[generate]\nprompt = "a cat"\n[sampling]\nheight = 33\n',
             "--height must be a positive",
         ),
-        ("evaluate", "[evaluate]\nkid_subsets = 0\n", "--kid-subsets must be at least 1"),
+        ("evaluate", "[evaluate]\nkid_subsets = 0\n", "evaluate.kid_subsets must be at least 1"),
         ("compare", '[compare]\nmethods = ["lora", "lora"]\n', "--methods must be distinct"),
-        ("train", "[train]\nlr = -1.0\n", "--lr must be positive"),
+        ("train", "[train]\nlr = -1.0\n", "train.lr must be at least"),
     ],
 )
 def test_config_file_values_reach_the_command(capsys, tmp_path, name, toml, message):

@@ -4,6 +4,7 @@
 import argparse
 import copy
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from trilora.config import (
     parse_comma_list,
     tree_from_dict,
 )
-from trilora.errors import Interrupted, UserError
+from trilora.errors import Interrupted, Stopped, UserError, signal_name
+from trilora.outputs import check_command_paths
 
 log = logging.getLogger("trilora")
 
@@ -84,7 +86,9 @@ def tree_from_args(args: argparse.Namespace):
         resumed = source, load_checkpoint(source)
         data = copy.deepcopy(resumed[1]["config"])  # the checkpoint's own stays as saved, for the comparison
         data["output"] = str(run_folder_of(source))  # where it is now, not where it was started
-    for section, values in (load_toml(args.config) if args.config else {}).items():
+    loaded = load_toml(args.config) if args.config else {}
+    tree_from_dict(loaded, args.config, args.command)  # the whole file is checked, flags or not
+    for section, values in loaded.items():
         if isinstance(values, dict) and isinstance(data.get(section), dict):
             data[section] = data[section] | values
         else:
@@ -96,10 +100,12 @@ def tree_from_args(args: argparse.Namespace):
         spec, annotation, flag = fields[key]
         if spec.metadata["comma"]:
             value = parse_comma_list(value, base_type(annotation), f"--{flag}")
-            checked(value, annotation, spec, f"--{flag}", None)  # named by its flag, not its TOML key
+        checked(value, annotation, spec, f"--{flag}", None)  # named by its flag, not its TOML key
         section, _, name = key.rpartition(".")
         (data.setdefault(section, {}) if section else data)[name] = value
-    return tree_from_dict(data, args.config or "settings", args.command), resumed
+    tree = tree_from_dict(data, args.config or "settings", args.command)
+    check_command_paths(args.command, tree)
+    return tree, resumed
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -199,12 +205,29 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="trilora: %(message)s")
     args = build_parser().parse_args(argv)
+    handle_stop_signals()
     try:
         args.handler(args)
     except UserError as error:
         print(f"trilora: error: {error}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, Interrupted) as error:
-        print(f"trilora: {error or 'interrupted'}", file=sys.stderr)
-        return 130
+    except Interrupted as error:
+        print(f"trilora: {error}", file=sys.stderr)
+        return 128 + error.signum
+    except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM or SIGHUP outside the training loop
+        signum = getattr(error, "signum", signal.SIGINT)
+        print(f"trilora: {signal_name(signum)} before anything was finished; what was written is complete "
+              "(every file is written whole or not at all)", file=sys.stderr)  # fmt: skip
+        return 128 + signum
     return 0
+
+
+def handle_stop_signals() -> None:
+    """SIGTERM and SIGHUP (SLURM, Kubernetes, a closed terminal) do what Ctrl-C does."""
+
+    def stop(signum, _frame):
+        raise Stopped(signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)

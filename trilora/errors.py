@@ -9,4 +9,24 @@ class UserError(Exception):
 
 
 class Interrupted(Exception):
-    """The user pressed Ctrl-C; the message says what was saved. The CLI exits with 130."""
+    """Ctrl-C, SIGTERM or SIGHUP stopped a run; the message says what was saved. The CLI exits with
+    128 + the signal's number (130, 143, 129), as a shell reports a process that signal ended."""
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.signum = signum
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP outside the training loop: handled as Ctrl-C is (the CLI's handlers)."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signum = signum
+
+
+def signal_name(signum: int) -> str:
+    """How a stop is reported: "interrupted" for Ctrl-C, else the signal's name."""
+    import signal
+
+    return "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"

@@ -6,21 +6,43 @@ extension (PIL and matplotlib pick the format from it) and starts with a dot, so
 skip a leftover one.
 """
 
+import errno
 import hashlib
 import json
 import os
+import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from trilora.errors import UserError
+
+STEM_BYTES = 100  # of the target's stem in a temporary name: `.STEM.xxxxxxxx.partial.EXT` stays under 255
+TEXT_LIMIT = 16 << 20  # settings, prompts, dataset configs: larger is a wrong file (or /dev/zero)
+
+
+def short_stem(stem: str) -> str:
+    data = stem.encode("utf-8")[:STEM_BYTES]
+    return data.decode("utf-8", "ignore")
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write to; on success it replaces `path` atomically."""
+    """Yield a temporary path to write to; on success it replaces `path` atomically.
+
+    A full disk (or quota) is one line naming the file, the space it needed and where; the
+    temporary file is removed and the previous `path` stays as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".partial{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{short_stem(path.stem)}.", suffix=f".partial{path.suffix[:16]}"
+        )
+    except OSError as error:
+        raise_if_out_of_space(error, path, None)
+        raise
     os.close(handle)
     temporary = Path(name)
     try:
@@ -29,8 +51,67 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(file.fileno())
         os.replace(temporary, path)
         fsync_folder(path.parent)
+    except OSError as error:
+        raise_if_out_of_space(error, path, temporary)
+        raise
+    except RuntimeError as error:  # safetensors and torch.save wrap the OSError of a full disk
+        if (
+            "No space left" in str(error)
+            or "unexpected pos" in str(error)
+            or "file write failed" in str(error)
+        ):
+            raise_if_out_of_space(OSError(errno.ENOSPC, str(error)), path, temporary)
+        raise
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def raise_if_out_of_space(error: OSError, path: Path, temporary: Path | None) -> None:
+    """A full disk or quota as a UserError saying which file, how much it needed and how much is free."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return
+    written = temporary.stat().st_size if temporary is not None and temporary.exists() else 0
+    if temporary is not None:
+        temporary.unlink(missing_ok=True)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = 0
+    needed = f"{written / 2**20:.1f} MiB written before it ran out" if written else "no room even to start"
+    raise UserError(f"the disk is full: cannot write {path} ({needed}; {free / 2**20:.1f} MiB free on "
+                    f"{path.parent}); free some space and run again (nothing was half-written)") from None  # fmt: skip
+
+
+def check_regular_file(path: str | Path, what: str, limit: int | None = None) -> Path:
+    """`path` if it is a regular file (not a FIFO, a device or a folder) of at most `limit` bytes."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except OSError as error:
+        raise UserError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{what} {path} is a folder; give a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{what} {path} is not a regular file (a pipe or a device); give a file")
+    if limit is not None and info.st_size > limit:
+        raise UserError(f"{what} {path} is {info.st_size / 2**20:.1f} MiB, more than such a file can be "
+                        f"({limit / 2**20:.0f} MiB); is it the right file?")  # fmt: skip
+    return path
+
+
+def read_text_file(path: str | Path, what: str, limit: int = TEXT_LIMIT) -> str:
+    """A small UTF-8 text file, checked first (regular, at most `limit` bytes); one line if not."""
+    path = check_regular_file(path, what, limit)
+    try:
+        with open(path, "rb") as file:
+            data = file.read(limit + 1)
+        return data[:limit].decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text; is it the right file?") from None
+    except OSError as error:
+        raise UserError(f"cannot read {what} {path}: {error.strerror or error}") from None
 
 
 def fsync_folder(folder: Path) -> None:

@@ -102,7 +102,7 @@ class FolderLock:
             log.warning("taking over %s: its lock was left by %s, which is no longer running",
                         self.path.parent, describe(left))  # fmt: skip
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "process_start": process_start(os.getpid())}  # fmt: skip
         os.ftruncate(handle, 0)
         os.lseek(handle, 0, os.SEEK_SET)
         os.write(handle, (json.dumps(record) + "\n").encode())
@@ -120,6 +120,38 @@ class FolderLock:
 
     def __exit__(self, *_) -> None:
         self.release()
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks since boot (Linux /proc; None elsewhere): with the
+    pid, it names one process for good, since pids are reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22, after the command name in parentheses
+    except (OSError, IndexError):
+        return None
+
+
+def holder_process(folder: Path) -> int | None:
+    """The pid of the trilora process that holds `folder`'s lock now, on this host; None unless
+    every check holds: the lock is held, the record names this host, and the process with that pid
+    started when the record says and runs trilora (so Stop never signals an unrelated process)."""
+    lock = FolderLock(folder, "")
+    if lock.holder() is None:
+        return None
+    record = read_record(lock.path) or {}
+    pid = record.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid == os.getpid():
+        return None
+    if record.get("host") != socket.gethostname() or record.get("process_start") is None:
+        return None
+    if process_start(pid) != record["process_start"]:
+        return None
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return pid if any(b"trilora" in part for part in command) else None
 
 
 def read_record(path: Path) -> dict | None:

@@ -50,7 +50,7 @@ def test_scan_errors_name_the_folder(tmp_path):
         scan(tmp_path / "missing")
     with pytest.raises(UserError, match=str(tmp_path)):
         scan(tmp_path)
-    with pytest.raises(UserError, match="must start with a dot"):
+    with pytest.raises(UserError, match="must be a dot"):
         scan(tmp_path, caption_extension="txt")
 
 

@@ -77,13 +77,13 @@ def test_relative_folders_resolve_against_the_config_folder(tmp_path, monkeypatc
         ('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "img"\n', "not inside \\[\\[datasets\\]\\]"),
         (
             '[[subsets]]\nfolder = "img"\nrepeats = 0\n',
-            "subset 1: repeats must be a whole number >= 1, got 0",
+            "subset 1: repeats must be a whole number in 1..10000, got 0",
         ),
         ('[[subsets]]\nfolder = "img"\nrepeats = 2.5\n', "repeats must be a whole number"),
         ('[[subsets]]\nfolder = "img"\nrepeats = true\n', "repeats must be a whole number"),
         (
             '[[subsets]]\nfolder = "img"\ncaption_extension = "txt"\n',
-            "caption_extension must start with a dot",
+            "caption_extension must be a dot",
         ),
         ('[[subsets]]\nfolder = "img"\nis_reg = "yes"\n', "is_reg must be true or false"),
         ('[[subsets]]\nfolder = "img"\ntrigger = 3\n', "trigger must be a string"),

@@ -146,7 +146,17 @@ def test_sd15_report_on_the_meta_device(tmp_path):
 
 def test_cli_dry_run_prints_the_report_and_writes_nothing(tmp_path, tiny_model_dir, capsys):
     output = tmp_path / "out"
-    common = ["train", "--dry-run", "--data", str(tmp_path), "--output", str(output), "--resolution", "32"]
+    (tmp_path / "data").mkdir()
+    common = [
+        "train",
+        "--dry-run",
+        "--data",
+        str(tmp_path / "data"),
+        "--output",
+        str(output),
+        "--resolution",
+        "32",
+    ]
     assert main([*common, "--base", str(tiny_model_dir)]) == 0
     out = capsys.readouterr().out
     assert "trainable parameters:" in out and "adapter file:" in out and "peak total (nvidia-smi)" in out
@@ -157,7 +167,8 @@ def test_cli_dry_run_prints_the_report_and_writes_nothing(tmp_path, tiny_model_d
     assert "trainable parameters:" in capsys.readouterr().out
     assert main([*common, "--base", str(single)]) == 2  # the tiny file does not fit the SD 1.5 configs
     assert "does not fit the configuration" in capsys.readouterr().err
-    assert main([*common, "--base", str(tmp_path)]) == 2
+    (tmp_path / "not-a-model").mkdir()
+    assert main([*common, "--base", str(tmp_path / "not-a-model")]) == 2
     assert "without model_index.json" in capsys.readouterr().err
 
 

@@ -12,9 +12,11 @@ from trilora.config import CaptionConfig, Tree
 from trilora.data.captions import split_tags
 from trilora.data.folder import BadImage, open_image, scan
 from trilora.files import write_text
+from trilora.outputs import refuse_foreign_files
 
 log = logging.getLogger("trilora")
 TOP = 10  # words or tags in the summary
+CAPTION_BYTES = 1 << 20  # a larger "caption" is some other file
 
 
 @dataclass
@@ -47,6 +49,7 @@ def caption_folder(folder: str | Path, settings: CaptionConfig, extension: str =
     todo = []
     for item in items:
         (todo if needs_caption(item, settings.overwrite) else outcome.kept).append(item.image)
+    refuse_foreign_files([path.with_suffix(extension) for path in todo], is_caption_file, "caption")
     log.info("caption: %d of %d images to caption in %s", len(todo), len(items), folder)
     captioner = load_captioner(settings, device) if todo else None
     counts = Counter()
@@ -69,6 +72,18 @@ def caption_folder(folder: str | Path, settings: CaptionConfig, extension: str =
     progress.close()
     outcome.top = counts.most_common(TOP)
     return outcome
+
+
+def is_caption_file(path: Path) -> bool:
+    """A file a caption may replace: small UTF-8 text (what captioners and people write)."""
+    try:
+        if path.stat().st_size > CAPTION_BYTES:
+            return False
+        data = path.read_bytes()
+        data.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return b"\0" not in data
 
 
 def caption_command(tree: Tree) -> Outcome:

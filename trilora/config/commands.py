@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from trilora.config.fields import build, iter_fields, opt, shown_default, to_toml
+from trilora.config.fields import bounds_text, build, iter_fields, opt, shown_default, to_toml
 from trilora.config.training import METHODS, RunConfig
 from trilora.errors import UserError
 
@@ -43,12 +43,16 @@ class SamplingConfig:
     """How images are generated, shared by `generate` and `evaluate`; the defaults are the TriLoRA
     paper's protocol (§4.2: seed 30, 20 steps, guidance 7.5)."""
 
-    seed: int = opt(30, "Image k of each prompt starts from the latent of seed + k.")
-    steps: int = opt(20, "Denoising steps.")
-    guidance: float = opt(7.5, "Classifier-free guidance scale.")
-    num_images: int = opt(1, "Images per prompt.", metavar="K")
-    height: int | None = opt(None, "Image height, a multiple of 8 (default: the base model's).")
-    width: int | None = opt(None, "Image width, a multiple of 8 (default: the base model's).")
+    seed: int = opt(30, "Image k of each prompt starts from the latent of seed + k.", low=0, high=2**64 - 1)
+    steps: int = opt(20, "Denoising steps.", low=1, high=1000)
+    guidance: float = opt(7.5, "Classifier-free guidance scale.", low=0, high=100)
+    num_images: int = opt(1, "Images per prompt.", metavar="K", low=1, high=10000)
+    height: int | None = opt(
+        None, "Image height, a multiple of 8 (default: the base model's).", low=8, high=4096
+    )
+    width: int | None = opt(
+        None, "Image width, a multiple of 8 (default: the base model's).", low=8, high=4096
+    )
     scheduler: str | None = opt(
         None, "Sampler (default: the base model's own).", choices=tuple(sorted(SCHEDULERS))
     )
@@ -57,6 +61,8 @@ class SamplingConfig:
         refuse([
             (self.num_images >= 1, f"--num-images must be at least 1, got {self.num_images}"),
             (self.steps >= 1, f"--steps must be at least 1, got {self.steps}"),
+            (self.seed + self.num_images <= 2**64, f"--seed {self.seed} + --num-images {self.num_images} passes "
+             "the largest seed, 2^64 - 1: choose a smaller seed"),
             (size_ok(self.height), f"--height must be a positive multiple of 8 (the VAE's factor), got {self.height}"),
             (size_ok(self.width), f"--width must be a positive multiple of 8 (the VAE's factor), got {self.width}"),
         ])  # fmt: skip
@@ -81,25 +87,28 @@ class EvaluateConfig:
     lora: list[str] = opt([], "Adapter to evaluate (repeatable).", repeat=True, metavar="FILE", path=True)
     name: list[str] = opt([], "Report name of each --lora, in order (default: file names).", repeat=True)
     prompts: str = opt(
-        "", "Prompts: a text file (one a line) or a folder of .txt captions.", metavar="FILE|DIR", path=True
+        "",
+        "Prompts: a text file (one a line) or a folder of .txt captions.",
+        metavar="FILE|DIR",
+        path=True,
     )
     reference: str = opt("", "Folder of real images to compare with.", metavar="DIR", path=True)
     strengths: list[float] = opt([0.0, 0.25, 0.5, 0.75, 1.0], "Adapter strengths, comma-separated "
-                                 "(0 = the base model).", comma=True)  # fmt: skip
-    batch_size: int = opt(4, "Images per generation batch (x 8 per metric-network batch).")
+                                 "(0 = the base model).", comma=True, low=0, high=10)  # fmt: skip
+    batch_size: int = opt(4, "Images per generation batch (x 8 per metric-network batch).", low=1, high=1024)
     device: str = opt("auto", "Device: auto, cpu, cuda, cuda:N.")
     inception_weights: str | None = opt(None, "pt_inception-2015-12-05-6726825d.pth, the FID network of "
                                         "pytorch-fid and torch-fidelity.", metavar="FILE", path=True)  # fmt: skip
     clip_model: str | None = opt(
         None, "A transformers CLIP folder, e.g. openai/clip-vit-large-patch14.", metavar="DIR", path=True
     )
-    kid_subsets: int = opt(100, "KID subsets.")
+    kid_subsets: int = opt(100, "KID subsets.", low=1, high=100000)
     kid_subset_size: int | None = opt(
-        None, "Images per KID subset (default: half the smaller set, at most 1000)."
+        None, "Images per KID subset (default: half the smaller set, at most 1000).", low=2, high=100000
     )
     clip_tolerance: float = opt(1.0, "The recommended strength has the lowest FID among those within this "
-                                "many CLIP-score points of the best.")  # fmt: skip
-    grid_prompts: int = opt(8, "Prompts shown in the report's image grids.")
+                                "many CLIP-score points of the best.", low=0, high=100)  # fmt: skip
+    grid_prompts: int = opt(8, "Prompts shown in the report's image grids.", low=0, high=1000)
     cache: str | None = opt(
         None, "Cache of generated images (default: OUTPUT/cache).", metavar="DIR", path=True
     )
@@ -133,13 +142,15 @@ class CompareConfig:
 class BenchConfig:
     world: str = opt("toy", "Which benchmark (the toy world).", choices=("toy",))
     methods: list[str] = opt(list(METHODS), "Adapter types, comma-separated.", choices=METHODS, comma=True)
-    ranks: list[int] = opt([4, 16], "Adapter ranks, comma-separated.", comma=True)
-    seeds: int = opt(3, "Training seeds 0..N-1 per method and rank.")
-    steps: int = opt(300, "Optimiser steps per run.")
-    eval_every: int = opt(25, "Validate, checkpoint and score every N steps.")
-    prompts: int = opt(48, "Test prompts per evaluation.")
-    lr: float = opt(1e-3, "Learning rate.")
-    patience: int = opt(5, "Patience of the replayed early stopping (`trilora train`'s default).")
+    ranks: list[int] = opt([4, 16], "Adapter ranks, comma-separated.", comma=True, low=1, high=1024)
+    seeds: int = opt(3, "Training seeds 0..N-1 per method and rank.", low=1, high=1000)
+    steps: int = opt(300, "Optimiser steps per run.", low=1, high=10000000)
+    eval_every: int = opt(25, "Validate, checkpoint and score every N steps.", low=1, high=10000000)
+    prompts: int = opt(48, "Test prompts per evaluation.", low=2, high=100000)
+    lr: float = opt(1e-3, "Learning rate.", low=1e-12, high=10)
+    patience: int = opt(
+        5, "Patience of the replayed early stopping (`trilora train`'s default).", low=0, high=100000
+    )
     output: str = opt("runs/bench-toy", "Report folder.", metavar="DIR", path=True)
     base: str | None = opt(
         None, "Toy base model folder (default: the shipped trilora/toy/base).", metavar="DIR", path=True
@@ -148,13 +159,13 @@ class BenchConfig:
     resume: bool = opt(False, "Continue the bench in --output (same settings): finished runs are kept, an "
                        "interrupted one resumes from its last checkpoint, scores computed already are reused.",
                        saved=False)  # fmt: skip
-    train_images: int = opt(30, "Training renders of the new style.")
+    train_images: int = opt(30, "Training renders of the new style.", low=2, high=100000)
     train_colours: int = opt(3, "Wall colours of the training renders (the first N of red, blue, white); "
-                             "test prompts ask for all eight, fidelity is also scored on the unseen ones.")  # fmt: skip
+                             "test prompts ask for all eight, fidelity is also scored on the unseen ones.", low=1, high=3)  # fmt: skip
     signal_prompts: int = opt(0, "Held-out prompts (not the test prompts) scored at every checkpoint: the "
-                              "generation signal for stopping (0 = none).")  # fmt: skip
+                              "generation signal for stopping (0 = none).", low=0, high=100000)  # fmt: skip
     strengths: list[float] = opt([], "Also score each run's best and last adapter at these strengths "
-                                 "(the strength-control curve), comma-separated.", comma=True)  # fmt: skip
+                                 "(the strength-control curve), comma-separated.", comma=True, low=0, high=10)  # fmt: skip
 
     def validate(self) -> None:
         ranks, steps, every = self.ranks, self.steps, self.eval_every
@@ -179,7 +190,7 @@ class BenchConfig:
 @dataclass
 class DemoConfig:
     output: str = opt("runs/demo", "Demo folder.", metavar="DIR", path=True)
-    steps: int = opt(400, "At most this many steps (validation may stop sooner).")
+    steps: int = opt(400, "At most this many steps (validation may stop sooner).", low=1, high=100000)
     base: str | None = opt(
         None, "Another toy-world base model folder (default: the shipped one).", metavar="DIR", path=True
     )
@@ -203,15 +214,15 @@ class CaptionConfig:
     )
     overwrite: bool = opt(False, "Replace existing captions too (default: caption only images without one).",
                           saved=False)  # fmt: skip
-    batch_size: int = opt(8, "Images per batch.")
+    batch_size: int = opt(8, "Images per batch.", low=1, high=1024)
     device: str = opt("auto", "Device: auto, cpu, cuda, cuda:N.")
-    beams: int = opt(3, "BLIP: beam-search width (1 = greedy).")
-    min_length: int = opt(5, "BLIP: fewest tokens in a caption.")
-    max_length: int = opt(75, "BLIP: most tokens in a caption.")
+    beams: int = opt(3, "BLIP: beam-search width (1 = greedy).", low=1, high=64)
+    min_length: int = opt(5, "BLIP: fewest tokens in a caption.", low=1, high=512)
+    max_length: int = opt(75, "BLIP: most tokens in a caption.", low=1, high=512)
     text: str | None = opt(None, "BLIP: conditional captioning, the caption continues this text "
                            "(e.g. 'a painting of').", metavar="TEXT")  # fmt: skip
-    general_threshold: float = opt(0.35, "Tagger: lowest confidence of a general tag.")
-    character_threshold: float = opt(0.85, "Tagger: lowest confidence of a character tag.")
+    general_threshold: float = opt(0.35, "Tagger: lowest confidence of a general tag.", low=0, high=1)
+    character_threshold: float = opt(0.85, "Tagger: lowest confidence of a character tag.", low=0, high=1)
     undesired_tags: list[str] = opt([], "Tagger: tags never written, comma-separated.", comma=True)
     keep_underscores: bool = opt(False, "Tagger: keep the tags' underscores (default: spaces, except in "
                                  "emoticons such as ^_^).")  # fmt: skip
@@ -233,10 +244,10 @@ class UIConfig:
     root: str = opt("ui-workspace", "The workspace: every folder the UI reads or writes is under it (made, with "
                     "the toy world's demo data, on first start).", metavar="DIR", path=True)  # fmt: skip
     host: str = opt("127.0.0.1", "Address to listen on; any but a loopback address needs --token.")
-    port: int = opt(7860, "Port to listen on (0: any free one).")
+    port: int = opt(7860, "Port to listen on (0: any free one).", low=0, high=65535)
     token: str | None = opt(None, "Secret the browser must send with every request (default: a new random "
                             "one, in the printed address); `auto` makes one for a non-loopback --host.")  # fmt: skip
-    max_jobs: int = opt(1, "Training jobs at once; more wait in the queue.")
+    max_jobs: int = opt(1, "Training jobs at once; more wait in the queue.", low=1, high=64)
 
     def validate(self) -> None:
         refuse([(0 <= self.port <= 65535, f"--port must be in 0..65535, got {self.port}"),
@@ -371,5 +382,6 @@ def settings_toml(tree: RunConfig, command: str) -> str:
 
 def flag_help(spec) -> str:
     """The field's help with its default, as `--help` prints it."""
-    default = shown_default(spec)
-    return f"{spec.metadata['help']} (default: {default})" if default else spec.metadata["help"]
+    notes = [f"default: {shown_default(spec)}"] if shown_default(spec) else []
+    notes += [f"range {bounds_text(spec)}"] if bounds_text(spec) else []
+    return f"{spec.metadata['help']} ({'; '.join(notes)})" if notes else spec.metadata["help"]

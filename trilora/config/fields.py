@@ -28,15 +28,19 @@ def opt(
     metavar: str | None = None,
     saved: bool = True,
     path: bool = False,
+    low: float | None = None,
+    high: float | None = None,
 ) -> Any:
     """A setting. `resumable`: it may change when a run is resumed without breaking the exact
     continuation (the number of steps, patience, where files go); any other change is refused.
     A list is given by repeating its flag (`repeat`) or as one comma-separated value (`comma`).
     `path`: a file or folder (the web UI resolves it under its root).
+    `low`, `high`: the bounds of a number (of each number of a list), inclusive; every number must
+    also be finite. They are the resource guard of the tree: nothing absurd reaches any work.
     `saved=False`: how a command was started (--overwrite, --resume), left out of the settings it
     saves, so that rerunning them never deletes or resumes by surprise."""
     meta = dict(help=help, choices=choices, repeat=repeat, resumable=resumable, comma=comma,
-                metavar=metavar, saved=saved, path=path)  # fmt: skip
+                metavar=metavar, saved=saved, path=path, low=low, high=high)  # fmt: skip
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -128,9 +132,41 @@ def checked(value: Any, annotation: Any, spec: dataclasses.Field | None, key: st
         choices = spec.metadata.get("choices") if spec is not None else None
         if choices and item not in choices:
             raise UserError(f"{where} must be one of {', '.join(choices)}, got {item!r}")
+        if kind in (int, float):
+            check_number(item, spec, where)
     if kind is float:
         return [float(v) for v in value] if is_list else float(value)
     return value
+
+
+def number_text(value: int | float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def bounds_text(spec: dataclasses.Field) -> str:
+    """`1..1000`, `>= 0`, `<= 1`, or "" for a field without bounds."""
+    low, high = (spec.metadata.get(k) for k in ("low", "high"))
+    low, high = ("None" if v is None else number_text(v) for v in (low, high))
+    if low != "None" and high != "None":
+        return f"{low}..{high}"
+    return f">= {low}" if low != "None" else (f"<= {high}" if high != "None" else "")
+
+
+def check_number(value: int | float, spec: dataclasses.Field | None, where: str) -> None:
+    """A number must be finite and within its field's bounds; else one line naming both."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where} must be a finite number, got {value!r}")
+    if spec is None:
+        return
+    low, high = spec.metadata.get("low"), spec.metadata.get("high")
+    if low is not None and value < low:
+        raise UserError(
+            f"{where} must be at least {number_text(low)} (range {bounds_text(spec)}), got {value!r}"
+        )
+    if high is not None and value > high:
+        raise UserError(
+            f"{where} must be at most {number_text(high)} (range {bounds_text(spec)}), got {value!r}"
+        )
 
 
 def base_type(annotation: Any) -> type:
@@ -153,22 +189,20 @@ def parse_comma_list(text: str, kind: type, flag: str) -> list:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """A settings file: TOML, or the JSON of a run's config.json."""
+    from trilora.files import read_text_file
+
     path = Path(path)
+    text = read_text_file(path, "config file")
     try:
-        text = path.read_text(encoding="utf-8")
         if path.suffix.lower() == ".json":
             data = json.loads(text)
             if not isinstance(data, dict):
                 raise UserError(f"config file {path} must hold a JSON object of settings")
             return data
         return tomllib.loads(text)
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"--config {path} is a folder; give a .toml file") from None
     except json.JSONDecodeError as error:
         raise UserError(f"config file {path} is not valid JSON: {error}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+    except tomllib.TOMLDecodeError as error:
         raise UserError(f"config file {path} is not valid TOML: {error}") from None
 
 

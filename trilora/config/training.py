@@ -35,16 +35,20 @@ class DataConfig:
     val_data: str | None = opt(
         None, "Folder of validation images (default: hold out --val-fraction of --data).", path=True
     )
-    val_fraction: float = opt(0.1, "Fraction of --data held out for validation when --val-data is not given.")
+    val_fraction: float = opt(
+        0.1, "Fraction of --data held out for validation when --val-data is not given.", low=0, high=0.99
+    )
     trigger: str | None = opt(None, "A word put in front of every caption.")
-    resolution: int = opt(512, "Training size: about resolution² pixels per image (square without buckets).")
+    resolution: int = opt(
+        512, "Training size: about resolution² pixels per image (square without buckets).", low=8, high=4096
+    )
     buckets: bool | None = opt(
         None, "Aspect-ratio buckets of about resolution² pixels (default: on when images differ in shape)."
     )
     caption_extension: str = opt(".txt", "Extension of the caption file beside each image.")
     shuffle_captions: bool = opt(False, "Shuffle the comma-separated tags of each caption at every step.")
-    keep_tokens: int = opt(0, "With --shuffle-captions, keep the first N tags in place.")
-    caption_dropout: float = opt(0.0, "Train on an empty caption with this probability.")
+    keep_tokens: int = opt(0, "With --shuffle-captions, keep the first N tags in place.", low=0, high=1000)
+    caption_dropout: float = opt(0.0, "Train on an empty caption with this probability.", low=0, high=1)
     dataset_config: str | None = opt(
         None, "TOML file of several subsets (folder, repeats, trigger, is_reg).", path=True
     )
@@ -55,16 +59,21 @@ class DataConfig:
     )
     class_data: str | None = opt(None, "DreamBooth prior preservation: folder of class images.", path=True)
     class_prompt: str | None = opt(None, "Caption of the class images (and prompt to generate missing ones).")
-    num_class_images: int = opt(0, "Class images wanted; missing ones are generated with the base model.")
-    prior_loss_weight: float = opt(1.0, "Weight of the class images' loss.")
+    num_class_images: int = opt(
+        0, "Class images wanted; missing ones are generated with the base model.", low=0, high=100000
+    )
+    prior_loss_weight: float = opt(1.0, "Weight of the class images' loss.", low=0, high=1000)
 
 
 @dataclass
 class AdapterConfig:
     method: str = opt("trilora", "Adapter type.", choices=METHODS)
-    rank: int = opt(16, "Adapter rank r.")
+    rank: int = opt(16, "Adapter rank r.", low=1, high=1024)
     alpha: float | None = opt(
-        None, "Adapter alpha; the update is scaled by alpha/rank (default: alpha = rank)."
+        None,
+        "Adapter alpha; the update is scaled by alpha/rank (default: alpha = rank).",
+        low=1e-6,
+        high=1e6,
     )
     sigma_init: str = opt(
         "svd",
@@ -72,9 +81,13 @@ class AdapterConfig:
         choices=("svd", "identity"),
     )
     train_text_encoder: bool = opt(False, "Also adapt the CLIP text encoder (q/k/v/out_proj, fc1/fc2).")
-    dropout: float = opt(0.0, "Dropout on the adapters' inputs during training.")
-    conv_rank: int | None = opt(None, "LoCon: also adapt the ResNet blocks' 3x3 convolutions with this rank.")
-    conv_alpha: float | None = opt(None, "Alpha of the 3x3-convolution adapters (default: conv rank).")
+    dropout: float = opt(0.0, "Dropout on the adapters' inputs during training.", low=0, high=0.99)
+    conv_rank: int | None = opt(
+        None, "LoCon: also adapt the ResNet blocks' 3x3 convolutions with this rank.", low=1, high=1024
+    )
+    conv_alpha: float | None = opt(
+        None, "Alpha of the 3x3-convolution adapters (default: conv rank).", low=1e-6, high=1e6
+    )
 
     @property
     def resolved_alpha(self) -> float:
@@ -91,32 +104,53 @@ class AdapterConfig:
 
 @dataclass
 class TrainConfig:
-    lr: float = opt(1e-4, "AdamW learning rate.")
+    lr: float = opt(1e-4, "AdamW learning rate.", low=1e-12, high=10)
     lr_scheduler: str = opt(
         "constant", "Learning-rate schedule after warm-up.", choices=("constant", "cosine")
     )
-    warmup_steps: int = opt(0, "Linear warm-up steps.")
-    batch_size: int = opt(1, "Images per optimiser step (before gradient accumulation).")
-    grad_accum: int = opt(1, "Batches accumulated per optimiser step.")
-    steps: int | None = opt(None, "Optimiser steps to run (default: from --epochs, or 1000).", resumable=True)
-    epochs: int | None = opt(
-        None, "Passes over the training set (used when --steps is not given).", resumable=True
+    warmup_steps: int = opt(0, "Linear warm-up steps.", low=0, high=10000000)
+    batch_size: int = opt(1, "Images per optimiser step (before gradient accumulation).", low=1, high=1024)
+    grad_accum: int = opt(1, "Batches accumulated per optimiser step.", low=1, high=1024)
+    steps: int | None = opt(
+        None,
+        "Optimiser steps to run (default: from --epochs, or 1000).",
+        resumable=True,
+        low=1,
+        high=10000000,
     )
-    weight_decay: float = opt(1e-2, "AdamW weight decay on the adapter weights.")
-    lr_text_encoder: float | None = opt(None, "Learning rate of the text-encoder adapters (default: --lr).")
+    epochs: int | None = opt(
+        None,
+        "Passes over the training set (used when --steps is not given).",
+        resumable=True,
+        low=1,
+        high=100000,
+    )
+    weight_decay: float = opt(1e-2, "AdamW weight decay on the adapter weights.", low=0, high=10)
+    lr_text_encoder: float | None = opt(
+        None, "Learning rate of the text-encoder adapters (default: --lr).", low=0, high=10
+    )
     optimizer: str = opt(
         "adamw",
         "adamw8bit needs bitsandbytes, prodigy needs prodigyopt.",
         choices=("adamw", "adamw8bit", "prodigy"),
     )
-    max_grad_norm: float = opt(1.0, "Clip the adapters' gradient norm to this (0 = no clipping).")
-    min_snr_gamma: float | None = opt(
-        None, "Min-SNR loss weighting with this gamma (Hang et al. 2023; 5 is usual)."
+    max_grad_norm: float = opt(
+        1.0, "Clip the adapters' gradient norm to this (0 = no clipping).", low=0, high=1e6
     )
-    noise_offset: float = opt(0.0, "Offset noise strength (0.05-0.1 helps very dark or bright images).")
+    min_snr_gamma: float | None = opt(
+        None, "Min-SNR loss weighting with this gamma (Hang et al. 2023; 5 is usual).", low=1e-6, high=1000
+    )
+    noise_offset: float = opt(
+        0.0, "Offset noise strength (0.05-0.1 helps very dark or bright images).", low=0, high=1
+    )
     ema: float | None = opt(None, "Exponential moving average of the adapter weights with this decay (e.g. 0.999), "
-                                  "used for validation and export.")  # fmt: skip
-    seed: int = opt(0, "Seed of everything: validation split, initialisation, noise, data order.")
+                                  "used for validation and export.", low=0.5, high=0.999999)  # fmt: skip
+    seed: int = opt(
+        0,
+        "Seed of everything: validation split, initialisation, noise, data order.",
+        low=0,
+        high=2**63 - 1,
+    )
     gradient_checkpointing: bool = opt(
         False, "Recompute UNet activations in the backward pass to save memory."
     )
@@ -139,13 +173,25 @@ class TrainConfig:
 
 @dataclass
 class ValidationConfig:
-    validate_every: int = opt(50, "Measure the validation loss every N optimiser steps.")
-    val_timesteps: int = opt(8, "Timesteps per validation image, spread evenly over the schedule.")
+    validate_every: int = opt(
+        50, "Measure the validation loss every N optimiser steps.", low=1, high=10000000
+    )
+    val_timesteps: int = opt(
+        8, "Timesteps per validation image, spread evenly over the schedule.", low=1, high=1000
+    )
     patience: int = opt(
-        5, "Stop after this many validations without improvement (0 = never stop early).", resumable=True
+        5,
+        "Stop after this many validations without improvement (0 = never stop early).",
+        resumable=True,
+        low=0,
+        high=100000,
     )
     min_delta: float = opt(
-        0.0, "An improvement must lower the validation loss by more than this.", resumable=True
+        0.0,
+        "An improvement must lower the validation loss by more than this.",
+        resumable=True,
+        low=0,
+        high=1e6,
     )
     stop_on: str = opt(
         "auto",
@@ -172,16 +218,26 @@ class ValidationConfig:
     sample_prompt: list[str] = opt(
         [], "Prompt to sample at each validation (repeatable).", repeat=True, resumable=True
     )
-    sample_steps: int = opt(20, "Denoising steps for the validation samples.", resumable=True)
-    sample_every: int | None = opt(None, "Also write samples every N steps, between validations.")
+    sample_steps: int = opt(
+        20, "Denoising steps for the validation samples.", resumable=True, low=1, high=1000
+    )
+    sample_every: int | None = opt(
+        None, "Also write samples every N steps, between validations.", low=1, high=10000000
+    )
 
 
 @dataclass
 class CheckpointConfig:
     checkpoint_every: int = opt(
-        250, "Save the full training state every N steps (0 = only on Ctrl-C).", resumable=True
+        250,
+        "Save the full training state every N steps (0 = only on Ctrl-C).",
+        resumable=True,
+        low=0,
+        high=10000000,
     )
-    keep_checkpoints: int = opt(2, "How many checkpoints to keep (older ones are deleted).", resumable=True)
+    keep_checkpoints: int = opt(
+        2, "How many checkpoints to keep (older ones are deleted).", resumable=True, low=1, high=1000
+    )
     resume: str | None = opt(
         None,
         "Resume from OUTPUT (its latest checkpoint) or OUTPUT/checkpoints/step-N; the run continues in "

@@ -8,6 +8,7 @@ that `trilora check-data` and training report the same things in the same words.
 import hashlib
 import io
 import logging
+import os
 import random
 import re
 import warnings
@@ -28,6 +29,11 @@ log = logging.getLogger("trilora")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 MIN_IMAGES_FOR_VALIDATION = 5
+MAX_REPEATS = 10000  # per image and epoch; beyond it a run's epoch list alone fills the memory
+# Files a caption must never replace: images of any kind, and what trilora or a model folder reads
+NOT_CAPTIONS = (*IMAGE_EXTENSIONS, ".gif", ".tif", ".tiff", ".avif", ".jxl", ".heic", ".heif", ".safetensors",
+                ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".toml", ".json", ".csv", ".py", ".lock")  # fmt: skip
+CAPTION_EXTENSION = re.compile(r"\.[A-Za-z0-9_-]{1,15}")
 # Refuse images above this many pixels before decoding them: a small file can declare huge sides
 # (a decompression bomb). Pillow warns above Image.MAX_IMAGE_PIXELS (89 Mpx) and refuses above
 # twice that whatever this says; we leave Pillow's global alone and check our own, lower limit.
@@ -135,10 +141,9 @@ def scan(folder: str | Path, trigger: str | None = None, caption_extension: str 
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"data folder not found: {folder}; pass a folder of images with --data")
-    if not caption_extension.startswith(".") or len(caption_extension) < 2:
-        raise UserError(f'caption extension must start with a dot, such as ".txt"; got {caption_extension!r}')
+    check_caption_extension(caption_extension, "--caption-extension")
     items = []
-    for path in sorted(folder.rglob("*")):
+    for path in files_under(folder):
         if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file() or path.name.startswith("."):
             continue  # hidden files: macOS's ._ resource forks, a killed writer's .partial files
         repeats = 1
@@ -146,12 +151,46 @@ def scan(folder: str | Path, trigger: str | None = None, caption_extension: str 
             match = REPEAT_FOLDER.match(part)
             if match:
                 repeats = int(match.group(1))
+                if repeats > MAX_REPEATS:
+                    raise UserError(f"{folder / part}: {repeats} repeats per epoch, more than {MAX_REPEATS}; "
+                                    "rename the folder with fewer (or set repeats in a --dataset-config)")  # fmt: skip
         if repeats > 0:
             caption, problem = read_caption_checked(path, caption_extension)
             items.append(Item(path, with_trigger(caption, trigger), repeats, caption_problem=problem))
     if not items:
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
     return items
+
+
+def check_caption_extension(extension: str, flag: str) -> str:
+    """A caption extension such as `.txt`: a dot and a short word, never one of an image or of a file
+    trilora reads as something else (a caption written there would replace it)."""
+    if not CAPTION_EXTENSION.fullmatch(extension):
+        raise UserError(f'{flag} must be a dot and up to 15 letters, digits, "_" or "-", such as ".txt"; '
+                        f"got {extension!r}")  # fmt: skip
+    if extension.lower() in NOT_CAPTIONS:
+        raise UserError(f"{flag} {extension} is the extension of images or model/settings files, which a "
+                        'caption must never replace; use ".txt" or ".caption"')  # fmt: skip
+    return extension
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file under `folder`, sorted, following linked folders once; an unreadable subfolder is
+    an error naming it, never skipped in silence."""
+
+    def unreadable(error: OSError) -> None:
+        raise UserError(f"cannot read the folder {error.filename}: {error.strerror}; fix its permissions "
+                        "or move it out of the data folder")  # fmt: skip
+
+    found, seen = [], set()
+    for top, folders, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            folders[:] = []  # a link back up: a loop
+            continue
+        seen.add(real)
+        found += [Path(top) / name for name in files]
+    return sorted(found)
 
 
 def open_image(path: Path, resolution: int) -> OpenedImage:

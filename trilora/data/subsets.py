@@ -23,8 +23,9 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from trilora.data.folder import Item, scan
+from trilora.data.folder import MAX_REPEATS, Item, check_caption_extension, scan
 from trilora.errors import UserError
+from trilora.files import read_text_file
 
 # kohya's names for our keys, for the error message of someone who copies a kohya file.
 KOHYA_KEYS = {"image_dir": "folder", "num_repeats": "repeats", "class_tokens": "trigger"}
@@ -48,15 +49,18 @@ class Subset:
             raise UserError(f"folder must be a path string, got {self.folder!r}")
         object.__setattr__(self, "folder", Path(self.folder))
         if self.repeats is not None and (
-            isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1
+            isinstance(self.repeats, bool)
+            or not isinstance(self.repeats, int)
+            or not 1 <= self.repeats <= MAX_REPEATS
         ):
-            raise UserError(f"repeats must be a whole number >= 1, got {self.repeats!r}")
+            raise UserError(f"repeats must be a whole number in 1..{MAX_REPEATS}, got {self.repeats!r}")
         if self.trigger is not None and not isinstance(self.trigger, str):
             raise UserError(f"trigger must be a string, got {self.trigger!r}")
-        if not isinstance(self.caption_extension, str) or not self.caption_extension.startswith("."):
+        if not isinstance(self.caption_extension, str):
             raise UserError(
-                f'caption_extension must start with a dot, such as ".txt"; got {self.caption_extension!r}'
+                f'caption_extension must be a string such as ".txt", got {self.caption_extension!r}'
             )
+        check_caption_extension(self.caption_extension, "caption_extension")
         if not isinstance(self.is_reg, bool):
             raise UserError(f"is_reg must be true or false, got {self.is_reg!r}")
 
@@ -65,10 +69,8 @@ def load_dataset_config(path: str | Path) -> list[Subset]:
     """The subsets of a dataset TOML file, validated; relative folders resolve against the file's folder."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"dataset config not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        data = tomllib.loads(read_text_file(path, "dataset config"))
+    except tomllib.TOMLDecodeError as error:
         raise UserError(f"dataset config {path} is not valid TOML: {error}") from None
 
     unknown = [key for key in data if key != "subsets"]
@@ -85,6 +87,8 @@ def load_dataset_config(path: str | Path) -> list[Subset]:
     subsets = []
     for number, table in enumerate(tables, start=1):
         where = f"{path}, subset {number}"
+        if not isinstance(table, dict):
+            raise UserError(f'{where}: must be a [[subsets]] table (folder = "..."), got {table!r}')
         unknown = [key for key in table if key not in known]
         if unknown:
             hints = [f"{key} -> {KOHYA_KEYS[key]}" for key in unknown if key in KOHYA_KEYS]

@@ -30,3 +30,33 @@ def load_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if metadata is None:
         raise UserError(f"{path} is not a trilora adapter checkpoint (no trilora_adapter metadata)")
     return state, metadata
+
+
+def is_native(path: Path) -> bool:
+    """Whether `path` is one of our own adapter files (best/ and last/ of a run, checkpoints)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return "trilora_adapter" in (f.metadata() or {})
+    except (OSError, SafetensorError):
+        return False
+
+
+def native_pairs(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, float]]:
+    """Our adapter file as LoRA pairs {`<part>.<module path>`: (down, up)} (TriLoRA's Sigma folded
+    into up, exactly) and each pair's alpha: what `export` writes, from the file instead of a model."""
+    from trilora.adapters.math import fold
+
+    state, metadata = load_adapter(path)
+    modules = sorted(key.removesuffix(".down") for key in state if key.endswith(".down"))
+    if not modules or any(f"{m}.up" not in state for m in modules):
+        raise UserError(f"{path} is a trilora adapter file without whole adapters (down and up) in it")
+    pairs = {m: fold(state[f"{m}.down"], state[f"{m}.up"], state.get(f"{m}.mid")) for m in modules}
+    alpha = metadata.get("alpha", pairs[modules[0]][0].shape[0])
+    conv_alpha = metadata.get("conv_alpha", alpha)
+    alphas = {m: float(conv_alpha if is_kernel(down) else alpha) for m, (down, _) in pairs.items()}
+    return pairs, alphas
+
+
+def is_kernel(down: torch.Tensor) -> bool:
+    """A LoCon 3x3-convolution adapter (its own alpha), not a 1x1 projection."""
+    return down.ndim == 4 and down.shape[-1] * down.shape[-2] > 1

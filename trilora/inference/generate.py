@@ -4,14 +4,20 @@ What we generate is what users of other diffusers-based tools get from the same 
 """
 
 import logging
+import math
 from pathlib import Path
 
 from trilora.config import SCHEDULERS, SETTINGS_FILE, SamplingConfig, settings_toml
+from trilora.data.folder import NOT_CAPTIONS
 from trilora.errors import UserError
-from trilora.files import save_image, write_text
+from trilora.files import check_regular_file, save_image, write_text
+from trilora.outputs import refuse_foreign_files
 from trilora.run_folder import check_folder_path, prepare_folder
 
 log = logging.getLogger("trilora")
+MAX_STRENGTH = 10.0  # A1111's and ComfyUI's sliders stop well before; beyond it images only burn
+MAX_ALPHA = 1e6  # the config's bound on --alpha
+MAX_ADAPTER_BYTES = 16 << 30
 
 
 def scheduler_from(name: str, config):
@@ -24,21 +30,62 @@ def parse_lora(spec: str) -> tuple[Path, float]:
     """`FILE` or `FILE:STRENGTH` (strength defaults to 1)."""
     path, strength = spec, 1.0
     head, separator, tail = spec.rpartition(":")
-    if separator and head:
+    if separator and head and not Path(spec).exists():
         try:
             path, strength = head, float(tail)
         except ValueError:
             pass  # the ':' belongs to the path
+    if not math.isfinite(strength) or abs(strength) > MAX_STRENGTH:
+        raise UserError(f"--lora {spec}: the strength must be a number in -{MAX_STRENGTH:g}..{MAX_STRENGTH:g}, "
+                        f"got {tail}")  # fmt: skip
     if not Path(path).exists():
         raise UserError(f"adapter file not found: {path}")
+    if Path(path).is_file():
+        check_regular_file(path, "adapter file", MAX_ADAPTER_BYTES)
     return Path(path), strength
 
 
-def check_fits(pipe, path: Path) -> None:
+def torch_float32():
+    import torch
+
+    return torch.float32
+
+
+def check_adapter_values(source: Path, path: Path) -> None:
+    """Refuse an adapter whose weights or alphas are not finite, or whose alphas are absurd: it
+    would make black images without a word."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    file = source / "pytorch_lora_weights.safetensors" if source.is_dir() else source
+    check_regular_file(file, "adapter file")
+    try:
+        with safe_open(str(file), "pt") as f:
+            keys = list(f.keys())
+            if not keys:
+                raise UserError(f"cannot load adapter {path}: the file holds no tensors")
+            for key in keys:
+                tensor = f.get_tensor(key)
+                if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+                    raise UserError(f"cannot load adapter {path}: {key} holds non-finite values (NaN or "
+                                    "inf); the training that wrote it diverged: use an earlier checkpoint")  # fmt: skip
+                if key.endswith(".alpha") and tensor.abs().max() > MAX_ALPHA:
+                    raise UserError(f"cannot load adapter {path}: {key} is {tensor.max().item():g}, beyond any "
+                                    f"usable alpha (at most {MAX_ALPHA:g}); the file is damaged")  # fmt: skip
+    except (OSError, SafetensorError) as error:
+        raise UserError(f"cannot read adapter {path} as a safetensors file: {error}") from None
+
+
+def check_fits(pipe, path: Path, shown: Path | None = None) -> None:
     """Refuse, naming the module and both shapes, an adapter made for another base model."""
     from trilora.formats.inspect import adapter_shapes
 
     shapes, metadata = adapter_shapes(path)
+    path = shown or path
+    if not shapes:
+        raise UserError(f"cannot load adapter {path}: it holds no LoRA pairs (lora_down/lora_up or "
+                        "lora_A/lora_B) that this base model has")  # fmt: skip
     made_for = metadata.get("ss_sd_model_name") or metadata.get("ss_base_model_version")
     made_for = f"; its metadata says it was made for {made_for}" if made_for else ""
     for key, (down, up) in shapes.items():
@@ -59,18 +106,30 @@ def check_fits(pipe, path: Path) -> None:
 
 
 def load_adapters(pipe, loras: list[tuple[Path, float]]) -> None:
-    """Load each adapter with diffusers' loader and set its strength."""
+    """Load each adapter with diffusers' loader and set its strength. Our own adapter files (a run's
+    best/ and last/) are loaded as the export would write them, through a temporary folder."""
+    import tempfile
+
+    from trilora.formats.diffusers_lora import WEIGHT_NAME, save_diffusers
+    from trilora.formats.native import is_native, native_pairs
+
     names = []
     for i, (path, _) in enumerate(loras):
         name = f"adapter{i}"
-        folder, weight_name = (path, None) if path.is_dir() else (path.parent, path.name)
-        check_fits(pipe, path)
-        try:
-            pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=name)
-        except (ValueError, KeyError, OSError, RuntimeError) as error:
-            raise UserError(
-                f"cannot load adapter {path} into this base model: {str(error).splitlines()[0]}"
-            ) from None
+        with tempfile.TemporaryDirectory(prefix="trilora-adapter-") as temporary:
+            source = path
+            if path.is_file() and is_native(path):
+                pairs, alphas = native_pairs(path)
+                source = save_diffusers(temporary, pairs, None, alphas, torch_float32()) / WEIGHT_NAME
+            check_adapter_values(source, path)
+            check_fits(pipe, source, path)
+            folder, weight_name = (source, None) if source.is_dir() else (source.parent, source.name)
+            try:
+                pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=name)
+            except (ValueError, KeyError, OSError, RuntimeError) as error:
+                raise UserError(
+                    f"cannot load adapter {path} into this base model: {str(error).splitlines()[0]}"
+                ) from None
         names.append(name)
     if names:
         pipe.set_adapters(names, adapter_weights=[strength for _, strength in loras])
@@ -94,6 +153,28 @@ def generate(pipe, prompt: str, negative_prompt: str | None, sampling: SamplingC
     ).images
 
 
+def written_by_generate(path: Path) -> bool:
+    """A PNG that holds generate's settings chunk, or the settings.toml generate writes beside them."""
+    if path.suffix.lower() == ".png":
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                return "trilora" in getattr(image, "text", {})
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return False
+    try:
+        with open(path, encoding="utf-8") as file:
+            return "`trilora generate`" in file.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def is_black(image) -> bool:
+    """Every pixel 0: what NaN latents decode to (numpy casts NaN to 0), never a real sample."""
+    return all(high == 0 for _, high in image.getextrema())
+
+
 def generate_command(tree) -> list[Path]:
     """`trilora generate`: the images of `tree.generate.prompt`, saved as `--output` says, each PNG
     holding the settings that made it (text chunk "trilora", TOML), and a folder also settings.toml."""
@@ -108,8 +189,17 @@ def generate_command(tree) -> list[Path]:
             f"base model not found: {model.base}" if model.base else "no base model: pass --base PATH"
         )
     output = Path(settings.output)
-    single = output.suffix.lower() == ".png" and sampling.num_images == 1
+    single = output.suffix.lower() == ".png"
+    if output.suffix.lower() in NOT_CAPTIONS and not single:
+        raise UserError(f"--output {output}: generate writes PNG images; give a .png file or a folder")
+    if single and sampling.num_images > 1:
+        raise UserError(f"--num-images {sampling.num_images} makes {sampling.num_images} images: give a folder "
+                        f"as --output, not the file {output}")  # fmt: skip
     check_folder_path(output.parent if single else output, "--output")
+    targets = [output] if single else [output / f"{i:02d}.png" for i in range(sampling.num_images)]
+    refuse_foreign_files(
+        targets + ([] if single else [output / SETTINGS_FILE]), written_by_generate, "--output"
+    )
     device = resolve_device(settings.device)
     import torch
 
@@ -123,6 +213,11 @@ def generate_command(tree) -> list[Path]:
     load_adapters(pipe, loras)
     pipe.to(device)
     images = generate(pipe, settings.prompt, settings.negative_prompt, sampling)
+    black = [k for k, image in enumerate(images) if is_black(image)]
+    if black:
+        raise UserError(f"image(s) {', '.join(map(str, black))} came out black (NaN or overflow while "
+                        "denoising: an adapter strength or weights too large, or an fp16 VAE): nothing was "
+                        "saved; lower the strengths or check the adapter")  # fmt: skip
     settings_text = settings_toml(tree, "generate")
     if single:
         save_image(images[0], output, text={"trilora": settings_text})

@@ -117,21 +117,30 @@ def incompatible_changes(saved: dict, new: dict) -> list[str]:
 
 
 class StopRequest:
-    """Ctrl-C during training sets `requested`: the loop finishes its step, checkpoints and exits.
-    A second Ctrl-C interrupts at once."""
+    """Ctrl-C, SIGTERM or SIGHUP (what SLURM, Kubernetes and a closed terminal send) during training
+    set `requested`: the loop finishes its step, checkpoints and exits. A second signal interrupts at once."""
+
+    SIGNALS = tuple(
+        getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+    )
 
     def __enter__(self) -> "StopRequest":
-        self.requested, self.previous = False, None
+        self.requested, self.signum, self.previous = False, signal.SIGINT, {}
         try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
+            for number in self.SIGNALS:
+                self.previous[number] = signal.signal(number, self._handle)
+        except ValueError:  # not the main thread: leave the signals alone
             pass
         return self
 
-    def _handle(self, *_) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self.previous)
+    def _handle(self, number, _frame) -> None:
+        self.requested, self.signum = True, number
+        self._restore()
+
+    def _restore(self) -> None:
+        for number, previous in self.previous.items():
+            signal.signal(number, previous)
+        self.previous = {}
 
     def __exit__(self, *_) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        self._restore()

@@ -21,7 +21,7 @@ from trilora.config import SETTINGS_FILE, RunConfig, settings_toml, to_dict
 from trilora.data.cache import encode_text, tokenize
 from trilora.data.captions import transform_caption
 from trilora.data.order import BatchOrder
-from trilora.errors import Interrupted, UserError
+from trilora.errors import Interrupted, UserError, signal_name
 from trilora.files import write_json, write_text
 from trilora.run_folder import FolderLock, claim
 from trilora.seeds import derive_seed
@@ -180,8 +180,9 @@ def run(
             if stop.requested:
                 progress.close()
                 state.metrics.close()
+                name = signal_name(stop.signum)
                 raise Interrupted(
-                    f"interrupted at step {step}: saved {saved}; continue with --resume {output}"
+                    f"{name} at step {step}: saved {saved}; continue with --resume {output}", stop.signum
                 )
             if stopped_early:
                 break
@@ -430,6 +431,8 @@ def evaluate(r: Run, state: TrainingState, progress: Progress) -> dict:
 def finish(r: Run, state: TrainingState, stopped_early: bool, last_val_loss: float | None) -> dict:
     """last/ and the exports (of the best adapter unless --export last), loss.png, summary.json."""
     config, step, stopper = r.config, state.step, state.stopper
+    if r.dist.main and step not in {int(p.name.removeprefix("step-")) for p in list_checkpoints(r.output)}:
+        checkpoint(r, state)  # first: a kill during the exports never leaves a run with nothing to resume
     with state.averaged():
         last_state = state.adapter_state()  # with --ema, the averaged weights are the product
     if not r.dist.main:

@@ -10,9 +10,11 @@ from trilora.config import COMMANDS, load_toml, tree_from_dict
 from trilora.config.fields import base_type, default_of
 from trilora.errors import UserError
 from trilora.files import write_text
+from trilora.outputs import check_name
+from trilora.run_folder import holder_process
 from trilora.ui.jobs import Jobs
 from trilora.ui.paths import inside
-from trilora.ui.runs import RUNS, describe_run, run_folders
+from trilora.ui.runs import RUNS, describe_or_unreadable, describe_run, run_folders
 
 FORMS = ("train", "caption", "generate", "evaluate", "compare")
 OUTPUT_FOLDERS = {"train": "runs", "generate": "tests", "evaluate": "reports", "compare": "reports"}
@@ -74,11 +76,21 @@ def data(ws: Workspace, folder: str, resolution: int = 512) -> dict:
     from trilora.data.folder import scan
 
     path = inside(ws.root, folder)
-    items = scan(path)
+    items = [item for item in scan(path) if within(ws.root, item.image)]
     report = check_folder(path, resolution, count_tokens=False).as_dict()
     return {"folder": folder, "report": report,
-            "items": [{"image": str(i.image.relative_to(ws.root)), "caption": i.caption,
+            "items": [{"image": str(i.image.relative_to(ws.root)), "caption": caption_shown(ws.root, i),
                        "problem": i.caption_problem.reason if i.caption_problem else None} for i in items]}  # fmt: skip
+
+
+def within(root: Path, path: Path) -> bool:
+    """Whether `path`, links followed, is in the workspace: the UI never reads through a link out."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def caption_shown(root: Path, item) -> str:
+    """The caption, unless its file is a link out of the workspace (then never read back to the page)."""
+    return item.caption if within(root, item.image.with_suffix(".txt")) else ""
 
 
 def save_caption(ws: Workspace, image: str, text: str) -> dict:
@@ -118,7 +130,14 @@ def resolved(ws: Workspace, command: str, settings: dict) -> dict:
                     checked = [str(inside(ws.root, p, ws.allowed)) for p in paths]
                 value = checked if isinstance(value, list) else checked[0]
             out.setdefault(section, {})[name] = value
-    tree_from_dict(out, "the form", command)  # types and choices, named by key
+    tree = tree_from_dict(out, "the form", command)  # types, choices and bounds, named by key
+    if command == "train" and tree.export.name is not None:
+        check_name(tree.export.name, "export.name")
+    if command == "train" and tree.data.dataset_config:
+        from trilora.data.subsets import load_dataset_config
+
+        for subset in load_dataset_config(tree.data.dataset_config):  # its folders, too, in the workspace
+            inside(ws.root, str(subset.folder), ws.allowed)
     return out
 
 
@@ -129,7 +148,7 @@ def lora_spec(ws: Workspace, spec: str) -> str:
 
 def new_folder(ws: Workspace, command: str, name: str | None) -> Path:
     name = name or f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not NAME.fullmatch(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise BadRequest(f"a name is letters, digits, '.', '_' and '-', got {name!r}")
     folder = ws.root / OUTPUT_FOLDERS.get(command, "jobs") / name
     if folder.exists() and any(folder.iterdir()):
@@ -177,7 +196,7 @@ def dry_run(ws: Workspace, settings: dict) -> dict:
 
 
 def runs(ws: Workspace) -> list[dict]:
-    return [describe_run(ws.root, folder, ws.jobs.of(folder)) for folder in run_folders(ws.root)]
+    return [describe_or_unreadable(ws.root, folder, ws.jobs.of(folder)) for folder in run_folders(ws.root)]
 
 
 def run(ws: Workspace, name: str) -> dict:
@@ -194,8 +213,7 @@ def run_folder(ws: Workspace, name: str) -> Path:
 
 def stop(ws: Workspace, name: str) -> dict:
     folder = run_folder(ws, name)
-    pid = run(ws, name).get("pid")
-    if not ws.jobs.stop(folder, pid):
+    if not ws.jobs.stop(folder, holder_process(folder)):
         raise BadRequest(f"run {name} is not running")
     return {"stopping": name}
 

@@ -76,6 +76,7 @@ class Jobs:
                 log = open(job.folder / LOG, "ab")  # noqa: SIM115 (the child writes it; closed when it ends)
                 job.process = subprocess.Popen([*self.program, *job.args], stdout=log,
                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
+                                               start_new_session=True,  # Ctrl-C in the UI's terminal is not theirs
                                                env=os.environ | {"PYTHONUNBUFFERED": "1"})  # fmt: skip
                 log.close()
                 job.state, job.started = "running", time.time()
@@ -86,7 +87,9 @@ class Jobs:
                 for job in self.jobs.values():
                     if job.state == "running" and job.process.poll() is not None:
                         job.returncode = job.process.returncode
-                        job.state = {0: "finished", 130: "stopped"}.get(job.returncode, "failed")
+                        job.state = {0: "finished", 129: "stopped", 130: "stopped", 143: "stopped"}.get(
+                            job.returncode, "failed"
+                        )
             self.start_waiting()
             time.sleep(0.3)
 

@@ -25,10 +25,23 @@ def run_folders(root: Path) -> list[Path]:
 
 
 def read_json(path: Path) -> dict | None:
+    """A run's JSON file as a dict; None if missing, unreadable, not JSON or not an object."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+    return value if isinstance(value, dict) else None
+
+
+def describe_or_unreadable(root: Path, folder: Path, job=None, detail: bool = False) -> dict:
+    """`describe_run`, or, for a folder whose files are damaged (a hand edit, a foreign file), a row
+    that says so: one broken run never empties the list."""
+    try:
+        return describe_run(root, folder, job, detail)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as error:
+        return {"name": folder.name, "state": "unreadable", "error": f"{type(error).__name__}: {error}"[:200],
+                "method": None, "rank": None, "step": 0, "total_steps": None, "eta_s": None, "best_step": None,
+                "best_val_loss": None, "exported": {}}  # fmt: skip
 
 
 def log_tail(folder: Path, lines: int = LOG_LINES) -> str:

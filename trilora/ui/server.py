@@ -65,24 +65,54 @@ def make_workspace(settings: UIConfig) -> api.Workspace:
     return api.Workspace(root, Jobs(root, settings.max_jobs), (toy_base_path(),), api.presets(configs, toy))
 
 
+def text(data: dict, key: str, default: str | None = "") -> str | None:
+    """A request field that must be text (or absent: `default`); anything else is a 400 naming it."""
+    value = data.get(key, default)
+    if value is not default and not isinstance(value, str):
+        raise api.BadRequest(f"{key} must be text, got {type(value).__name__}")
+    return value
+
+
+def number(data: dict, key: str, default: int, low: int, high: int) -> int:
+    value = data.get(key)
+    if value in (None, ""):
+        return default
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        raise api.BadRequest(f"{key} must be a whole number, got {value!r}") from None
+    if not low <= value <= high:
+        raise api.BadRequest(f"{key} must be in {low}..{high}, got {value}")
+    return value
+
+
+def settings_of(data: dict) -> dict:
+    value = data.get("settings", {})
+    if not isinstance(value, dict):
+        raise api.BadRequest(f"settings must be an object of sections, got {type(value).__name__}")
+    return value
+
+
 ROUTES_GET = {
     "/api/state": lambda ws, q: api.state(ws),
-    "/api/data": lambda ws, q: api.data(ws, q.get("folder", ""), int(q.get("resolution") or 512)),
+    "/api/data": lambda ws, q: api.data(ws, text(q, "folder"), number(q, "resolution", 512, 8, 4096)),
     "/api/runs": lambda ws, q: api.runs(ws),
-    "/api/run": lambda ws, q: api.run(ws, q.get("name", "")),
-    "/api/job": lambda ws, q: api.job(ws, int(q.get("id", "0") or 0)),
+    "/api/run": lambda ws, q: api.run(ws, text(q, "name")),
+    "/api/job": lambda ws, q: api.job(ws, number(q, "id", 0, 0, 2**31)),
 }
 ROUTES_POST = {
-    "/api/caption-text": lambda ws, b: api.save_caption(ws, b.get("image", ""), b.get("text", "")),
-    "/api/jobs": lambda ws, b: api.start_job(ws, b.get("command", ""), b.get("settings", {}), b.get("name")),
-    "/api/dry-run": lambda ws, b: api.dry_run(ws, b.get("settings", {})),
-    "/api/stop": lambda ws, b: api.stop(ws, b.get("name", "")),
-    "/api/resume": lambda ws, b: api.resume(ws, b.get("name", "")),
+    "/api/caption-text": lambda ws, b: api.save_caption(ws, text(b, "image"), text(b, "text")),
+    "/api/jobs": lambda ws, b: api.start_job(ws, text(b, "command"), settings_of(b), text(b, "name", None)),
+    "/api/dry-run": lambda ws, b: api.dry_run(ws, settings_of(b)),
+    "/api/stop": lambda ws, b: api.stop(ws, text(b, "name")),
+    "/api/resume": lambda ws, b: api.resume(ws, text(b, "name")),
 }
+TIMEOUT_S = 30  # a client that sends less than it announced, or nothing, is dropped after this
 
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "trilora-ui"
+    timeout = TIMEOUT_S  # socketserver sets it on the connection: no handler waits for ever
     workspace: api.Workspace
     token: str
 
@@ -124,14 +154,32 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if not self.authorised({}):  # never from the address: a link cannot change anything
             return self.send_json(HTTPStatus.FORBIDDEN, {"error": "a valid token is needed"})
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
+        self.close_connection = True  # one request per connection: a bad body never poisons the next
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding"):
+            return self.send_json(
+                HTTPStatus.NOT_IMPLEMENTED, {"error": "send the body with a Content-Length"}
+            )
+        if length is None or not length.isascii() or not length.isdigit():
+            return self.send_json(HTTPStatus.LENGTH_REQUIRED if length is None else HTTPStatus.BAD_REQUEST,
+                                  {"error": "a POST needs a Content-Length of digits"})  # fmt: skip
+        if int(length) > MAX_BODY:
             return self.send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request too large"})
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
-        except ValueError:
+            raw = self.rfile.read(int(length))
+        except (TimeoutError, OSError):
+            return self.send_json(HTTPStatus.REQUEST_TIMEOUT, {"error": "the body did not arrive in time"})
+        if len(raw) != int(length):
+            return self.send_json(
+                HTTPStatus.BAD_REQUEST, {"error": "the body is shorter than its Content-Length"}
+            )
+        try:
+            body = json.loads(raw or b"{}")
+        except (ValueError, RecursionError):
             return self.send_json(HTTPStatus.BAD_REQUEST, {"error": "the request is not JSON"})
-        self.answer(ROUTES_POST.get(url.path), body if isinstance(body, dict) else {})
+        if not isinstance(body, dict):
+            return self.send_json(HTTPStatus.BAD_REQUEST, {"error": "the request must be a JSON object"})
+        self.answer(ROUTES_POST.get(url.path), body)
 
     def answer(self, route, data) -> None:
         if route is None:

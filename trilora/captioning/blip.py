@@ -24,6 +24,15 @@ class BlipCaptioner:
                             "model, tokenizer and preprocessor files of the downloaded folder") from None  # fmt: skip
         self.model.to(device).eval()
         self.device, self.dtype, self.settings = device, dtype, settings
+        positions = self.model.config.text_config.max_position_embeddings
+        if settings.max_length > positions:
+            raise UserError(f"--max-length {settings.max_length} is beyond this BLIP's {positions} text positions; "
+                            f"give --max-length {positions} or less")  # fmt: skip
+        if settings.text is not None:
+            prompt = len(self.processor.tokenizer(settings.text)["input_ids"])
+            if prompt >= settings.max_length:
+                raise UserError(f"--text is {prompt} tokens, which leaves no room under --max-length "
+                                f"{settings.max_length}: shorten it or raise --max-length")  # fmt: skip
 
     @torch.no_grad()
     def __call__(self, images) -> list[str]:

@@ -6,6 +6,7 @@ per image and prompt, averaged over images - the definition of torchmetrics and 
 papers (with clip-vit-large-patch14). The model is a transformers CLIP folder read from disk only.
 """
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,15 @@ def load_clip_scorer(path: str | Path | None, device: torch.device | str = "cpu"
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(missing_clip_message(f"{path} (no config.json)" if path.is_dir() else path))
+    from trilora.files import read_text_file
+
+    try:
+        kind = json.loads(read_text_file(path / "config.json", "CLIP config")).get("model_type")
+    except (ValueError, AttributeError):
+        kind = None
+    if kind != "clip":
+        raise UserError(f"{path} holds a {kind or 'unknown'} model, not CLIP (its config.json says model_type "
+                        f"{kind!r}); give a transformers CLIP folder such as {CLIP_MODEL_ID}")  # fmt: skip
     try:
         model = CLIPModel.from_pretrained(path, local_files_only=True)
         tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=True)

@@ -77,6 +77,7 @@ def check_settings(job: Evaluation) -> None:
         if not Path(path).exists():
             raise UserError(f"adapter file not found: {path}")
     job.sampling.validate()
+    reference_files(job.reference)  # before any generation or training (compare trains first)
     if len(job.prompts) * job.sampling.num_images < 2:
         raise UserError("FID and KID need at least 2 images per row: give more prompts or --num-images")
     resolve_device(job.settings.device)  # a bad --device stops here, before the output folder is touched

@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
 from trilora.errors import UserError
+from trilora.files import check_regular_file
 from trilora.formats.diffusers_lora import ADAPTER_METADATA_KEY, WEIGHT_NAME, module_value
 from trilora.formats.keys import our_key
 from trilora.formats.kohya import PREFIXES, module_key
@@ -31,6 +32,7 @@ def describe(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir() and (path / WEIGHT_NAME).is_file():
         path = path / WEIGHT_NAME
+    check_regular_file(path, "adapter file")
     try:
         with safe_open(str(path), "pt") as f:
             keys = list(f.keys())
@@ -207,6 +209,7 @@ def adapter_shapes(path: str | Path) -> tuple[dict[str, tuple[list[int], list[in
     path = Path(path)
     if path.is_dir() and (path / WEIGHT_NAME).is_file():
         path = path / WEIGHT_NAME
+    check_regular_file(path, "adapter file")
     try:
         with safe_open(str(path), "pt") as f:
             keys, metadata = list(f.keys()), dict(f.metadata() or {})
@@ -220,6 +223,9 @@ def adapter_shapes(path: str | Path) -> tuple[dict[str, tuple[list[int], list[in
                 modules = {_module_of_file_key(k): pair for k, pair in modules.items()}
             shapes = {module: (f.get_slice(down).get_shape(), f.get_slice(up).get_shape())
                       for module, (down, up) in modules.items() if up in keys}  # fmt: skip
+    except ValueError as error:  # a module name of another model family (lora_te1_, input_blocks_)
+        raise UserError(f"cannot load adapter {path}: {error}; it was made for another model family than "
+                        "this base model (SD 1.x): use it with the base model it was trained for") from None  # fmt: skip
     except (OSError, SafetensorError) as error:
         raise UserError(f"cannot read {path} as a safetensors file: {error}") from None
     return shapes, metadata

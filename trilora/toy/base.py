@@ -63,7 +63,22 @@ def toy_base(base: str | Path | None) -> Path:
     if not (base / "model_index.json").is_file():
         raise UserError(f"toy base model not found at {base}: give a diffusers folder (model_index.json) "
                         "written by scripts/pretrain_toy_base.py")  # fmt: skip
+    if not same_architecture(base, toy_base_path()):
+        raise UserError(f"{base} is not a toy-world base model (its UNet differs from the shipped one's); the "
+                        "toy judge scores only the toy world: give a folder written by scripts/pretrain_toy_base.py")  # fmt: skip
     return base
+
+
+def same_architecture(base: Path, shipped: Path) -> bool:
+    """Whether `base`'s UNet config matches the shipped toy base's (weights may differ: a retrained base)."""
+    import json
+
+    keys = ("block_out_channels", "cross_attention_dim", "sample_size", "in_channels", "layers_per_block")
+    try:
+        mine, toy = (json.loads((folder / "unet" / "config.json").read_text()) for folder in (base, shipped))
+    except (OSError, ValueError):
+        return False
+    return isinstance(mine, dict) and all(mine.get(k) == toy.get(k) for k in keys)
 
 
 def toy_base_path() -> Path:

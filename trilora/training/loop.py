@@ -69,6 +69,9 @@ def train(config: RunConfig, resumed: tuple[Path, dict] | None = None) -> dict:
         source = find_checkpoint(config.checkpoint.resume)
         resumed = source, load_checkpoint(source)
     source, resume = resumed if resumed is not None and config.checkpoint.resume else (None, None)
+    if resume is not None and config.train.steps is not None and config.train.steps < resume["step"]:
+        raise UserError(f"--steps {config.train.steps} is below step {resume['step']}, which the checkpoint "
+                        f"reached: nothing would be trained; give --steps above {resume['step']}")  # fmt: skip
     if resume is not None:
         changed = incompatible_changes(resume["config"], to_dict(config))
         if changed:

@@ -56,10 +56,11 @@ def prepare_workspace(root: Path) -> dict:
 
 
 def make_workspace(settings: UIConfig) -> api.Workspace:
+    from trilora.run_folder import prepare_folder
     from trilora.toy.base import toy_base_path
 
     root = Path(settings.root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    prepare_folder(root, "--root")  # a file, or a place that cannot be written: one line
     toy = prepare_workspace(root)
     configs = Path(__file__).resolve().parents[2] / "configs"
     return api.Workspace(root, Jobs(root, settings.max_jobs), (toy_base_path(),), api.presets(configs, toy))

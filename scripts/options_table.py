@@ -5,13 +5,14 @@ python scripts/options_table.py
 """
 
 from trilora.config import COMMANDS, RunConfig, Tree
-from trilora.config.fields import iter_fields, shown_default
+from trilora.config.fields import bounds_text, iter_fields, shown_default
 
 
 def row(flag: str, key: str, spec, used_by: str | None = None) -> str:
     default = shown_default(spec)
     choices = spec.metadata.get("choices")
     meaning = spec.metadata["help"] + (f" One of: {', '.join(choices)}." if choices else "")
+    meaning += f" Range {bounds_text(spec)}." if bounds_text(spec) else ""
     cells = [flag, f"`{key}`", f"`{default}`" if default else "", meaning]
     return "| " + " | ".join(cells[:2] + ([used_by] if used_by is not None else []) + cells[2:]) + " |"
 

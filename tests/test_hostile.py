@@ -329,8 +329,9 @@ def test_resume_writes_into_the_folder_it_is_given(finished, tmp_path):
     assert json.loads((moved / "config.json").read_text())["output"] == str(moved)
     steps = [int(line.split(",")[0]) for line in (moved / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == list(range(8))
-    # the abandoned continuation's step 6 went at the start; the resumed run wrote its own step 6
-    assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
+    # the abandoned continuation's step 6 went at the start; the resumed run wrote its own step 6,
+    # then the end's (step 7, before the exports); two are kept
+    assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == ["step-000006", "step-000007"]
 
 
 def test_resume_into_another_output_continues_there_with_the_earlier_rows(finished, tmp_path):

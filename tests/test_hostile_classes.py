@@ -327,3 +327,57 @@ def test_an_unreadable_subfolder_is_named(tiny_model_dir, shapes, tmp_path):
         assert_refused(cli("check-data", data), "cannot read the folder", "locked")
     finally:
         (data / "locked").chmod(0o755)
+
+
+def test_models_of_the_wrong_kind_and_lengths_beyond_them(tiny_model_dir, shapes, tmp_path):
+    from trilora.captioning.tiny import save_tiny_blip
+
+    blip = save_tiny_blip(tmp_path / "blip")
+    result = cli(*train_args(tiny_model_dir, shapes, tmp_path / "run", "--steps", "1", "--stop-on", "generation",
+                             "--clip-model", blip))  # fmt: skip
+    assert_refused(result, "not CLIP", "model_type")
+    data = tmp_path / "data"
+    shutil.copytree(shapes, data)
+    for caption in data.glob("*.txt"):
+        caption.unlink()
+    assert_refused(cli("caption", data, "--model", blip, "--max-length", "512"), "text positions")
+    assert_refused(cli("caption", data, "--model", blip, "--max-length", "6", "--min-length", "1", "--text",
+                       "a photo of a very long and winding caption prefix"), "--text is")  # fmt: skip
+    assert not list(data.glob("*.txt"))
+    assert_refused(cli("bench", "toy", "--base", tiny_model_dir, "--output", tmp_path / "bench"),
+                   "not a toy-world base model")  # fmt: skip
+    assert not (tmp_path / "bench").exists()
+
+
+def test_compare_checks_its_references_before_training(tiny_model_dir, shapes, tmp_path):
+    result = cli("compare", "--base", tiny_model_dir, "--data", shapes, "--reference", tmp_path / "nowhere",
+                 "--output", tmp_path / "report", "--train-steps", "2", "--resolution", "32")  # fmt: skip
+    assert_refused(result, "reference folder not found")
+    assert not (tmp_path / "report" / "train").exists()
+
+
+def test_a_config_json_edited_since_the_checkpoint_is_refused_on_resume(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    config = json.loads((run / "config.json").read_text())
+    config["adapter"]["rank"] = 64
+    (run / "config.json").write_text(json.dumps(config))
+    before = snapshot(run)
+    assert_refused(cli("train", "--resume", run, "--steps", "8"), "config.json was edited", "adapter.rank")
+    assert snapshot(run) == before
+
+
+def test_an_unreadable_subfolder_is_an_error_naming_it(monkeypatch, tmp_path):
+    """As root every folder is readable, so the walk is given the error a user's locked folder gives."""
+    from trilora.data import folder as data_folder
+    from trilora.errors import UserError
+
+    real_walk = data_folder.os.walk
+
+    def walk(top, onerror=None, followlinks=False):
+        onerror(PermissionError(13, "Permission denied", str(tmp_path / "locked")))
+        yield from real_walk(top, onerror=onerror, followlinks=followlinks)
+
+    monkeypatch.setattr(data_folder.os, "walk", walk)
+    with pytest.raises(UserError, match="cannot read the folder .*locked: Permission denied"):
+        data_folder.files_under(tmp_path)

@@ -3,6 +3,7 @@
 
 import argparse
 import copy
+import errno
 import logging
 import signal
 import sys
@@ -114,7 +115,7 @@ def refuse_edited_config(folder: Path, saved: dict) -> None:
     ignored in silence, so it is refused, naming what differs."""
     import json
 
-    from trilora.training.checkpoint import incompatible_changes
+    from trilora.training.checkpoint import ADDED_SETTINGS, incompatible_changes
 
     try:
         written = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -124,6 +125,8 @@ def refuse_edited_config(folder: Path, saved: dict) -> None:
         raise UserError(f"{folder / 'config.json'} cannot be read ({error}); restore it from the checkpoint's "
                         "settings or delete it: resume takes the settings from the checkpoint") from None  # fmt: skip
     changed = incompatible_changes(saved, written) if isinstance(written, dict) else ["not a JSON object"]
+    added = {f"{section}.{key}" for section, values in ADDED_SETTINGS.items() for key in values}
+    changed = [change for change in changed if change.split(":")[0] not in added]  # filled in for old runs
     if changed:
         raise UserError(f"{folder / 'config.json'} was edited since the checkpoint ({'; '.join(changed[:3])}): resume "
                         "takes the run's settings from the checkpoint, so undo the edit (or delete config.json) and "
@@ -232,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         args.handler(args)
     except UserError as error:
         print(f"trilora: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk in a write that is not atomic (an append, a lock record)
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        print(f"trilora: error: the disk is full{where} ({error.strerror}); free some space and run again "
+              "(completed files are whole: each is written to a temporary name first)", file=sys.stderr)  # fmt: skip
         return 2
     except Interrupted as error:
         print(f"trilora: {error}", file=sys.stderr)

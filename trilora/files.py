@@ -20,6 +20,14 @@ from pathlib import Path
 from trilora.errors import UserError
 
 STEM_BYTES = 100  # of the target's stem in a temporary name: `.STEM.xxxxxxxx.partial.EXT` stays under 255
+# how safetensors and torch.save report a write that failed for want of space
+WRAPPED_OUT_OF_SPACE = (
+    "No space left",
+    "os error 28",
+    "Disk quota exceeded",
+    "file write failed",
+    "unexpected pos",
+)
 TEXT_LIMIT = 16 << 20  # settings, prompts, dataset configs: larger is a wrong file (or /dev/zero)
 
 
@@ -54,12 +62,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as error:
         raise_if_out_of_space(error, path, temporary)
         raise
-    except RuntimeError as error:  # safetensors and torch.save wrap the OSError of a full disk
-        if (
-            "No space left" in str(error)
-            or "unexpected pos" in str(error)
-            or "file write failed" in str(error)
-        ):
+    except Exception as error:  # safetensors and torch.save wrap the OSError of a full disk in their own
+        if any(words in str(error) for words in WRAPPED_OUT_OF_SPACE):
             raise_if_out_of_space(OSError(errno.ENOSPC, str(error)), path, temporary)
         raise
     finally:

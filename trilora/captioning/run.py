@@ -53,7 +53,13 @@ def caption_folder(folder: str | Path, settings: CaptionConfig, extension: str =
     log.info("caption: %d of %d images to caption in %s", len(todo), len(items), folder)
     captioner = load_captioner(settings, device) if todo else None
     counts = Counter()
-    progress = tqdm(total=len(todo), desc="captioning", unit="image")
+    with tqdm(total=len(todo), desc="captioning", unit="image") as progress:  # closed on an error too
+        caption_batches(todo, settings, extension, captioner, outcome, counts, progress)
+    outcome.top = counts.most_common(TOP)
+    return outcome
+
+
+def caption_batches(todo, settings, extension, captioner, outcome, counts, progress) -> None:
     for start in range(0, len(todo), settings.batch_size):
         batch, images = [], []
         for path in todo[start : start + settings.batch_size]:
@@ -69,9 +75,6 @@ def caption_folder(folder: str | Path, settings: CaptionConfig, extension: str =
             outcome.written.append(path)
             counts.update(split_tags(text) if "," in text else text.lower().split())
         progress.update(len(todo[start : start + settings.batch_size]))
-    progress.close()
-    outcome.top = counts.most_common(TOP)
-    return outcome
 
 
 def is_caption_file(path: Path) -> bool:

@@ -51,7 +51,8 @@ def schema() -> dict[str, list[dict]]:
             fields.append({"key": key, "section": section, "name": spec.name, "flag": flag, "help": spec.metadata["help"],
                            "type": "list" if spec.metadata["repeat"] or spec.metadata["comma"] else kind.__name__,
                            "default": default_of(spec), "choices": spec.metadata["choices"],
-                           "path": spec.metadata["path"]})  # fmt: skip
+                           "path": spec.metadata["path"], "low": spec.metadata["low"],
+                           "high": spec.metadata["high"]})  # fmt: skip
         forms[name] = fields
     return forms
 

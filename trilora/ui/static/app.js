@@ -41,6 +41,8 @@ function buildForm(form, fields, values) {
     else if (f.choices) { input = el("select"); if (f.default === null) input.append(el("option", { value: "", text: "(default)" })); for (const c of f.choices) input.append(el("option", { value: c, text: c })); }
     else input = el("input", { type: f.type === "int" || f.type === "float" ? "number" : "text", step: f.type === "float" ? "any" : "1" });
     input.name = f.key; input.dataset.type = f.type; input.title = f.help;
+    if (input.type === "number" && f.low !== null) input.min = String(f.low);  // the tree's bounds
+    if (input.type === "number" && f.high !== null) input.max = String(f.high);
     setValue(input, value(values, f));
     sections[section].append(el("label", { title: f.help }, el("span", { text: "--" + f.flag }), input));
   }

@@ -3,6 +3,8 @@ destroyed or mixed, signals stop a run as Ctrl-C does, resources have bounds, ba
 line and exit 2 (never a traceback), and nonsense is refused. Each test changes nothing on disk
 that it should not (snapshots before and after)."""
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -14,11 +16,32 @@ import time
 import pytest
 import torch
 from PIL import Image
-from test_hostile import assert_ok, assert_refused, cli, snapshot, train_args
+from test_hostile import assert_ok, assert_refused, snapshot, train_args
+from test_hostile import cli as subprocess_cli
 
 from trilora.base.tiny import make_shapes_dataset
 
 pytestmark = pytest.mark.slow
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    """`trilora ARGS` in this process: the same main() the command runs, without starting Python and
+    torch again for each case (the signal tests, and the fixture's run, use real subprocesses). An
+    exception that escapes main() fails the test, as a traceback would."""
+    from trilora.cli import main
+
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGHUP)}
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as error:
+                code = error.code
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +53,7 @@ def shapes(tmp_path_factory):
 def finished(tiny_model_dir, shapes, tmp_path_factory):
     """A LoRA run of 4 steps whose only checkpoint is the one written before the final export."""
     output = tmp_path_factory.mktemp("finished") / "run"
-    assert_ok(cli(*train_args(tiny_model_dir, shapes, output, "--method", "lora", "--rank", "2", "--steps", "4",
+    assert_ok(subprocess_cli(*train_args(tiny_model_dir, shapes, output, "--method", "lora", "--rank", "2", "--steps", "4",
                               "--lr", "0.05", "--checkpoint-every", "0", "--name", "style")))  # fmt: skip
     return output
 
@@ -148,8 +171,10 @@ def test_sigterm_and_sighup_checkpoint_like_ctrl_c(tiny_model_dir, shapes, tmp_p
     assert f"stopped by {name} at step" in stderr and f"--resume {output}" in stderr
     saved = [int(p.name.removeprefix("step-")) for p in (output / "checkpoints").iterdir()]
     assert len(saved) == 1
-    assert_refused(cli("train", "--resume", output, "--steps", str(saved[0] - 1)), "nothing would be trained")
-    assert_ok(cli("train", "--resume", output, "--steps", str(saved[0] + 1)))
+    assert_refused(
+        subprocess_cli("train", "--resume", output, "--steps", str(saved[0] - 1)), "nothing would be trained"
+    )
+    assert_ok(subprocess_cli("train", "--resume", output, "--steps", str(saved[0] + 1)))
 
 
 def test_generate_loads_the_runs_own_adapter_files_as_the_export(tiny_model_dir, finished, tmp_path):
@@ -381,3 +406,27 @@ def test_an_unreadable_subfolder_is_an_error_naming_it(monkeypatch, tmp_path):
     monkeypatch.setattr(data_folder.os, "walk", walk)
     with pytest.raises(UserError, match="cannot read the folder .*locked: Permission denied"):
         data_folder.files_under(tmp_path)
+
+
+def test_a_folder_of_someone_elses_files_is_never_a_run_folder(tiny_model_dir, shapes, lora_file, tmp_path):
+    """--output at a shared folder of models: refused, even with --overwrite (which would delete every
+    .safetensors in a run folder); a folder trilora never claimed must be new or empty."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(lora_file, models / "someone.safetensors")
+    (models / "config.json").write_text('{"mine": true}')
+    before = snapshot(models)
+    for extra in ([], ["--overwrite"]):
+        assert_refused(cli(*train_args(tiny_model_dir, shapes, models, "--steps", "1", *extra)),
+                       "holds files that no trilora command wrote", "someone.safetensors")  # fmt: skip
+    assert_refused(cli("demo", "--output", models, "--overwrite"), "no trilora command wrote")
+    assert snapshot(models) == before
+
+
+def test_settings_files_nested_beyond_reason_are_one_line(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    assert_refused(cli("train", "--config", deep), "nests deeper")
+    deep_toml = tmp_path / "deep.toml"
+    deep_toml.write_text("x = " + "[" * 100000 + "]" * 100000 + "\n")
+    assert_refused(cli("train", "--config", deep_toml))

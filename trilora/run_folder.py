@@ -200,6 +200,7 @@ def claim(folder: Path, earlier_files: Callable[[Path], list[Path]], command: st
     another command started in between.
     """
     check_folder_path(folder)
+    refuse_foreign_folder(folder)
     lock = FolderLock(folder, command)
     refuse_if_in_use(folder)
     refuse_mixing(folder, earlier_files(folder) if folder.is_dir() else [], overwrite or resuming, hint, what)
@@ -216,6 +217,27 @@ def claim(folder: Path, earlier_files: Callable[[Path], list[Path]], command: st
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
         log.warning("--overwrite: deleted the earlier run's files in %s: %s", folder, listing(earlier))
     return lock
+
+
+# What the web UI writes into a job's folder before the command claims it
+UI_FILES = ("job.toml", "ui.log")
+
+
+def refuse_foreign_folder(folder: Path) -> None:
+    """A folder no trilora command ever claimed (no lock file) must be empty: its files are the
+    user's, and a run would mix with them (--overwrite would even delete its .safetensors)."""
+    if not folder.is_dir() or (folder / LOCK_NAME).exists():
+        return
+    try:
+        foreign = sorted(
+            p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name not in UI_FILES
+        )
+    except OSError as error:
+        raise UserError(f"cannot read --output {folder}: {error.strerror}; choose another folder") from None
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(f"--output {folder} holds files that no trilora command wrote ({shown}); trilora "
+                        "writes a run or report into a folder of its own: choose a new or empty folder")  # fmt: skip
 
 
 def refuse_mixing(folder: Path, earlier: list[Path], allowed: bool, hint: str, what: str) -> None:

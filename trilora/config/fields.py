@@ -204,6 +204,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {path} is not valid JSON: {error}") from None
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"config file {path} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise UserError(
+            f"config file {path} nests deeper than any settings file does; is it the right file?"
+        ) from None
 
 
 def toml_value(value: Any) -> str:

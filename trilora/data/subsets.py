@@ -70,6 +70,8 @@ def load_dataset_config(path: str | Path) -> list[Subset]:
     path = Path(path)
     try:
         data = tomllib.loads(read_text_file(path, "dataset config"))
+    except RecursionError:
+        raise UserError(f"dataset config {path} nests deeper than any dataset config does") from None
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"dataset config {path} is not valid TOML: {error}") from None
 

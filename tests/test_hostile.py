@@ -358,6 +358,8 @@ def test_demo_and_bench_refuse_to_replace_earlier_results(tmp_path):
     bench = tmp_path / "bench"
     bench.mkdir()
     (bench / "report.md").write_text("an earlier benchmark")
+    for folder in (demo, bench):  # what an earlier demo and bench leave: their released lock too
+        (folder / ".trilora.lock").write_text("")
     before = snapshot(tmp_path)
     assert_refused(cli("demo", "--output", demo), str(demo), "already holds a demo", "--overwrite")
     assert_refused(

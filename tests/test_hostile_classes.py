@@ -141,7 +141,7 @@ def test_evaluate_and_train_outputs_never_overlap_their_inputs(tiny_model_dir, s
     result = cli(
         "train", "--base", tiny_model_dir, "--dataset-config", inner, "--output", data / "x", "--steps", "1"
     )
-    assert_refused(result, "--dataset-config's")
+    assert_refused(result, "--dataset-config folder 1")
     assert_refused(
         cli(*train_args(tiny_model_dir, shapes, finished / "nested", "--steps", "1")), "another trilora run"
     )
@@ -430,3 +430,45 @@ def test_settings_files_nested_beyond_reason_are_one_line(tmp_path):
     deep_toml = tmp_path / "deep.toml"
     deep_toml.write_text("x = " + "[" * 100000 + "]" * 100000 + "\n")
     assert_refused(cli("train", "--config", deep_toml))
+
+
+def test_a_kill_during_the_first_export_leaves_a_run_to_resume(tiny_model_dir, shapes, tmp_path):
+    """SIGKILL in the final export of a run that had no checkpoint: the end's checkpoint came first."""
+    from test_hostile import KILL_DURING_KOHYA_EXPORT
+
+    script = tmp_path / "killer.py"
+    script.write_text(KILL_DURING_KOHYA_EXPORT)
+    output = tmp_path / "run"  # the script kills the process inside the export of `run.safetensors`
+    killed = subprocess.run([sys.executable, script, *map(str, train_args(tiny_model_dir, shapes, output, "--steps",
+                            "3", "--checkpoint-every", "0"))], capture_output=True, text=True)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [p.name for p in (output / "checkpoints").iterdir()] == ["step-000003"]
+    assert_ok(
+        subprocess_cli("train", "--resume", output, "--steps", "3")
+    )  # finishes: exports what it trained
+    assert (output / "run.safetensors").is_file() and json.loads((output / "summary.json").read_text())[
+        "steps_run"
+    ] == 3
+
+
+def test_a_black_image_is_reported_and_not_saved(tiny_model_dir, tmp_path, monkeypatch):
+    from trilora.inference import generate as generating
+
+    real = generating.generate
+    monkeypatch.setattr(generating, "generate", lambda *a: [image.point(lambda _: 0) for image in real(*a)])
+    result = cli("generate", "--base", tiny_model_dir, "--prompt", "x", "--steps", "2", "--height", "32", "--width",
+                 "32", "--output", tmp_path / "black.png")  # fmt: skip
+    assert_refused(result, "came out black", "nothing was saved")
+    assert not (tmp_path / "black.png").exists()
+
+
+def test_a_long_legal_file_name_is_captioned_with_the_others(shapes, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(shapes, data)
+    for caption in data.glob("*.txt"):
+        caption.unlink()
+    first = sorted(data.glob("*.png"))[0]
+    first.rename(data / ("n" * 247 + ".png"))  # 251 bytes; the caption's name 251 too
+    assert_ok(cli("caption", data, "--model", "toy"))
+    assert len(list(data.glob("*.txt"))) == len(list(data.glob("*.png")))
+    assert_refused(cli("ui", "--root", "/proc/trilora-ui"), "/proc/trilora-ui")

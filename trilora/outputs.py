@@ -127,7 +127,8 @@ def dataset_folders(dataset_config: str | None) -> dict[str, Path]:
         return {}
     from trilora.data.subsets import load_dataset_config
 
-    return {f"--dataset-config's {s.folder}": s.folder for s in load_dataset_config(dataset_config)}
+    subsets = load_dataset_config(dataset_config)
+    return {f"--dataset-config folder {i + 1}": s.folder for i, s in enumerate(subsets)}
 
 
 def command_paths(command: str, tree) -> tuple[dict, dict, str | None]:
@@ -168,7 +169,8 @@ def check_command_paths(command: str, tree) -> None:
     """The rule of this module for one command's settings, before it does anything."""
     outputs, inputs, own = command_paths(command, tree)
     refuse_overlaps(outputs, inputs)
-    refuse_other_runs(outputs, own)
+    # a report's image cache may be another report's, by design: its entries are keyed by settings
+    refuse_other_runs({flag: path for flag, path in outputs.items() if flag != "--cache"}, own)
     if command in ("train", "compare"):
         refuse_overlapping_inputs({"--data": tree.data.data, "--val-data": tree.data.val_data})
         refuse_overlapping_inputs({"--data": tree.data.data, "--class-data": tree.data.class_data})

@@ -472,3 +472,10 @@ def test_a_long_legal_file_name_is_captioned_with_the_others(shapes, tmp_path):
     assert_ok(cli("caption", data, "--model", "toy"))
     assert len(list(data.glob("*.txt"))) == len(list(data.glob("*.png")))
     assert_refused(cli("ui", "--root", "/proc/trilora-ui"), "/proc/trilora-ui")
+
+
+def test_a_run_far_beyond_the_machines_memory_is_refused_with_a_way_through(tiny_model_dir, shapes, tmp_path):
+    result = cli(*train_args(tiny_model_dir, shapes, tmp_path / "run", "--steps", "1", "--resolution", "4096",
+                             "--batch-size", "1024"))  # fmt: skip
+    assert_refused(result, "GiB", "--gradient-checkpointing", "TRILORA_SKIP_MEMORY_CHECK=1")
+    assert not (tmp_path / "run").exists()

@@ -98,6 +98,9 @@ def check_fits(pipe, path: Path, shown: Path | None = None) -> None:
         if module is None or not hasattr(module, "weight"):
             raise UserError(f"cannot load adapter {path}: it adapts {key}, which this base model does not have"
                             f"{made_for}; use the base model it was trained for")  # fmt: skip
+        if len(down) < 2 or len(up) < 2 or down[0] != up[1]:
+            raise UserError(f"cannot load adapter {path}: {key}'s down {down} and up {up} do not pair (their "
+                            "ranks differ); the file is damaged")  # fmt: skip
         weight = module.weight.shape  # (out, in[, kh, kw])
         if down[1] != weight[1] or up[0] != weight[0]:
             raise UserError(f"cannot load adapter {path}: {key} is {weight[1]} -> {weight[0]} in this base model "

@@ -15,7 +15,7 @@ import torch
 
 from trilora.config import resumable_keys
 from trilora.errors import UserError
-from trilora.files import torch_save
+from trilora.files import check_regular_file, torch_save
 
 # Settings that may change on resume without breaking bit-exact continuation (declared in the tree).
 RESUMABLE_CHANGES = resumable_keys()
@@ -72,7 +72,7 @@ REQUIRED_KEYS = ("step", "adapter", "optimizer", "stopper", "best_state", "confi
 def load_checkpoint(path: Path) -> dict:
     """The state dict of `path`/state.pt, read with torch's weights-only loader: a file that holds
     anything but tensors and plain containers (a pickle that would run code) is refused, not run."""
-    file = Path(path) / "state.pt"
+    file = check_regular_file(Path(path) / "state.pt", "checkpoint")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged or foreign file

@@ -76,6 +76,10 @@ def train(config: RunConfig, resumed: tuple[Path, dict] | None = None) -> dict:
         changed = incompatible_changes(resume["config"], to_dict(config))
         if changed:
             raise UserError(f"cannot resume with changed settings: {'; '.join(changed)}")
+    from trilora.device import resolve_device
+    from trilora.training.memory import refuse_absurd_memory
+
+    refuse_absurd_memory(config, resolve_device(config.train.device))
     # --resume continues in the checkpoint's own run folder, or (another --output) in a new one
     in_place = source is not None and Path(config.output).resolve() == run_folder_of(source).resolve()
     dist = init_distributed()

@@ -36,6 +36,7 @@ them in benchmarks/README.md ("Memory estimate").
 import inspect
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -366,3 +367,36 @@ def adapter_file_bytes(unet: nn.Module, text_encoder: nn.Module, config: RunConf
     header["__metadata__"] = export_metadata(config, steps, 0.1234567890123456, steps)
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     return 8 + -(-len(text) // 8) * 8 + offset  # length, the header padded to 8 bytes, the data
+
+
+GUARD_PIXELS = 4 * 512 * 512  # images x pixels per step below which no run is absurd on any machine
+GUARD_FACTOR = 2.0  # refuse when the estimate is this many times what the device has
+SKIP_GUARD = "TRILORA_SKIP_MEMORY_CHECK"
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes the device has: a GPU's total memory, or the host's RAM for the CPU (None if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def refuse_absurd_memory(config: RunConfig, device: torch.device) -> None:
+    """The resource guard: a run whose estimated peak is far beyond the device is refused before any
+    work, in one line that says what to lower and how to go ahead anyway. Small runs skip the estimate."""
+    pixels = config.train.batch_size * config.data.resolution**2
+    if pixels <= GUARD_PIXELS or os.environ.get(SKIP_GUARD):
+        return
+    have = device_memory(device)
+    models = meta_models(config)
+    needed = estimate_memory(models.unet, models.text_encoder, models.vae, config).allocated(
+        config.train.gradient_checkpointing
+    )
+    if have and needed > GUARD_FACTOR * have:
+        raise UserError(f"this run needs about {needed / 2**30:.0f} GiB on {device} (--batch-size "
+                        f"{config.train.batch_size} at --resolution {config.data.resolution}), far more than its "
+                        f"{have / 2**30:.0f} GiB: lower them or add --gradient-checkpointing (`--dry-run` shows the "
+                        f"estimate); to go ahead anyway, set {SKIP_GUARD}=1")  # fmt: skip

@@ -29,6 +29,7 @@ log = logging.getLogger("trilora")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 MIN_IMAGES_FOR_VALIDATION = 5
+MAX_CAPTION_BYTES = 1 << 20  # a caption is a line or a paragraph; anything larger is another file
 MAX_REPEATS = 10000  # per image and epoch; beyond it a run's epoch list alone fills the memory
 # Files a caption must never replace: images of any kind, and what trilora or a model folder reads
 NOT_CAPTIONS = (*IMAGE_EXTENSIONS, ".gif", ".tif", ".tiff", ".avif", ".jxl", ".heic", ".heif", ".safetensors",
@@ -106,6 +107,9 @@ def read_caption_checked(image: Path, extension: str = ".txt") -> tuple[str, Pro
     if not path.is_file():
         return "", Problem("caption-missing", f"no caption file {path.name}")
     try:
+        if path.stat().st_size > MAX_CAPTION_BYTES:
+            return "", Problem("caption-unreadable", f"caption file {path.name} is over {MAX_CAPTION_BYTES >> 10} "
+                               "KiB: not a caption")  # fmt: skip
         data = path.read_bytes()
     except OSError as error:
         return "", Problem(

@@ -25,7 +25,9 @@ def read_prompts(path: str | Path, caption_extension: str = ".txt") -> list[str]
         files = [p for p in _visible_files(path) if p.suffix == caption_extension]
         prompts = [" ".join(p.read_text(encoding="utf-8").split()) for p in files]
     elif path.is_file():
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        from trilora.files import read_text_file
+
+        prompts = [line.strip() for line in read_text_file(path, "prompts file").splitlines()]
     else:
         raise UserError(
             f"prompts not found: {path}; give a text file (one prompt a line) or a captions folder"

@@ -479,3 +479,13 @@ def test_a_run_far_beyond_the_machines_memory_is_refused_with_a_way_through(tiny
                              "--batch-size", "1024"))  # fmt: skip
     assert_refused(result, "GiB", "--gradient-checkpointing", "TRILORA_SKIP_MEMORY_CHECK=1")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_cache_is_an_evaluations_cache_or_new(tiny_model_dir, shapes, lora_file, tmp_path):
+    photos = tmp_path / "photos"
+    shutil.copytree(shapes, photos)
+    before = snapshot(photos)
+    result = cli("evaluate", "--base", tiny_model_dir, "--lora", lora_file, "--prompts", shapes, "--reference",
+                 shapes, "--output", tmp_path / "report", "--cache", photos)  # fmt: skip
+    assert_refused(result, "--cache", "not an evaluation's image cache")
+    assert snapshot(photos) == before

@@ -177,5 +177,21 @@ def check_command_paths(command: str, tree) -> None:
         if tree.data.data and tree.data.dataset_config:
             raise UserError("--data and --dataset-config both name training images: give one (a dataset "
                             "config lists every folder)")  # fmt: skip
+    if command in ("evaluate", "compare") and tree.evaluate.cache:
+        refuse_foreign_cache(Path(tree.evaluate.cache))
     if command == "train" and tree.export.name is not None:
         check_name(tree.export.name, "--name")
+
+
+CACHE_ENTRY = re.compile(r"[0-9a-f]{2}|metrics")  # an evaluation cache: key[:2]/KEY.png, metrics/KEY.json
+
+
+def refuse_foreign_cache(cache: Path) -> None:
+    """--cache is an evaluation's image cache, or new or empty: never a folder of someone's images."""
+    if not cache.is_dir():
+        return
+    foreign = sorted(p.name for p in cache.iterdir() if not p.name.startswith(".") and not (
+        p.is_dir() and CACHE_ENTRY.fullmatch(p.name)))  # fmt: skip
+    if foreign:
+        raise UserError(f"--cache {cache} holds files that are not an evaluation's image cache ({', '.join(foreign[:5])}); "
+                        "give a new or empty folder, or another evaluation's cache")  # fmt: skip

@@ -45,12 +45,6 @@ def parse_lora(spec: str) -> tuple[Path, float]:
     return Path(path), strength
 
 
-def torch_float32():
-    import torch
-
-    return torch.float32
-
-
 def check_adapter_values(source: Path, path: Path) -> None:
     """Refuse an adapter whose weights or alphas are not finite, or whose alphas are absurd: it
     would make black images without a word."""
@@ -69,7 +63,7 @@ def check_adapter_values(source: Path, path: Path) -> None:
                 tensor = f.get_tensor(key)
                 if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
                     raise UserError(f"cannot load adapter {path}: {key} holds non-finite values (NaN or "
-                                    "inf); the training that wrote it diverged: use an earlier checkpoint")  # fmt: skip
+                                    "inf), as a diverged training writes them: use an earlier checkpoint")  # fmt: skip
                 if key.endswith(".alpha") and tensor.abs().max() > MAX_ALPHA:
                     raise UserError(f"cannot load adapter {path}: {key} is {tensor.max().item():g}, beyond any "
                                     f"usable alpha (at most {MAX_ALPHA:g}); the file is damaged")  # fmt: skip
@@ -113,6 +107,8 @@ def load_adapters(pipe, loras: list[tuple[Path, float]]) -> None:
     best/ and last/) are loaded as the export would write them, through a temporary folder."""
     import tempfile
 
+    import torch
+
     from trilora.formats.diffusers_lora import WEIGHT_NAME, save_diffusers
     from trilora.formats.native import is_native, native_pairs
 
@@ -123,7 +119,7 @@ def load_adapters(pipe, loras: list[tuple[Path, float]]) -> None:
             source = path
             if path.is_file() and is_native(path):
                 pairs, alphas = native_pairs(path)
-                source = save_diffusers(temporary, pairs, None, alphas, torch_float32()) / WEIGHT_NAME
+                source = save_diffusers(temporary, pairs, None, alphas, torch.float32) / WEIGHT_NAME
             check_adapter_values(source, path)
             check_fits(pipe, source, path)
             folder, weight_name = (source, None) if source.is_dir() else (source.parent, source.name)

@@ -73,3 +73,34 @@ def test_the_whole_config_file_is_checked_whatever_the_flags(tmp_path, line):
     args = build_parser().parse_args(["train", "--config", str(toml), "--rank", "4", "--dropout", "0"])
     with pytest.raises(UserError, match=str(toml)):
         tree_from_args(args)
+
+
+SECTIONS = [name for name in ("model", "data", "adapter", "train", "validation", "checkpoint", "export", "sampling",
+                              "generate", "evaluate", "compare", "bench", "demo", "caption", "ui")]  # fmt: skip
+KEYS = sorted({spec.name for _, spec, _ in iter_fields(Tree)}) + ["unknown", "a\nb"]
+TEXT = st.text(alphabet=st.sampled_from(["a", "/", "\0", "\n", ".", "é"]), max_size=6)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.dictionaries(st.sampled_from(SECTIONS + ["output", "x"]),
+                            st.dictionaries(st.sampled_from(KEYS), ANY_VALUE | TEXT, max_size=4) | ANY_VALUE, max_size=4),
+       command=st.sampled_from(["train", "generate", "evaluate", "caption", "ui"]))  # fmt: skip
+def test_any_settings_file_builds_or_is_one_user_error(data, command):
+    """What a --config file (TOML or a run's JSON) holds, generated: the tree builds, or one UserError."""
+    from trilora.errors import one_line
+
+    try:
+        tree = tree_from_dict(data, "generated.toml", command)
+        for section in (
+            tree.run_config(),
+            tree.sampling,
+            tree.generate,
+            tree.evaluate,
+            tree.caption,
+            tree.ui,
+        ):
+            section.validate()  # what each command checks next (paths' existence, relations)
+    except UserError as error:
+        assert "\n" not in one_line(error)
+        return
+    assert isinstance(tree, Tree)

@@ -19,7 +19,7 @@ from trilora.config import (
     parse_comma_list,
     tree_from_dict,
 )
-from trilora.errors import Interrupted, Stopped, UserError, signal_name
+from trilora.errors import Interrupted, Stopped, UserError, one_line, signal_name
 from trilora.outputs import check_command_paths
 
 log = logging.getLogger("trilora")
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except UserError as error:
-        print(f"trilora: error: {error}", file=sys.stderr)
+        print(f"trilora: error: {one_line(error)}", file=sys.stderr)
         return 2
     except OSError as error:  # a full disk in a write that is not atomic (an append, a lock record)
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -30,3 +30,9 @@ def signal_name(signum: int) -> str:
     import signal
 
     return "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+
+
+def one_line(message: str) -> str:
+    """A message on one line whatever it quotes: control characters (a newline in a file name or a
+    TOML key) are shown escaped, as Python writes them."""
+    return "".join(repr(c)[1:-1] if c.isprintable() is False and c != " " else c for c in str(message))

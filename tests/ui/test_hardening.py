@@ -55,11 +55,11 @@ def test_a_body_shorter_than_announced_times_out_not_forever(ui, monkeypatch):
     assert b" 408 " in answer.split(b"\r\n")[0] or answer == b""
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.dictionaries(st.sampled_from(["command", "settings", "name", "image", "text"]), JSON_VALUES))
 def test_any_json_body_gets_an_answer_that_is_not_a_500(ui, body):
     for path in ("/api/jobs", "/api/stop", "/api/resume", "/api/caption-text", "/api/dry-run"):
-        if path == "/api/dry-run" and isinstance(body.get("settings"), dict) and body["settings"]:
+        if path == "/api/dry-run" and isinstance(body.get("settings", {}), dict):
             continue  # a real estimate runs a subprocess: covered by test_api
         if path == "/api/jobs" and body.get("command") in (
             "train",
@@ -154,3 +154,30 @@ def test_stop_signals_only_the_runs_own_trilora_process(ui):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+SETTINGS = st.dictionaries(
+    st.sampled_from(["model", "data", "adapter", "train", "export", "sampling", "generate", "evaluate", "caption", "x"]),
+    st.dictionaries(st.sampled_from(["base", "data", "rank", "lr", "name", "prompt", "lora", "steps", "dataset_config",
+                                     "resolution", "strengths", "seed", "output", "model", "zzz"]), JSON_VALUES,
+                    max_size=3) | JSON_VALUES,
+    max_size=3,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(command=st.sampled_from(["train", "caption", "generate", "evaluate", "compare"]), settings=SETTINGS)
+def test_any_form_settings_are_resolved_or_refused_in_one_line(tmp_path_factory, command, settings):
+    """The API's check of a job's settings (what a POST to /api/jobs runs before starting anything)."""
+    from trilora.errors import UserError, one_line
+    from trilora.ui import api
+
+    root = tmp_path_factory.getbasetemp() / "resolve-root"
+    root.mkdir(exist_ok=True)
+    workspace = api.Workspace(root, None, (), {})
+    try:
+        resolved = api.resolved(workspace, command, settings)
+    except UserError as error:
+        assert "\n" not in one_line(error)  # what the page gets (server.py answers with it)
+        return
+    assert isinstance(resolved, dict)

@@ -134,6 +134,8 @@ def checked(value: Any, annotation: Any, spec: dataclasses.Field | None, key: st
             raise UserError(f"{where} must be one of {', '.join(choices)}, got {item!r}")
         if kind in (int, float):
             check_number(item, spec, where)
+        if kind is str and spec is not None and spec.metadata.get("path") and "\0" in item:
+            raise UserError(f"{where} is a path, and a path cannot hold a NUL character: got {item!r}")
     if kind is float:
         return [float(v) for v in value] if is_list else float(value)
     return value

@@ -18,6 +18,7 @@ log = logging.getLogger("trilora")
 MAX_STRENGTH = 10.0  # A1111's and ComfyUI's sliders stop well before; beyond it images only burn
 MAX_ALPHA = 1e6  # the config's bound on --alpha
 MAX_ADAPTER_BYTES = 16 << 30
+GENERATE_BATCH = 8  # images per denoising batch: image k still starts from seed + k
 
 
 def scheduler_from(name: str, config):
@@ -139,17 +140,22 @@ def generate(pipe, prompt: str, negative_prompt: str | None, sampling: SamplingC
     its images is made again here with the same prompt, seed + k and --num-images 1."""
     import torch
 
-    return pipe(
-        [prompt] * sampling.num_images,
-        negative_prompt=None if negative_prompt is None else [negative_prompt] * sampling.num_images,
-        num_inference_steps=sampling.steps,
-        guidance_scale=sampling.guidance,
-        height=sampling.height,
-        width=sampling.width,
-        generator=[
-            torch.Generator(device="cpu").manual_seed(sampling.seed + k) for k in range(sampling.num_images)
-        ],
-    ).images
+    images = []
+    for start in range(0, sampling.num_images, GENERATE_BATCH):  # --num-images 1000 is not one batch
+        count = min(GENERATE_BATCH, sampling.num_images - start)
+        images += pipe(
+            [prompt] * count,
+            negative_prompt=None if negative_prompt is None else [negative_prompt] * count,
+            num_inference_steps=sampling.steps,
+            guidance_scale=sampling.guidance,
+            height=sampling.height,
+            width=sampling.width,
+            generator=[
+                torch.Generator(device="cpu").manual_seed(sampling.seed + k)
+                for k in range(start, start + count)
+            ],
+        ).images
+    return images
 
 
 def written_by_generate(path: Path) -> bool:

@@ -19,6 +19,7 @@ from trilora.data.folder import IMAGE_EXTENSIONS, Item, image_size, load_images,
 from trilora.data.order import BatchOrder
 from trilora.data.subsets import load_dataset_config, scan_subsets
 from trilora.device import resolve_device
+from trilora.errors import UserError
 from trilora.files import save_image, write_text
 from trilora.seeds import derive_seed
 from trilora.training.distributed import Distributed
@@ -27,6 +28,8 @@ from trilora.training.signal import GenerationSignal, generation_signal
 from trilora.training.validation import ValidationSet, make_validation_set, validation_on
 
 log = logging.getLogger("trilora")
+MAX_SAMPLES_PER_EPOCH = 10_000_000  # an epoch's order is a list of this many indices
+MAX_STEPS = 10_000_000  # the bound on --steps, for steps derived from --epochs
 
 
 @dataclass
@@ -70,6 +73,10 @@ def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
     else:
         train_items, val_items = split_validation(items, data.val_fraction, opts.seed)
     train_items += regularisation  # class images train, never validate
+    per_epoch = sum(i.repeats for i in train_items)
+    if per_epoch > MAX_SAMPLES_PER_EPOCH:
+        raise UserError(f"one epoch is {per_epoch} images with repeats, more than {MAX_SAMPLES_PER_EPOCH}: lower "
+                        "the repeats (N_name folders, or repeats in a --dataset-config)")  # fmt: skip
     pipe = load_pipeline(config.model.base, config.model.base_config)
     # the stopping signal's scorer before any long work, so that a wrong --clip-model stops here
     stop_on, signal = generation_signal(config, pipe, [i.caption for i in val_items], device) if val_items else (
@@ -136,6 +143,9 @@ def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
     order = BatchOrder([i.repeats for i in train_items], shapes, opts.batch_size, opts.seed)
     steps_per_epoch = math.ceil(order.batches_per_epoch / opts.grad_accum)
     total_steps = opts.steps or (opts.epochs * steps_per_epoch if opts.epochs else 1000)
+    if total_steps > MAX_STEPS:
+        raise UserError(f"--epochs {opts.epochs} is {total_steps} steps of {steps_per_epoch} each, more than "
+                        f"{MAX_STEPS}: give fewer --epochs, or --steps")  # fmt: skip
     fingerprint = data_fingerprint(train_items, val_items)
     return Setup(pipe, device, autocast, train_items, train_latents, train_condition, shapes, validation,
                  total_steps, fingerprint, stop_on, signal)  # fmt: skip

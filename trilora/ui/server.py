@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from trilora.config import UIConfig
-from trilora.errors import UserError
+from trilora.errors import UserError, one_line
 from trilora.ui import api
 from trilora.ui.jobs import Jobs
 from trilora.ui.paths import OutsideRoot, inside
@@ -188,9 +188,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self.send_json(HTTPStatus.OK, route(self.workspace, data))
         except OutsideRoot as error:
-            self.send_json(HTTPStatus.FORBIDDEN, {"error": str(error)})
+            self.send_json(HTTPStatus.FORBIDDEN, {"error": one_line(error)})
         except (UserError, ValueError) as error:
-            self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+            self.send_json(HTTPStatus.BAD_REQUEST, {"error": one_line(error)})
         except Exception as error:  # our bug: the page gets a line, the terminal the traceback
             log.exception("ui: %s failed", self.path)
             self.send_json(

@@ -80,7 +80,12 @@ def tree_from_args(args: argparse.Namespace):
     resume = getattr(args, "checkpoint.resume", None)
     if resume and args.command == "train":
         from trilora.run_folder import refuse_if_in_use
-        from trilora.training.checkpoint import find_checkpoint, load_checkpoint, run_folder_of
+        from trilora.training.checkpoint import (
+            find_checkpoint,
+            load_checkpoint,
+            refuse_edited_config,
+            run_folder_of,
+        )
 
         refuse_if_in_use(run_folder_of(Path(resume)))
         source = find_checkpoint(resume)
@@ -108,29 +113,6 @@ def tree_from_args(args: argparse.Namespace):
     tree = tree_from_dict(data, args.config or "settings", args.command)
     check_command_paths(args.command, tree)
     return tree, resumed
-
-
-def refuse_edited_config(folder: Path, saved: dict) -> None:
-    """Resume takes the run's settings from its checkpoint; a config.json edited by hand since would be
-    ignored in silence, so it is refused, naming what differs."""
-    import json
-
-    from trilora.training.checkpoint import ADDED_SETTINGS, incompatible_changes
-
-    try:
-        written = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError) as error:
-        raise UserError(f"{folder / 'config.json'} cannot be read ({error}); restore it from the checkpoint's "
-                        "settings or delete it: resume takes the settings from the checkpoint") from None  # fmt: skip
-    changed = incompatible_changes(saved, written) if isinstance(written, dict) else ["not a JSON object"]
-    added = {f"{section}.{key}" for section, values in ADDED_SETTINGS.items() for key in values}
-    changed = [change for change in changed if change.split(":")[0] not in added]  # filled in for old runs
-    if changed:
-        raise UserError(f"{folder / 'config.json'} was edited since the checkpoint ({'; '.join(changed[:3])}): resume "
-                        "takes the run's settings from the checkpoint, so undo the edit (or delete config.json) and "
-                        "give a change that resume allows as a flag, e.g. --steps")  # fmt: skip
 
 
 def cmd_train(args: argparse.Namespace) -> None:

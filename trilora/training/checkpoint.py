@@ -6,6 +6,7 @@ so far, the metrics rows so far and the resolved config. Noise, timesteps and da
 the step (training/noise.py, data/order.py), so no random-generator state is needed.
 """
 
+import json
 import re
 import shutil
 import signal
@@ -114,6 +115,25 @@ def incompatible_changes(saved: dict, new: dict) -> list[str]:
         for k in keys
         if k not in RESUMABLE_CHANGES and saved.get(k) != new.get(k)
     ]
+
+
+def refuse_edited_config(folder: Path, saved: dict) -> None:
+    """Resume takes the run's settings from its checkpoint; a config.json edited by hand since would be
+    ignored in silence, so it is refused, naming what differs."""
+    try:
+        written = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as error:
+        raise UserError(f"{folder / 'config.json'} cannot be read ({error}); restore it from the checkpoint's "
+                        "settings or delete it: resume takes the settings from the checkpoint") from None  # fmt: skip
+    changed = incompatible_changes(saved, written) if isinstance(written, dict) else ["not a JSON object"]
+    added = {f"{section}.{key}" for section, values in ADDED_SETTINGS.items() for key in values}
+    changed = [change for change in changed if change.split(":")[0] not in added]  # filled in for old runs
+    if changed:
+        raise UserError(f"{folder / 'config.json'} was edited since the checkpoint ({'; '.join(changed[:3])}): resume "
+                        "takes the run's settings from the checkpoint, so undo the edit (or delete config.json) and "
+                        "give a change that resume allows as a flag, e.g. --steps")  # fmt: skip
 
 
 class StopRequest:

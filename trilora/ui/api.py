@@ -134,7 +134,7 @@ def resolved(ws: Workspace, command: str, settings: dict) -> dict:
     tree = tree_from_dict(out, "the form", command)  # types, choices and bounds, named by key
     if command == "train" and tree.export.name is not None:
         check_name(tree.export.name, "export.name")
-    if command == "train" and tree.data.dataset_config:
+    if command in ("train", "compare") and tree.data.dataset_config:
         from trilora.data.subsets import load_dataset_config
 
         for subset in load_dataset_config(tree.data.dataset_config):  # its folders, too, in the workspace

@@ -18,4 +18,6 @@ def test_clip_scores_the_signal_and_stopping_follows_it(tmp_path, tiny_model_dir
     signals = {r["step"]: r["signal"] for r in rows}
     assert summary["stop_on"] == "generation" and set(signals) == {0, 2, 4}
     assert all(-100 <= s <= 100 for s in signals.values())  # CLIP score: 100 x cosine
+    assert len(set(signals.values())) == len(signals)  # the adapter changes the images, and CLIP sees it:
+    # a scorer that returned a constant would tie every validation and pass the line below at step 0
     assert summary["best_step"] == max(signals, key=signals.get)  # ties: the first, as rounded in the csv

@@ -62,6 +62,12 @@ def test_bf16_path_trains_on_the_cpu(tmp_path, tiny_model_dir, shapes):
     rows = read_metrics(tmp_path / "bf16" / "metrics.csv")
     val = [r["val_loss"] for r in rows if r["val_loss"] is not None]
     assert len(val) == 2 and val[-1] < val[0]  # it learns
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(tmp_path / "bf16" / "last" / "adapter.safetensors"))
+    assert adapter and {t.dtype for t in adapter.values()} == {
+        torch.float32
+    }  # trained in fp32 beside bf16 weights
 
 
 def test_a_loss_that_stops_being_finite_stops_the_run_saving_nothing_spoilt(

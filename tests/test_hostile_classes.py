@@ -244,7 +244,7 @@ def test_huge_repeats_and_unreadable_files_are_refused(tiny_model_dir, shapes, t
     assert {p.name for p in (tmp_path / "run").iterdir()} <= {".trilora.lock"}  # no run to block a retry
 
 
-def test_a_name_of_255_bytes_captions_and_saves(tmp_path):
+def test_a_251_byte_file_name_is_written_atomically(tmp_path):
     """The temporary file of an atomic write keeps its name under the file system's limit."""
     from trilora.files import write_text
 

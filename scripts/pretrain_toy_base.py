@@ -30,7 +30,7 @@ from diffusers import DDPMScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trilora.base.tiny import SD15_DIR  # noqa: E402
+from trilora.families.sd1 import CONFIGS as SD15_DIR  # noqa: E402
 from trilora.toy.base import TOY_BASE, build_toy_pipeline  # noqa: E402
 from trilora.toy.world import BASE_STYLES, caption, render, sample_attributes  # noqa: E402
 

@@ -9,9 +9,11 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTokenizer
 
-from trilora.base.load import SD15_DIR, check_fits, expected_ldm_shapes, load_pipeline
+from trilora.base.load import check_fits, expected_ldm_shapes, load_pipeline
 from trilora.base.tiny import build_tiny_pipeline
 from trilora.errors import UserError
+from trilora.families.registry import FAMILIES
+from trilora.families.sd1 import CONFIGS as SD15_DIR
 from trilora.formats.ldm import ldm_state_dict, save_single_file
 
 MODELS = ("unet", "vae", "text_encoder")
@@ -101,10 +103,16 @@ def test_single_file_ignores_extra_tensors(tmp_path, tiny_model_dir, other_tiny,
 
 def test_full_size_sd15_layout_fits_shipped_config():
     """The released SD 1.5 tensors (some copies store the VAE attention as Linear) plus extras pass the check."""
-    shapes = expected_ldm_shapes(SD15_DIR / "x.ckpt", SD15_DIR)
+    shapes = expected_ldm_shapes(SD15_DIR / "x.ckpt", SD15_DIR, FAMILIES["sd1"])
     shapes = {name: shape[:2] if ".mid.attn_1." in name else shape for name, shape in shapes.items()}
     shapes["model_ema.decay"] = ()
-    check_fits(SD15_DIR / "x.ckpt", shapes, expected_ldm_shapes(SD15_DIR / "x.ckpt", SD15_DIR), SD15_DIR)
+    check_fits(
+        SD15_DIR / "x.ckpt",
+        shapes,
+        expected_ldm_shapes(SD15_DIR / "x.ckpt", SD15_DIR, FAMILIES["sd1"]),
+        SD15_DIR,
+        FAMILIES["sd1"],
+    )
 
 
 def test_ckpt_with_pickled_code_is_refused(tmp_path):
@@ -190,7 +198,9 @@ def test_ckpt_without_a_dict(tmp_path):
 def test_checkpoint_without_a_part(tmp_path, other_tiny_ldm, prefix):
     path = tmp_path / "model.safetensors"
     save_file({k: v for k, v in other_tiny_ldm.items() if not k.startswith(prefix)}, path)
-    with pytest.raises(UserError, match="not an SD 1.x checkpoint") as error:
+    with pytest.raises(
+        UserError, match="not a Stable Diffusion 1.x checkpoint|holds no text encoder"
+    ) as error:
         load_pipeline(path)
     assert prefix in str(error.value)
     assert_one_line_naming(error, path)

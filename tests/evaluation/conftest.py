@@ -5,7 +5,8 @@ import torch
 from tiny_networks import TINY_CLIP, random_inception
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-from trilora.base.tiny import SD15_DIR, make_shapes_dataset
+from trilora.base.tiny import make_shapes_dataset
+from trilora.families.sd1 import CONFIGS as SD15_DIR
 
 
 @pytest.fixture(scope="session")

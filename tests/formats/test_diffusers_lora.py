@@ -23,8 +23,10 @@ from trilora.adapters.inject import (
     unet_conv_targets,
     unet_targets,
 )
+from trilora.base.load import Base
 from trilora.base.tiny import build_tiny_pipeline
 from trilora.config import from_dict
+from trilora.families.registry import FAMILIES
 from trilora.formats.diffusers_lora import save_diffusers
 from trilora.formats.inspect import describe
 from trilora.formats.kohya import save_kohya
@@ -340,7 +342,14 @@ def test_a_locon_run_exports_what_diffusers_loads(locon, inputs, tmp_path):
             "export": {"export_dtype": "fp32"},
         }
     )
-    files = export_adapters(locon, config, tmp_path / "run", step=10, val_loss=None, steps_run=10)
+    files = export_adapters(
+        Base(locon, FAMILIES["sd1"], "epsilon"),
+        config,
+        tmp_path / "run",
+        step=10,
+        val_loss=None,
+        steps_run=10,
+    )
     _, ours = forward(locon, inputs)
 
     for file in files.values():

@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from trilora.cli import main
 from trilora.errors import UserError
+from trilora.families.registry import FAMILIES
 from trilora.formats.diffusers_lora import save_diffusers
 from trilora.formats.inspect import describe, format_description
 from trilora.formats.kohya import conv_network_args, save_kohya
@@ -49,7 +50,7 @@ def metadata():
         "best_step": 40,
         "name": "cat",
     }
-    return kohya_metadata(info)
+    return kohya_metadata(info, FAMILIES["sd1"].header("epsilon"))
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,10 @@ from trilora.adapters.inject import (
     unet_conv_targets,
     unet_targets,
 )
-from trilora.base.tiny import SD15_DIR, build_tiny_pipeline
+from trilora.base.tiny import build_tiny_pipeline
 from trilora.errors import UserError
+from trilora.families.registry import FAMILIES
+from trilora.families.sd1 import CONFIGS as SD15_DIR
 from trilora.formats.kohya import conv_network_args, kohya_name, module_key, read_kohya, save_kohya
 from trilora.formats.metadata import kohya_metadata
 
@@ -210,7 +212,7 @@ def test_kohya_metadata():
         "base_model": "sd15",
         "config": config,
     }
-    metadata = kohya_metadata(info)
+    metadata = kohya_metadata(info, FAMILIES["sd1"].header("epsilon"))
 
     assert all(isinstance(value, str) for value in metadata.values())
     assert metadata["ss_network_module"] == "networks.lora"
@@ -234,7 +236,8 @@ def test_kohya_metadata():
 
 def test_kohya_metadata_leaves_out_what_is_not_known():
     metadata = kohya_metadata(
-        {"method": "lora", "rank": 8, "alpha": 8.0, "sigma_init": "", "best_val_loss": None}
+        {"method": "lora", "rank": 8, "alpha": 8.0, "sigma_init": "", "best_val_loss": None},
+        FAMILIES["sd1"].header("epsilon"),
     )
     assert "trilora_sigma_init" not in metadata
     assert "trilora_best_val_loss" not in metadata

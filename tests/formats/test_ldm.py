@@ -12,8 +12,9 @@ from diffusers.loaders.single_file_utils import (
 from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from trilora.base.load import SD15_DIR
-from trilora.base.tiny import TINY_UNET, build_tiny_pipeline
+from trilora.base.tiny import build_tiny_pipeline
+from trilora.families.sd import TINY_UNET
+from trilora.families.sd1 import CONFIGS as SD15_DIR
 from trilora.formats.ldm import (
     TEXT_ENCODER_PREFIX,
     UNET_PREFIX,

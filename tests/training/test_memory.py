@@ -1,6 +1,7 @@
 """`trilora train --dry-run`: counts and sizes against real models and real files, the activation
 measurement's properties, and the report on full-size SD 1.5 built on the meta device."""
 
+import shutil
 import time
 
 import pytest
@@ -8,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from trilora.adapters.inject import add_adapters, text_encoder_targets, unet_conv_targets, unet_targets
-from trilora.base.load import SD15_DIR, load_pipeline
+from trilora.base.load import load_base, load_pipeline
 from trilora.cli import main
 from trilora.config import from_dict
 from trilora.errors import UserError
+from trilora.families.sd1 import CONFIGS as SD15_DIR
 from trilora.formats.ldm import save_single_file
 from trilora.training.activations import GpuLike, LiveBytes, training_step_bytes
 from trilora.training.export import export_adapters
@@ -51,9 +53,10 @@ def test_adapter_file_size_is_that_of_an_exported_file(tmp_path, tiny_model_dir)
     adapter = {"method": "trilora", "rank": 4, "conv_rank": 2, "train_text_encoder": True}
     config = run_config(tmp_path, tiny_model_dir, adapter)
     meta = meta_models(config)
-    pipe = add_real_adapters(load_pipeline(tiny_model_dir), "trilora")
-    files = export_adapters(pipe, config, tmp_path / "run", step=40, val_loss=0.0871, steps_run=60)
-    estimate = adapter_file_bytes(meta.unet, meta.text_encoder, config)
+    base = load_base(tiny_model_dir)
+    add_real_adapters(base.pipe, "trilora")
+    files = export_adapters(base, config, tmp_path / "run", step=40, val_loss=0.0871, steps_run=60)
+    estimate = adapter_file_bytes(meta.unet, meta.text_encoder, config, meta.family)
     assert abs(files["kohya"].stat().st_size - estimate) < 1024
     assert abs(files["diffusers"].stat().st_size - estimate) < 8 * 1024
 
@@ -138,7 +141,7 @@ def test_sd15_report_on_the_meta_device(tmp_path):
     off, on = estimate.activations[False], estimate.activations[True]
     assert 0.5 * GIB < off < 4 * GIB and on < off / 2
     assert 2 * GIB < estimate.total(False) < 12 * GIB
-    size_mib = adapter_file_bytes(meta.unet, meta.text_encoder, config) / 1024**2
+    size_mib = adapter_file_bytes(meta.unet, meta.text_encoder, config, meta.family) / 1024**2
     assert 2 * lora / 1024**2 < size_mib < 2 * lora / 1024**2 + 0.1  # fp16 pairs, alphas and a header
     trilora = meta_models(run_config(tmp_path, SD15_DIR, {"method": "trilora", "rank": 16}))
     assert sum(p.numel() for p in trilora.unet.parameters() if p.requires_grad) == lora + 192 * 16 * 16
@@ -172,9 +175,13 @@ def test_cli_dry_run_prints_the_report_and_writes_nothing(tmp_path, tiny_model_d
     assert "without model_index.json" in capsys.readouterr().err
 
 
-def test_bad_config_folder_is_a_user_error(tmp_path):
+def test_bad_config_folder_is_a_user_error(tmp_path, tiny_model_dir):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model_index.json").write_text("{}")
+    with pytest.raises(UserError, match="fits no model family"):
+        meta_models(run_config(tmp_path, broken))
+    shutil.copytree(tiny_model_dir, broken, dirs_exist_ok=True)
+    (broken / "unet" / "config.json").write_text('{"block_out_channels": "wide"}')
     with pytest.raises(UserError, match="cannot build the model from the configs in"):
         meta_models(run_config(tmp_path, broken))

@@ -9,6 +9,7 @@ from typing import Any
 
 from trilora.config.fields import build, iter_fields, opt
 from trilora.errors import UserError
+from trilora.families import FAMILY_CHOICES, PREDICTION_TYPES
 
 METHODS = ("lora", "trilora")
 
@@ -16,13 +17,26 @@ METHODS = ("lora", "trilora")
 @dataclass
 class ModelConfig:
     base: str = opt(
-        "", "Base model: a diffusers folder (model_index.json) or a single-file SD 1.x checkpoint.", path=True
+        "",
+        "Base model: a diffusers folder (model_index.json) or a single-file checkpoint (.safetensors) "
+        "of a family trilora trains (SD 1.x, SD 2.x).",
+        path=True,
     )
     base_config: str | None = opt(
         None,
-        "A diffusers folder of configs for a single-file checkpoint that is not SD 1.x-shaped.",
+        "A diffusers folder of configs for a single-file checkpoint shaped unlike its family's shipped configs.",
         path=True,
     )
+    family: str = opt("auto", "Model family of --base: auto (detected from the model, and logged) or one by name.",
+                      choices=FAMILY_CHOICES)  # fmt: skip
+    prediction_type: str | None = opt(
+        None,
+        "What the model predicts: epsilon or v_prediction (SD 2.x 768 px models). Default: from the "
+        "model's configs or marker; an SD 2.x single file needs it.",
+        choices=PREDICTION_TYPES,
+    )
+    zero_terminal_snr: bool = opt(False, "Rescale the noise schedule to zero terminal SNR (for v-prediction "
+                                  "models trained so; a file's ztsnr marker sets it).")  # fmt: skip
 
 
 @dataclass

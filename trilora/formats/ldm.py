@@ -1,11 +1,14 @@
-"""The original LDM/CompVis single-file layout of Stable Diffusion 1.x checkpoints.
+"""The original LDM/CompVis single-file layout of Stable Diffusion 1.x and 2.x checkpoints.
 
 One `.safetensors`/`.ckpt` holds the UNet under `model.diffusion_model.*`, the VAE under
-`first_stage_model.*` and the CLIP text encoder under `cond_stage_model.transformer.text_model.*`.
-This module maps diffusers' parameter names to those names; diffusers' single-file loader
-(`diffusers/loaders/single_file_utils.py`: `convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint`,
-`convert_ldm_clip_checkpoint`) is the inverse. Block counts come from the model configs, so any
-SD-1.x-shaped model maps, the tiny test model as well as SD 1.5.
+`first_stage_model.*` and the text encoder: SD 1.x's CLIP ViT-L under
+`cond_stage_model.transformer.text_model.*`, SD 2.x's OpenCLIP ViT-H under `cond_stage_model.model.*`
+(OpenCLIP's own names: `transformer.resblocks.N` with q, k and v fused into one `in_proj`, 24 blocks
+of which SD 2.x uses the first 23). This module maps diffusers' parameter names to those names;
+diffusers' single-file loader (`diffusers/loaders/single_file_utils.py`: `convert_ldm_unet_checkpoint`,
+`convert_ldm_vae_checkpoint`, `convert_ldm_clip_checkpoint`, `convert_open_clip_checkpoint`) is the
+inverse. Block counts come from the model configs, so any SD-shaped model maps, the tiny test models
+as well as SD 1.5 and SD 2.1.
 """
 
 from pathlib import Path
@@ -17,6 +20,7 @@ from trilora.files import save_safetensors
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_ENCODER_PREFIX = "cond_stage_model.transformer.text_model."
+OPEN_CLIP_PREFIX = "cond_stage_model.model."
 
 # Submodule names inside one block: diffusers name -> LDM name.
 UNET_RESNET_NAMES = {
@@ -181,18 +185,69 @@ def text_encoder_to_ldm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
     }
 
 
-def ldm_state_dict(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
-    """The three models' weights under their LDM single-file names (works on meta-device models too)."""
+# OpenCLIP's names inside one transformer block: diffusers (CLIPTextModel) name -> OpenCLIP name.
+OPEN_CLIP_BLOCK_NAMES = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}
+OPEN_CLIP_NAMES = {
+    "embeddings.token_embedding.weight": "token_embedding.weight",
+    "embeddings.position_embedding.weight": "positional_embedding",
+    "final_layer_norm.weight": "ln_final.weight",
+    "final_layer_norm.bias": "ln_final.bias",
+}
+
+
+def open_clip_to_ldm(
+    state_dict: dict[str, torch.Tensor], prefix: str = OPEN_CLIP_PREFIX
+) -> dict[str, torch.Tensor]:
+    """A diffusers CLIPTextModel of an OpenCLIP encoder under OpenCLIP's names, q/k/v fused into `in_proj`.
+
+    The file's `text_projection` (hidden x hidden, used by CLIP's image-text score, not by SD) is
+    written as the identity: diffusers reads its first dimension as the width of the q/k/v split.
+    """
+    state_dict = {key.removeprefix("text_model."): tensor for key, tensor in state_dict.items()}
+    ldm = {}
+    for key, tensor in state_dict.items():
+        if key in OPEN_CLIP_NAMES:
+            ldm[OPEN_CLIP_NAMES[key]] = tensor
+            continue
+        layer, _, rest = key.removeprefix("encoder.layers.").partition(".")
+        if not key.startswith("encoder.layers.") or not layer.isdigit():
+            raise ValueError(f"no OpenCLIP name for the text encoder parameter {key!r}")
+        block = f"transformer.resblocks.{layer}."
+        module, _, param = rest.rpartition(".")
+        if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            if module == "self_attn.q_proj":  # the three fused, in the order q, k, v
+                parts = [state_dict[f"encoder.layers.{layer}.self_attn.{p}_proj.{param}"] for p in "qkv"]
+                ldm[f"{block}attn.in_proj_{param}"] = torch.cat(parts)
+            continue
+        ldm[f"{block}{OPEN_CLIP_BLOCK_NAMES[module]}.{param}"] = tensor
+    hidden = ldm["ln_final.weight"].shape[0]
+    device = ldm["ln_final.weight"].device
+    ldm["text_projection"] = torch.eye(hidden, device=device, dtype=ldm["ln_final.weight"].dtype)
+    return {prefix + key: tensor for key, tensor in ldm.items()}
+
+
+def ldm_state_dict(unet, vae, text_encoder, text_to_ldm=text_encoder_to_ldm) -> dict[str, torch.Tensor]:
+    """The three models' weights under their LDM single-file names (works on meta-device models too).
+
+    `text_to_ldm`: the text encoder's layout, `text_encoder_to_ldm` (CLIP, SD 1.x) or
+    `open_clip_to_ldm` (OpenCLIP, SD 2.x).
+    """
     return {
         **unet_to_ldm(unet.state_dict(), unet.config),
         **vae_to_ldm(vae.state_dict(), vae.config),
-        **text_encoder_to_ldm(text_encoder.state_dict()),
+        **text_to_ldm(text_encoder.state_dict()),
     }
 
 
-def save_single_file(pipe, path: str | Path) -> Path:
+def save_single_file(pipe, path: str | Path, text_to_ldm=text_encoder_to_ldm) -> Path:
     """Write a StableDiffusionPipeline's unet, vae and text encoder as one LDM-layout `.safetensors`."""
     path = Path(path)
-    state_dict = ldm_state_dict(pipe.unet, pipe.vae, pipe.text_encoder)
+    state_dict = ldm_state_dict(pipe.unet, pipe.vae, pipe.text_encoder, text_to_ldm)
     save_safetensors({key: tensor.detach().cpu().contiguous() for key, tensor in state_dict.items()}, path)
     return path

@@ -18,17 +18,17 @@ from safetensors.torch import load_file, safe_open
 from trilora.errors import UserError
 
 NETWORK_MODULE = "networks.lora"  # what kohya's sd-scripts writes for a LoRA (its `networks/lora.py`)
-BASE_MODEL_VERSION = "sd_v1"  # sd-scripts' model_util.get_model_version_str_for_sd1_sd2
-ARCHITECTURE = "stable-diffusion-v1/lora"
 IMPLEMENTATION = "diffusers"  # sd-scripts' sai_model_spec: SD 1.x/2.x LoRAs are "diffusers"
 SAI_MODEL_SPEC = "1.0.0"
 
 
-def kohya_metadata(info: dict) -> dict[str, str]:
+def kohya_metadata(info: dict, family_header: dict[str, str]) -> dict[str, str]:
     """Header metadata of an exported adapter.
 
     `info` keys: method, rank, alpha, and where known sigma_init, best_step, best_val_loss, name,
     steps, started_at (unix time), date (ISO 8601), base_model and config (the run's config dict).
+    `family_header`: what the model family says of itself (`Family.header`): ss_base_model_version,
+    ss_v2, modelspec.architecture and the prediction type, which A1111 and model browsers read.
     """
     config = info.get("config") or {}
     date = info.get("date") or datetime.now(UTC).replace(microsecond=0).isoformat()
@@ -37,14 +37,14 @@ def kohya_metadata(info: dict) -> dict[str, str]:
         "ss_network_module": NETWORK_MODULE,
         "ss_network_dim": str(int(info["rank"])),
         "ss_network_alpha": str(float(info["alpha"])),
-        "ss_base_model_version": BASE_MODEL_VERSION,
-        "ss_v2": "False",
+        "ss_base_model_version": family_header["ss_base_model_version"],
+        "ss_v2": family_header["ss_v2"],
         "ss_training_started_at": _text(info.get("started_at")),
         "ss_output_name": _text(name),
         "ss_steps": _text(info.get("steps")),
         "ss_sd_model_name": _text(info.get("base_model")),
         "modelspec.sai_model_spec": SAI_MODEL_SPEC,
-        "modelspec.architecture": ARCHITECTURE,
+        "modelspec.architecture": family_header["modelspec.architecture"],
         "modelspec.implementation": IMPLEMENTATION,
         "modelspec.title": name or f"{info['method']}@{date}",
         "modelspec.date": date,
@@ -55,6 +55,7 @@ def kohya_metadata(info: dict) -> dict[str, str]:
         "trilora_version": version("trilora"),  # the installed distribution's
         "trilora_config": json.dumps(config, sort_keys=True),
     }
+    metadata |= {key: value for key, value in family_header.items() if key not in metadata}
     resolution = config.get("data", {}).get("resolution")
     if resolution:
         metadata["modelspec.resolution"] = f"{resolution}x{resolution}"

@@ -13,7 +13,8 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from trilora.base.tiny import CLIP_TEXT, sd_pipeline
+from trilora.families.sd import CLIP_TEXT, sd_pipeline
+from trilora.families.sd1 import CONFIGS as SD15_CONFIGS
 
 TOY_BASE = Path(__file__).with_name("base")
 RESOLUTION = 32
@@ -50,7 +51,7 @@ def build_toy_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     vae = AutoencoderKL(**TOY_VAE)  # this order of construction is what initialised the shipped weights
     text_encoder = CLIPTextModel(CLIPTextConfig(**TOY_TEXT))
     unet = UNet2DConditionModel(**TOY_UNET)
-    return sd_pipeline(unet, vae, text_encoder)
+    return sd_pipeline(unet, vae, text_encoder, SD15_CONFIGS)
 
 
 def toy_base(base: str | Path | None) -> Path:

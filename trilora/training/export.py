@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from trilora.adapters.inject import adapter_layers, lora_pairs, with_part
+from trilora.base.load import Base
 from trilora.config import SETTINGS_FILE, RunConfig, ValidationConfig, to_dict
 from trilora.files import save_image, write_text
 from trilora.formats.diffusers_lora import save_diffusers
@@ -61,8 +62,11 @@ def export_name(config: RunConfig, output: Path) -> str:
     return config.export.name or output.resolve().name
 
 
-def export_metadata(config: RunConfig, best_step: int, best_val_loss: float | None, steps_run: int) -> dict:
-    """The header metadata of both exported files (kohya's ss_*, modelspec.*, ours)."""
+def export_metadata(
+    config: RunConfig, family_header: dict, best_step: int, best_val_loss: float | None, steps_run: int
+) -> dict:
+    """The header metadata of both exported files (kohya's ss_*, modelspec.*, ours); `family_header`
+    is the base model family's (`Family.header`)."""
     adapter = config.adapter
     info = {
         "name": export_name(config, Path(config.output)),
@@ -76,25 +80,25 @@ def export_metadata(config: RunConfig, best_step: int, best_val_loss: float | No
         "base_model": Path(config.model.base).name,
         "config": to_dict(config),
     }
-    metadata = kohya_metadata(info)
+    metadata = kohya_metadata(info, family_header)
     if adapter.conv_rank is not None:
         metadata |= conv_network_args(adapter.conv_rank, adapter.resolved_conv_alpha)
     return metadata
 
 
 def export_adapters(
-    pipe, config: RunConfig, output: Path, step: int, val_loss: float | None, steps_run: int
+    base: Base, config: RunConfig, output: Path, step: int, val_loss: float | None, steps_run: int
 ) -> dict:
     """The files users share, from the adapters currently in the pipeline: kohya layout and diffusers layout."""
     name = export_name(config, output)
     pairs, alphas = {}, {}  # alphas: each layer's own, --alpha or (LoCon's 3x3 convs) --conv-alpha
-    for part in ("unet", "text_encoder"):
-        model = getattr(pipe, part)
+    for part in base.family.parts:
+        model = getattr(base.pipe, part)
         pairs |= with_part(part, lora_pairs(model))
         alphas |= with_part(part, {k: layer.alpha for k, layer in adapter_layers(model).items()})
     dtype = DTYPES[config.export.export_dtype]
     kohya_file = output / f"{name}.safetensors"
-    metadata = export_metadata(config, step, val_loss, steps_run)
+    metadata = export_metadata(config, base.family.header(base.prediction_type), step, val_loss, steps_run)
     save_kohya(kohya_file, pairs, alphas, metadata, dtype)
     diffusers_dir = output / f"{name}-diffusers"
     rank = config.adapter.rank if config.adapter.conv_rank is None else None  # LoCon: ranks per module

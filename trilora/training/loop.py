@@ -450,7 +450,7 @@ def finish(r: Run, state: TrainingState, stopped_early: bool, last_val_loss: flo
         log.warning("no validation set: exporting the last adapter")
     state.load_adapter_state(state.best_state if use_best else last_state)
     exported_step = stopper.best_step if use_best else step
-    exported = export_adapters(r.setup.pipe, config, r.output, exported_step, stopper.best_val_loss if use_best else None,
+    exported = export_adapters(r.setup.base, config, r.output, exported_step, stopper.best_val_loss if use_best else None,
                                step)  # fmt: skip
     plot_losses(state.metrics.rows, r.output / "loss.png", stopper.best_step,
                 f"{config.adapter.method} rank {config.adapter.rank}")  # fmt: skip

@@ -2,7 +2,7 @@
 from the model's shapes alone.
 
 Nothing is read but configs: the UNet, text encoder and VAE are built on the meta device from the
---base diffusers folder (or, for a single file, --base-config or the shipped SD 1.5 configs), the
+--base diffusers folder (or, for a single file, --base-config or the family's shipped configs), the
 adapters are added as `setup` adds them, and every figure follows from the tensors' shapes.
 
 What is on the GPU, line by line:
@@ -46,6 +46,7 @@ from torch import nn
 from trilora.adapters.inject import adapter_layers, add_run_adapters, trainable_parameters
 from trilora.config import RunConfig
 from trilora.errors import UserError
+from trilora.families.family import Family
 from trilora.training.activations import (
     MetaScalars,
     inference_bytes,
@@ -69,6 +70,7 @@ class MetaModels:
     text_encoder: nn.Module
     vae: nn.Module
     config_dir: Path
+    family: Family
 
 
 @dataclass
@@ -124,7 +126,7 @@ def format_report(config: RunConfig, models: MetaModels, estimate: MemoryEstimat
     count = sum(p.numel() for p in trained_parameters(unet, text_encoder))
     names = {"unet": "UNet", "text_encoder": "text-encoder"}
     layers = [f"{len(adapter_layers(m))} {names[part]} layers" for part, m in trained_models(unet, text_encoder).items()]  # fmt: skip
-    file_bytes = adapter_file_bytes(unet, text_encoder, config)
+    file_bytes = adapter_file_bytes(unet, text_encoder, config, models.family)
     side = latent_size(models.vae, data.resolution)
     alpha = adapter.resolved_alpha
     convs = [
@@ -214,33 +216,18 @@ def uses_bf16(config: RunConfig) -> bool:
     return opts.mixed_precision == "bf16" or (opts.mixed_precision == "auto" and opts.device != "cpu")
 
 
-def model_config_dir(config: RunConfig) -> Path:
-    """The diffusers-layout folder whose configs describe --base, checked as `load_pipeline` checks."""
-    from trilora.base.load import (
-        SD15_DIR,
-        SINGLE_FILE_SUFFIXES,
-        check_config_dir,
-        check_fits,
-        expected_ldm_shapes,
-        read_tensor_shapes,
-    )
+def model_config_dir(config: RunConfig) -> tuple[Path, Family]:
+    """(the diffusers-layout folder whose configs describe --base, its family), checked as `load_base` checks."""
+    from trilora.base.load import check_config_dir, check_fits, detect_family, expected_ldm_shapes
 
-    base = Path(config.model.base)
-    if not base.exists():
-        raise UserError(f"base model {base} does not exist: give a diffusers folder or a .safetensors file")
+    base, model = Path(config.model.base), config.model
+    family, found = detect_family(base, model.base_config, model.family)
     if base.is_dir():
-        if not (base / "model_index.json").is_file():
-            raise UserError(f"{base} is a folder without model_index.json: give a diffusers model folder or a single .safetensors file")  # fmt: skip
-        if config.model.base_config:
-            raise UserError(f"{base} is a diffusers folder with its own configs; --base-config only applies to single files: drop it")  # fmt: skip
-        return base
-    if base.suffix not in SINGLE_FILE_SUFFIXES:
-        raise UserError(f"base model {base} has an unsupported extension {base.suffix!r}: give a diffusers folder or a {'/'.join(SINGLE_FILE_SUFFIXES)} file")  # fmt: skip
-    config_dir = Path(config.model.base_config) if config.model.base_config else SD15_DIR
+        return base, family
+    config_dir = Path(model.base_config) if model.base_config else family.configs
     check_config_dir(base, config_dir)
-    if base.suffix == ".safetensors":  # its header alone says whether the file fits the configs
-        check_fits(base, read_tensor_shapes(base), expected_ldm_shapes(base, config_dir), config_dir)
-    return config_dir
+    check_fits(base, found["shapes"], expected_ldm_shapes(base, config_dir, family), config_dir, family)
+    return config_dir, family
 
 
 def meta_models(config: RunConfig) -> MetaModels:
@@ -248,7 +235,7 @@ def meta_models(config: RunConfig) -> MetaModels:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    config_dir = model_config_dir(config)
+    config_dir, family = model_config_dir(config)
     try:
         with torch.device("meta"):
             unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_dir / "unet"))
@@ -264,7 +251,7 @@ def meta_models(config: RunConfig) -> MetaModels:
         if adapter.train_text_encoder:
             text_encoder.to(weight_dtype)
         add_run_adapters(unet, text_encoder, adapter, sigma="identity")
-    return MetaModels(unet, text_encoder, vae, config_dir)
+    return MetaModels(unet, text_encoder, vae, config_dir, family)
 
 
 def trained_models(unet: nn.Module, text_encoder: nn.Module) -> dict[str, nn.Module]:
@@ -342,7 +329,7 @@ def optimizer_state_bytes(params: list[torch.Tensor], optimizer: str) -> tuple[i
     return 8 * sum(p.numel() for p in params), "AdamW: 2 x fp32"
 
 
-def adapter_file_bytes(unet: nn.Module, text_encoder: nn.Module, config: RunConfig) -> int:
+def adapter_file_bytes(unet: nn.Module, text_encoder: nn.Module, config: RunConfig, family: Family) -> int:
     """Size of the exported kohya file: per module the LoRA pair in the export dtype (TriLoRA's Sigma
     folds into up, so its file is a LoRA's) and an fp32 alpha, plus the safetensors header."""
     from trilora.formats.kohya import kohya_name
@@ -364,7 +351,8 @@ def adapter_file_bytes(unet: nn.Module, text_encoder: nn.Module, config: RunConf
                 }
                 offset = end
     steps = config.train.steps or 1000  # typical values for what only training knows
-    header["__metadata__"] = export_metadata(config, steps, 0.1234567890123456, steps)
+    family_header = family.header(config.model.prediction_type or "epsilon")  # v adds 3 bytes at most
+    header["__metadata__"] = export_metadata(config, family_header, steps, 0.1234567890123456, steps)
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     return 8 + -(-len(text) // 8) * 8 + offset  # length, the header padded to 8 bytes, the data
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from trilora.adapters.inject import add_run_adapters
-from trilora.base.load import load_pipeline
+from trilora.base.load import Base, load_model
 from trilora.config import RunConfig
 from trilora.data.buckets import Bucket, make_buckets
 from trilora.data.cache import encode_captions, encode_latents, tokenize
@@ -48,6 +48,7 @@ class Setup:
     data_fingerprint: str  # what resume checks to refuse changed data
     stop_on: str  # what early stopping follows (--stop-on auto resolved)
     signal: GenerationSignal | None  # the generation signal, when stop_on is "generation"
+    base: Base  # the loaded base model: pipe is base.pipe
 
 
 def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
@@ -77,7 +78,8 @@ def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
     if per_epoch > MAX_SAMPLES_PER_EPOCH:
         raise UserError(f"one epoch is {per_epoch} images with repeats, more than {MAX_SAMPLES_PER_EPOCH}: lower "
                         "the repeats (N_name folders, or repeats in a --dataset-config)")  # fmt: skip
-    pipe = load_pipeline(config.model.base, config.model.base_config)
+    base = load_model(config.model)
+    pipe = base.pipe
     # the stopping signal's scorer before any long work, so that a wrong --clip-model stops here
     stop_on, signal = generation_signal(config, pipe, [i.caption for i in val_items], device) if val_items else (
         "val_loss", None)  # fmt: skip
@@ -148,7 +150,7 @@ def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
                         f"{MAX_STEPS}: give fewer --epochs, or --steps")  # fmt: skip
     fingerprint = data_fingerprint(train_items, val_items)
     return Setup(pipe, device, autocast, train_items, train_latents, train_condition, shapes, validation,
-                 total_steps, fingerprint, stop_on, signal)  # fmt: skip
+                 total_steps, fingerprint, stop_on, signal, base)  # fmt: skip
 
 
 def cache_on_device(asked: bool | None, device: torch.device, cached: list[torch.Tensor]) -> bool:
@@ -220,7 +222,7 @@ def generate_class_images(config: RunConfig, device: torch.device) -> None:
         from tqdm import tqdm
 
         log.info("generating %d class images for %r in %s", missing, data.class_prompt, folder)
-        pipe = load_pipeline(config.model.base, config.model.base_config).to(device)
+        pipe = load_model(config.model).pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         for k in tqdm(range(missing), desc="class images", disable=None):
             index = len(existing) + k

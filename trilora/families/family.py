@@ -1,0 +1,31 @@
+"""What a model family is: everything that differs between base models that trilora trains, in one
+object, so that nothing outside `trilora/families/` knows a family.
+
+A family module (sd1.py, sd2.py) builds one `Family`. Objectives (ε and v prediction today, flow
+matching for SD3/Flux later) are the scheduler's `prediction_type`, read by training/losses.py.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # what --family takes and logs name: "sd1"
+    title: str  # for people: "Stable Diffusion 1.x"
+    pipeline: type  # the diffusers pipeline class
+    configs: Path  # shipped diffusers-layout configs and tokenizer: what a single file loads with
+    parts: tuple[str, ...]  # the pipeline's models that carry adapters, in export order
+    default_resolution: Callable[[str], int]  # training resolution (px) by prediction type
+    is_folder: Callable[[dict, dict], bool]  # (model_index.json, text_encoder/config.json) -> ours?
+    is_file: Callable[[dict[str, tuple]], bool]  # a single file's tensor shapes -> ours?
+    file_parts: tuple[tuple[str, str], ...]  # (what, key prefix) a single file must hold
+    ldm_state_dict: Callable  # (unet, vae, text_encoder) -> weights under the single file's names
+    header: Callable[[str], dict[str, str]]  # an export's ss_*/modelspec.* entries by prediction type
+    tiny: Callable[[int], object]  # a tiny random-weight pipeline of this family (seed), for tests
+    prediction_known: bool  # whether the shipped configs' prediction type holds for every file
+    base_versions: tuple[str, ...]  # the ss_base_model_version values of this family's adapters
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.name})"

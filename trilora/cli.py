@@ -116,6 +116,7 @@ def tree_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from trilora.scorers import stopping_scorer
     from trilora.training.loop import train
 
     tree, resumed = tree_from_args(args)
@@ -125,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         print(dry_run_report(config))
         return
-    summary = train(config, resumed)
+    summary = train(config, resumed, stopping_scorer)
     if summary["exported"]:
         print(f"best step {summary['best_step']}, exported: {', '.join(summary['exported'].values())}")
 

@@ -102,6 +102,7 @@ def auto_caption(folders: list[Path]) -> dict:
 def demo_locked(output: Path, steps: int, base: Path, captions: str = "given") -> dict:
     from trilora.base.load import load_pipeline
     from trilora.inference.generate import load_adapters
+    from trilora.scorers import stopping_scorer
     from trilora.toy.evaluate import generate_images, score
     from trilora.toy.judge import load_judge
     from trilora.training.loop import train
@@ -110,7 +111,7 @@ def demo_locked(output: Path, steps: int, base: Path, captions: str = "given") -
     adapter_dataset(output / "data", TRAIN_IMAGES, seed=0)
     adapter_dataset(output / "val", VAL_IMAGES, seed=1)
     caption_check = auto_caption([output / "data", output / "val"]) if captions == "toy" else None
-    summary = train(demo_config(output, base, steps))
+    summary = train(demo_config(output, base, steps), find_scorer=stopping_scorer)
 
     pipe = load_pipeline(base)
     pipe.set_progress_bar_config(disable=True)

@@ -2,6 +2,7 @@
 
 from trilora.base.tiny import make_shapes_dataset
 from trilora.config import from_dict
+from trilora.scorers import stopping_scorer
 from trilora.training.loop import train
 from trilora.training.metrics import read_metrics
 
@@ -13,7 +14,7 @@ def test_clip_scores_the_signal_and_stopping_follows_it(tmp_path, tiny_model_dir
         "data": {"data": str(data), "resolution": 32, "val_fraction": 0.2},
         "adapter": {"rank": 2}, "train": {"batch_size": 2, "steps": 4},
         "validation": {"validate_every": 2, "val_timesteps": 2, "sample_steps": 2, "clip_model": str(clip_dir)},
-    }))  # fmt: skip
+    }), find_scorer=stopping_scorer)  # fmt: skip
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["val_loss"] is not None]
     signals = {r["step"]: r["signal"] for r in rows}
     assert summary["stop_on"] == "generation" and set(signals) == {0, 2, 4}

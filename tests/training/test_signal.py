@@ -6,9 +6,11 @@ import pytest
 from trilora.base.tiny import make_shapes_dataset
 from trilora.config import from_dict
 from trilora.errors import UserError
+from trilora.scorers import stopping_scorer
 from trilora.toy.base import build_toy_pipeline
+from trilora.toy.signal import is_toy_world, toy_scorer
 from trilora.toy.world import Attributes, caption, render
-from trilora.training.signal import generation_signal, is_toy_world, toy_scorer
+from trilora.training.signal import generation_signal
 
 TOY = [
     Attributes("onion", colour, floors, "day") for colour, floors in [("red", 1), ("green", 3), ("blue", 2)]
@@ -43,22 +45,38 @@ def test_auto_finds_a_scorer_or_falls_back_to_the_validation_loss(tmp_path, toy_
     from trilora.base.load import load_pipeline
 
     captions = [caption(a) for a in TOY]
-    stop_on, signal = generation_signal(run_config(tmp_path, "x"), toy_pipe, captions + captions, "cpu")
-    assert stop_on == "generation" and signal.prompts == captions and signal.scorer == "the toy judge"
-    assert len(set(signal.seeds)) == 3 and signal.guidance == 3.0
+    stop_on, signal = generation_signal(
+        run_config(tmp_path, "x"), toy_pipe, captions + captions, "cpu", stopping_scorer
+    )
+    assert stop_on == "generation" and signal.prompts == captions and signal.scorer.name == "the toy judge"
+    assert len(set(signal.seeds)) == 3 and signal.scorer.guidance == 3.0
     tiny = load_pipeline(tiny_model_dir)
-    assert generation_signal(run_config(tmp_path, "x"), tiny, captions, "cpu") == ("val_loss", None)
-    assert generation_signal(run_config(tmp_path, "x"), toy_pipe, ["a red cat"], "cpu") == ("val_loss", None)
-    assert generation_signal(run_config(tmp_path, "x", stop_on="val_loss_mid"), toy_pipe, captions, "cpu") == (
+    assert generation_signal(run_config(tmp_path, "x"), tiny, captions, "cpu", stopping_scorer) == (
+        "val_loss",
+        None,
+    )
+    assert generation_signal(run_config(tmp_path, "x"), toy_pipe, ["a red cat"], "cpu", stopping_scorer) == (
+        "val_loss",
+        None,
+    )
+    assert generation_signal(run_config(tmp_path, "x", stop_on="val_loss_mid"), toy_pipe, captions, "cpu", stopping_scorer) == (
         "val_loss_mid", None)  # fmt: skip
     with pytest.raises(UserError, match="--stop-on generation needs a scorer: give --clip-model"):
-        generation_signal(run_config(tmp_path, "x", stop_on="generation"), tiny, captions, "cpu")
+        generation_signal(
+            run_config(tmp_path, "x", stop_on="generation"), tiny, captions, "cpu", stopping_scorer
+        )
     with pytest.raises(UserError, match="nowhere"):  # a wrong CLIP folder stops here, before any long work
         generation_signal(
-            run_config(tmp_path, "x", clip_model=str(tmp_path / "nowhere")), tiny, captions, "cpu"
+            run_config(tmp_path, "x", clip_model=str(tmp_path / "nowhere")),
+            tiny,
+            captions,
+            "cpu",
+            stopping_scorer,
         )
     chosen = run_config(tmp_path, "x", signal_prompt=[captions[1]])
-    assert generation_signal(chosen, toy_pipe, captions, "cpu")[1].prompts == [captions[1]]
+    assert generation_signal(chosen, toy_pipe, captions, "cpu", stopping_scorer)[1].prompts == [captions[1]]
+    # a caller that hands no scorer in (a library user's train(config)) stops on the loss
+    assert generation_signal(run_config(tmp_path, "x"), toy_pipe, captions, "cpu", None) == ("val_loss", None)
 
 
 # Scripted: the validation loss of the tiny model falls all run long; the signal peaks at step 10.

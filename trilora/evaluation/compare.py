@@ -104,6 +104,7 @@ def compare_locked(job, methods: list[str], configs: dict[str, RunConfig]) -> di
     from trilora.evaluation.clip_score import load_clip_scorer
     from trilora.evaluation.evaluate import evaluate, optional_path, print_summary
     from trilora.evaluation.inception import load_inception
+    from trilora.scorers import stopping_scorer
     from trilora.training.loop import train
 
     # Check the metric networks before hours of training.
@@ -123,7 +124,7 @@ def compare_locked(job, methods: list[str], configs: dict[str, RunConfig]) -> di
             else:
                 log.info("compare: training %s into %s", method, config.output)
                 config.checkpoint.overwrite = overwrite
-            summary = train(config)
+            summary = train(config, find_scorer=stopping_scorer)
         if not summary["exported"]:
             raise UserError(f"the {method} run in {config.output} exported no adapter")
         summaries[method] = summary

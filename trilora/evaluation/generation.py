@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from trilora.config import SamplingConfig
 from trilora.evaluation.cache import ImageCache, content_hash, file_identity, settings_key
+from trilora.sampling import sample_images
 
 log = logging.getLogger("trilora")
 
@@ -120,14 +121,9 @@ def generate_missing(
             load_adapters(pipe, [(variant.adapter, variant.strength)])
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start : start + batch_size]
-            images = pipe(
-                [prompts[p] for p, _, _ in chunk],
-                num_inference_steps=protocol.steps,
-                guidance_scale=protocol.guidance,
-                height=protocol.height,
-                width=protocol.width,
-                generator=[torch.Generator("cpu").manual_seed(protocol.seed + k) for _, k, _ in chunk],
-            ).images
+            images = sample_images(pipe, [prompts[p] for p, _, _ in chunk], [protocol.seed + k for _, k, _ in chunk],
+                                   protocol.steps, protocol.guidance, protocol.height, protocol.width,
+                                   batch_size=batch_size)  # fmt: skip
             for (_, _, key), image in zip(chunk, images, strict=True):
                 cache.put(key, image)
             progress.update(len(chunk))

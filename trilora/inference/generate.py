@@ -13,6 +13,7 @@ from trilora.errors import UserError
 from trilora.files import check_regular_file, save_image, write_text
 from trilora.outputs import refuse_foreign_files
 from trilora.run_folder import check_folder_path, prepare_folder
+from trilora.sampling import sample_images
 
 log = logging.getLogger("trilora")
 MAX_STRENGTH = 10.0  # A1111's and ComfyUI's sliders stop well before; beyond it images only burn
@@ -138,24 +139,10 @@ def load_adapters(pipe, loras: list[tuple[Path, float]]) -> None:
 def generate(pipe, prompt: str, negative_prompt: str | None, sampling: SamplingConfig):
     """PIL images; image k starts from the latent of seed + k, as in `trilora evaluate`, so any of
     its images is made again here with the same prompt, seed + k and --num-images 1."""
-    import torch
-
-    images = []
-    for start in range(0, sampling.num_images, GENERATE_BATCH):  # --num-images 1000 is not one batch
-        count = min(GENERATE_BATCH, sampling.num_images - start)
-        images += pipe(
-            [prompt] * count,
-            negative_prompt=None if negative_prompt is None else [negative_prompt] * count,
-            num_inference_steps=sampling.steps,
-            guidance_scale=sampling.guidance,
-            height=sampling.height,
-            width=sampling.width,
-            generator=[
-                torch.Generator(device="cpu").manual_seed(sampling.seed + k)
-                for k in range(start, start + count)
-            ],
-        ).images
-    return images
+    count = sampling.num_images
+    return sample_images(pipe, [prompt] * count, [sampling.seed + k for k in range(count)], sampling.steps,
+                         sampling.guidance, sampling.height, sampling.width, negative_prompt,
+                         batch_size=GENERATE_BATCH, progress=True)  # fmt: skip
 
 
 def written_by_generate(path: Path) -> bool:

@@ -160,6 +160,7 @@ def train_run(config: RunConfig, folder: Path, output: Path, method: str, rank: 
     resumes from its last checkpoint. Its record: settings, training time, validations."""
     import json
 
+    from trilora.scorers import stopping_scorer
     from trilora.training.checkpoint import list_checkpoints
     from trilora.training.loop import train
 
@@ -174,7 +175,7 @@ def train_run(config: RunConfig, folder: Path, output: Path, method: str, rank: 
             config.checkpoint.resume = str(folder)
         else:
             log.info("bench: training %s rank %d seed %d", method, rank, seed)
-        train(config)
+        train(config, find_scorer=stopping_scorer)
         seconds = time.perf_counter() - run_started
         write_text(record_file, json.dumps({"train_seconds": seconds}))
     return {"method": method, "rank": rank, "seed": seed, "folder": str(folder.relative_to(output)),

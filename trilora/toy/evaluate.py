@@ -8,9 +8,9 @@ import random
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
+from trilora.sampling import sample_images
 from trilora.toy.judge import EVAL_SEED_START, Judge
 from trilora.toy.metrics import attribute_accuracy, toy_fid
 from trilora.toy.world import BASE_STYLES, Attributes, caption, render, render_dataset, sample_attributes
@@ -39,7 +39,6 @@ def prompt_set(count: int, styles: Sequence[str] = BASE_STYLES, seed: int = 0) -
     return [sample_attributes(rng, tuple(styles)) for _ in range(count)]
 
 
-@torch.no_grad()
 def generate_images(
     pipe,
     wanted: Sequence[Attributes],
@@ -49,19 +48,9 @@ def generate_images(
     batch_size: int = 50,
 ) -> list[Image.Image]:
     """One image per prompt; image k from a latent drawn with seed `seed + k` (independent of batching)."""
-    images = []
-    for start in range(0, len(wanted), batch_size):
-        chunk = wanted[start : start + batch_size]
-        generators = [torch.Generator("cpu").manual_seed(seed + start + k) for k in range(len(chunk))]
-        images += pipe(
-            [caption(a) for a in chunk],
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=generators,
-            height=pipe.unet.config.sample_size * pipe.vae_scale_factor,
-            width=pipe.unet.config.sample_size * pipe.vae_scale_factor,
-        ).images
-    return images
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return sample_images(pipe, [caption(a) for a in wanted], [seed + k for k in range(len(wanted))], steps, guidance,
+                         size, size, batch_size=batch_size)  # fmt: skip
 
 
 def reference_renders(wanted: Sequence[Attributes], seed: int = 0) -> list[Image.Image]:

@@ -13,6 +13,7 @@ from trilora.formats.diffusers_lora import save_diffusers
 from trilora.formats.kohya import conv_network_args, save_kohya
 from trilora.formats.metadata import kohya_metadata
 from trilora.formats.native import save_adapter
+from trilora.sampling import sample_images
 
 log = logging.getLogger("trilora")
 RUN_FILES = (
@@ -107,7 +108,6 @@ def export_adapters(
     return {"kohya": kohya_file, "diffusers": diffusers_dir / "pytorch_lora_weights.safetensors"}
 
 
-@torch.no_grad()
 def save_samples(
     pipe,
     opts: ValidationConfig,
@@ -118,20 +118,9 @@ def save_samples(
 ) -> None:
     """One image per sample prompt with a fixed seed, so samples of two steps differ only by the adapter."""
     folder.mkdir(parents=True, exist_ok=True)
-    unet_training = pipe.unet.training
-    pipe.vae.to(device)
-    pipe.text_encoder.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    for i, prompt in enumerate(opts.sample_prompt):
-        with torch.autocast(device.type, autocast or torch.float32, enabled=autocast is not None):
-            image = pipe(
-                prompt,
-                num_inference_steps=opts.sample_steps,
-                height=config.data.resolution,
-                width=config.data.resolution,
-                generator=torch.Generator(device="cpu").manual_seed(config.train.seed),
-                output_type="pil",
-            ).images[0]
+    prompts, resolution = list(opts.sample_prompt), config.data.resolution
+    images = sample_images(pipe, prompts, [config.train.seed] * len(prompts), opts.sample_steps, height=resolution,
+                           width=resolution, device=device, autocast=autocast)  # fmt: skip
+    for i, image in enumerate(images):
         save_image(image, folder / f"{i:02d}.png")
     write_text(folder / "prompts.txt", "\n".join(opts.sample_prompt) + "\n")
-    pipe.unet.train(unet_training)

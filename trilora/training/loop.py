@@ -49,6 +49,7 @@ from trilora.training.optim import make_optimizer
 from trilora.training.progress import Progress
 from trilora.training.readout import Readout, to_device
 from trilora.training.schedule import lr_at
+from trilora.training.signal import FindScorer
 from trilora.training.state import TrainingState
 from trilora.training.validation import EarlyStopping, by_timestep, mean_and_standard_error, signal_value
 
@@ -58,11 +59,15 @@ if TYPE_CHECKING:  # setup.py imports diffusers: a refused run should stop befor
 log = logging.getLogger("trilora")
 
 
-def train(config: RunConfig, resumed: tuple[Path, dict] | None = None) -> dict:
+def train(
+    config: RunConfig, resumed: tuple[Path, dict] | None = None, find_scorer: FindScorer | None = None
+) -> dict:
     """Train into config.output, which this run holds locked from start to end (see run_folder.py).
 
     `resumed`: the checkpoint of config.checkpoint.resume as (folder, state), where the caller has
-    read it already (the CLI reads its config); else it is read here.
+    read it already (the CLI reads its config); else it is read here. `find_scorer`: what scores the
+    generation stopping signal (trilora/scorers.py's `stopping_scorer` for the commands); without
+    one, `--stop-on auto` follows the validation loss.
     """
     config.validate()
     if resumed is None and config.checkpoint.resume:
@@ -85,7 +90,7 @@ def train(config: RunConfig, resumed: tuple[Path, dict] | None = None) -> dict:
     dist = init_distributed()
     lock = claim_run_folder(config, in_place, dist)
     try:
-        return run(config, resume, source, in_place, dist)
+        return run(config, resume, source, in_place, dist, find_scorer)
     finally:
         if lock is not None:
             lock.release()
@@ -131,7 +136,12 @@ class Run:
 
 
 def run(
-    config: RunConfig, resume: dict | None, source: Path | None, in_place: bool, dist: Distributed
+    config: RunConfig,
+    resume: dict | None,
+    source: Path | None,
+    in_place: bool,
+    dist: Distributed,
+    find_scorer: FindScorer | None,
 ) -> dict:
     from trilora.training.setup import setup
 
@@ -140,7 +150,7 @@ def run(
     if not dist.main:
         log.setLevel(logging.WARNING)  # one process tells the story
     torch.manual_seed(derive_seed(opts.seed, "init"))
-    s = setup(config, dist)
+    s = setup(config, dist, find_scorer)
     if resume is not None and resume["data"] != s.data_fingerprint:
         raise UserError(
             "cannot resume: the training or validation images or captions changed since the checkpoint"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from trilora.adapters.inject import add_run_adapters
 from trilora.base.load import Base, load_model
@@ -21,10 +22,11 @@ from trilora.data.subsets import load_dataset_config, scan_subsets
 from trilora.device import resolve_device
 from trilora.errors import UserError
 from trilora.files import save_image, write_text
+from trilora.sampling import DEFAULT_BATCH, sample_images
 from trilora.seeds import derive_seed
 from trilora.training.distributed import Distributed
 from trilora.training.fast import apply_fast_path
-from trilora.training.signal import GenerationSignal, generation_signal
+from trilora.training.signal import FindScorer, GenerationSignal, generation_signal
 from trilora.training.validation import ValidationSet, make_validation_set, validation_on
 
 log = logging.getLogger("trilora")
@@ -51,7 +53,7 @@ class Setup:
     base: Base  # the loaded base model: pipe is base.pipe
 
 
-def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
+def setup(config: RunConfig, dist: Distributed | None = None, find_scorer: FindScorer | None = None) -> Setup:
     data, adapter, opts = config.data, config.adapter, config.train
     dist = dist or Distributed()
     device = resolve_device(opts.device, dist.local_rank)
@@ -81,7 +83,7 @@ def setup(config: RunConfig, dist: Distributed | None = None) -> Setup:
     base = load_model(config.model)
     pipe = base.pipe
     # the stopping signal's scorer before any long work, so that a wrong --clip-model stops here
-    stop_on, signal = generation_signal(config, pipe, [i.caption for i in val_items], device) if val_items else (
+    stop_on, signal = generation_signal(config, pipe, [i.caption for i in val_items], device, find_scorer) if val_items else (
         "val_loss", None)  # fmt: skip
     buckets = choose_buckets([i.image for i in train_items + val_items], data.resolution, data.buckets)
     train_items, train_pixels = load_images(train_items, data.resolution, buckets)
@@ -219,18 +221,16 @@ def generate_class_images(config: RunConfig, device: torch.device) -> None:
     existing = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
     missing = max(0, data.num_class_images - len(existing))
     if missing:
-        from tqdm import tqdm
-
         log.info("generating %d class images for %r in %s", missing, data.class_prompt, folder)
         pipe = load_model(config.model).pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        for k in tqdm(range(missing), desc="class images", disable=None):
-            index = len(existing) + k
-            generator = torch.Generator().manual_seed(derive_seed(config.train.seed, "class_image", index))
-            image = pipe(data.class_prompt, height=data.resolution, width=data.resolution, generator=generator,
-                         num_inference_steps=config.validation.sample_steps).images[0]  # fmt: skip
-            save_image(image, folder / f"class-{index:05d}.png")
-            write_text(folder / f"class-{index:05d}.txt", data.class_prompt)
+        for start in tqdm(range(0, missing, DEFAULT_BATCH), desc="class images", disable=None):
+            indices = range(len(existing) + start, len(existing) + min(start + DEFAULT_BATCH, missing))
+            seeds = [derive_seed(config.train.seed, "class_image", index) for index in indices]
+            images = sample_images(pipe, [data.class_prompt] * len(seeds), seeds, config.validation.sample_steps,
+                                   height=data.resolution, width=data.resolution)  # fmt: skip
+            for index, image in zip(indices, images, strict=True):
+                save_image(image, folder / f"class-{index:05d}.png")
+                write_text(folder / f"class-{index:05d}.txt", data.class_prompt)
         del pipe
 
 

@@ -13,8 +13,8 @@ from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from trilora.base.tiny import build_tiny_pipeline
-from trilora.families.sd import TINY_UNET
 from trilora.families.sd1 import CONFIGS as SD15_DIR
+from trilora.families.tiny import TINY_UNET
 from trilora.formats.ldm import (
     TEXT_ENCODER_PREFIX,
     UNET_PREFIX,

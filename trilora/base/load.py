@@ -108,11 +108,9 @@ def detect_family(path: Path, base_config, family: str = "auto") -> tuple[Family
     if path.is_dir():
         index, text = read_json(path / "model_index.json"), read_json(path / "text_encoder" / "config.json")
         if family != "auto":
-            chosen = named(family)
+            chosen, actual = named(family), [f for f in FAMILIES.values() if f.is_folder(index, text)]
             if not chosen.is_folder(index, text):
-                others = [f for f in FAMILIES.values() if f.is_folder(index, text)]
-                raise UserError(f"--family {family}: {path} is {others[0] if others else 'not a model of that family'}; "
-                                f"drop --family or give {others[0].name if others else 'another model'}")  # fmt: skip
+                refuse_named_family(path, chosen, actual[0] if actual else None)
             return chosen, {}
         return family_of_folder(index, text, str(path)), {}
     shapes = read_tensor_shapes(path)
@@ -121,9 +119,14 @@ def detect_family(path: Path, base_config, family: str = "auto") -> tuple[Family
         return family_of_file(shapes, str(path)), markers | {"shapes": shapes}
     chosen, actual = named(family), [f for f in FAMILIES.values() if f.is_file(shapes)]
     if actual and actual[0] is not chosen:
-        raise UserError(f"--family {family}: {path} is {actual[0]} (its text encoder says so); drop --family or "
-                        f"give a {chosen.title} checkpoint")  # fmt: skip
+        refuse_named_family(path, chosen, actual[0])
     return chosen, markers | {"shapes": shapes}
+
+
+def refuse_named_family(path: Path, chosen: Family, actual: Family | None) -> None:
+    what = f"is {actual} (its text encoder says so)" if actual else "is no model family trilora trains"
+    raise UserError(f"--family {chosen.name}: {path} {what}, not {chosen}; drop --family, or give a "
+                    f"{chosen.title} model")  # fmt: skip
 
 
 def resolve_prediction(pipe, path: Path, family: Family, base_config, asked: str | None, where: dict):
@@ -186,7 +189,7 @@ def check_base_path(path: Path, base_config) -> None:
 
 def load_diffusers_folder(path: Path, family: Family, dtype: torch.dtype) -> StableDiffusionPipeline:
     try:
-        return family.pipeline.from_pretrained(
+        return family.pipeline_class().from_pretrained(
             path, dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
         )
     except LOAD_ERRORS as error:
@@ -200,7 +203,7 @@ def load_single_file(
     check_fits(path, shapes, expected_ldm_shapes(path, config_dir, family), config_dir, family)
     try:
         # diffusers reads .ckpt/.pt with torch.load(weights_only=True), as read_tensor_shapes does.
-        return family.pipeline.from_single_file(
+        return family.pipeline_class().from_single_file(
             str(path),
             config=str(config_dir),
             local_files_only=True,

@@ -152,23 +152,28 @@ def plan(job: Evaluation, device: torch.device, dtype: torch.dtype) -> Plan:
     prompt_images = images_per_prompt(job.prompts, job.sampling.num_images)
     rows = Plan(base, adapters, list(prompt_images), {})
     base_config = optional_path(job.model.base_config)
-    rows.keys = all_keys(
-        rows.variants, prompt_images, job.sampling, Path(job.model.base), base_config, device, dtype
-    )
+    model = job.model
+    options = [f"prediction_type={model.prediction_type}"] * bool(model.prediction_type) + [
+        "zero_terminal_snr"] * model.zero_terminal_snr  # fmt: skip
+    rows.keys = all_keys(rows.variants, prompt_images, job.sampling, Path(model.base), base_config, device, dtype,
+                         options)  # fmt: skip
     return rows
 
 
 def evaluate_locked(job: Evaluation, device, inception, clip, references: list[Path]) -> dict:
-    from trilora.base.load import load_pipeline
+    from trilora.base.load import detect_family, load_model
     from trilora.evaluation.report import write_outputs
-    from trilora.inference.generate import scheduler_from
+    from trilora.inference.generate import check_adapter_family, scheduler_from
 
+    family, _ = detect_family(Path(job.model.base), job.model.base_config, job.model.family)
+    for path in job.loras:
+        check_adapter_family(Path(path), family)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     rows_of = plan(job, device, dtype)
     cache = ImageCache(job.cache)
 
     def load_pipe():
-        pipe = load_pipeline(job.model.base, job.model.base_config, dtype=dtype)
+        pipe = load_model(job.model, dtype=dtype).pipe
         if job.sampling.scheduler:
             pipe.scheduler = scheduler_from(job.sampling.scheduler, pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)

@@ -78,8 +78,13 @@ def all_keys(
     base_config: Path | None,
     device: torch.device,
     dtype: torch.dtype,
+    model_options: list[str] = (),
 ) -> dict[Variant, list[list[str]]]:
-    base_identity = file_identity(base) + (file_identity(base_config) if base_config else [])
+    """`model_options`: what else changes the base model's images (--prediction-type and
+    --zero-terminal-snr when given)."""
+    base_identity = (
+        file_identity(base) + (file_identity(base_config) if base_config else []) + list(model_options)
+    )
     adapter_hashes = {v.adapter: content_hash(v.adapter) for v in variants if not v.is_base}
     return {
         v: variant_keys(v, prompt_images, protocol, base_identity, adapter_hashes, device, dtype)

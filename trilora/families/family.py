@@ -5,6 +5,7 @@ A family module (sd1.py, sd2.py) builds one `Family`. Objectives (ε and v predi
 matching for SD3/Flux later) are the scheduler's `prediction_type`, read by training/losses.py.
 """
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 class Family:
     name: str  # what --family takes and logs name: "sd1"
     title: str  # for people: "Stable Diffusion 1.x"
-    pipeline: type  # the diffusers pipeline class
+    pipeline: str  # the diffusers pipeline class, by name (importing diffusers takes seconds)
     configs: Path  # shipped diffusers-layout configs and tokenizer: what a single file loads with
     parts: tuple[str, ...]  # the pipeline's models that carry adapters, in export order
     default_resolution: Callable[[str], int]  # training resolution (px) by prediction type
@@ -26,6 +27,9 @@ class Family:
     tiny: Callable[[int], object]  # a tiny random-weight pipeline of this family (seed), for tests
     prediction_known: bool  # whether the shipped configs' prediction type holds for every file
     base_versions: tuple[str, ...]  # the ss_base_model_version values of this family's adapters
+
+    def pipeline_class(self) -> type:
+        return getattr(importlib.import_module("diffusers"), self.pipeline)
 
     def __str__(self) -> str:
         return f"{self.title} ({self.name})"

@@ -1,77 +1,8 @@
-"""What the Stable Diffusion 1.x and 2.x families share: the StableDiffusionPipeline, the tiny
-random-weight pipeline built from a family's shipped configs, kohya's version header."""
-
-from pathlib import Path
-
-import diffusers
-import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-TINY_UNET = dict(
-    sample_size=8,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    norm_num_groups=8,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32,
-    attention_head_dim=4,
-)
-TINY_VAE = dict(
-    sample_size=32,
-    in_channels=3,
-    out_channels=3,
-    latent_channels=4,
-    block_out_channels=(16, 32, 32),
-    layers_per_block=1,
-    norm_num_groups=8,
-    down_block_types=("DownEncoderBlock2D",) * 3,
-    up_block_types=("UpDecoderBlock2D",) * 3,
-    scaling_factor=0.5,
-)
-CLIP_TEXT = dict(  # what every CLIP text encoder here shares with SD 1.5's: vocabulary, length, tokens
-    vocab_size=49408,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=49407,
-)
-TINY_TEXT = CLIP_TEXT | dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+"""What the Stable Diffusion 1.x and 2.x families share: their diffusers folders, kohya's version header."""
 
 
 def sd_folder(model_index: dict) -> bool:
     return model_index.get("_class_name") == "StableDiffusionPipeline"
-
-
-def tiny_sd_pipeline(seed: int, configs: Path, unet: dict | None = None, text: dict | None = None):
-    """A random-weight SD-shaped pipeline, identical for identical seeds: the tiny UNet, VAE and text
-    encoder (changed by `unet` and `text`), with the tokenizer and scheduler shipped in `configs`."""
-    torch.manual_seed(seed)
-    return sd_pipeline(
-        UNet2DConditionModel(**TINY_UNET | (unet or {})),
-        AutoencoderKL(**TINY_VAE),
-        CLIPTextModel(CLIPTextConfig(**TINY_TEXT | (text or {}))),
-        configs,
-    )
-
-
-def sd_pipeline(unet, vae, text_encoder, configs: Path) -> StableDiffusionPipeline:
-    """A StableDiffusionPipeline around these models with the tokenizer and scheduler in `configs`."""
-    scheduler_class = getattr(diffusers, StableDiffusionPipeline.load_config(configs)["scheduler"][1])
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=CLIPTokenizer.from_pretrained(configs / "tokenizer"),
-        unet=unet,
-        scheduler=scheduler_class.from_pretrained(configs / "scheduler"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
 
 
 def version_header(version: str, v2: bool, architecture: str, prediction_type: str, always: bool) -> dict:

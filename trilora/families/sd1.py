@@ -4,10 +4,8 @@ state, 768 wide), ε prediction, 512 px. Single files hold the text encoder unde
 
 from pathlib import Path
 
-from diffusers import StableDiffusionPipeline
-
 from trilora.families.family import Family
-from trilora.families.sd import sd_folder, tiny_sd_pipeline, version_header
+from trilora.families.sd import sd_folder, version_header
 from trilora.formats.ldm import TEXT_ENCODER_PREFIX, UNET_PREFIX, VAE_PREFIX, ldm_state_dict
 
 CONFIGS = Path(__file__).parent / "sd15"
@@ -22,10 +20,16 @@ def header(prediction_type: str) -> dict[str, str]:
     return version_header("sd_v1", False, "stable-diffusion-v1/lora", prediction_type, always=False)
 
 
+def tiny_pipeline(seed: int):
+    from trilora.families.tiny import tiny_sd_pipeline  # diffusers: 4-5 s that loading no model needs
+
+    return tiny_sd_pipeline(seed, CONFIGS)
+
+
 FAMILY = Family(
     name="sd1",
     title="Stable Diffusion 1.x",
-    pipeline=StableDiffusionPipeline,
+    pipeline="StableDiffusionPipeline",
     configs=CONFIGS,
     parts=("unet", "text_encoder"),
     default_resolution=lambda prediction_type: 512,
@@ -34,7 +38,7 @@ FAMILY = Family(
     file_parts=(("UNet", UNET_PREFIX), ("VAE", VAE_PREFIX), ("CLIP text encoder", TEXT_ENCODER_PREFIX)),
     ldm_state_dict=ldm_state_dict,
     header=header,
-    tiny=lambda seed: tiny_sd_pipeline(seed, CONFIGS),
+    tiny=lambda seed: tiny_pipeline(seed),
     prediction_known=True,
     base_versions=("sd_v1",),
 )

@@ -8,10 +8,8 @@ carries a `v_pred` marker or --base-config says it."""
 
 from pathlib import Path
 
-from diffusers import StableDiffusionPipeline
-
 from trilora.families.family import Family
-from trilora.families.sd import sd_folder, tiny_sd_pipeline, version_header
+from trilora.families.sd import sd_folder, version_header
 from trilora.formats.ldm import OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, ldm_state_dict, open_clip_to_ldm
 
 CONFIGS = Path(__file__).parent / "sd21"
@@ -30,10 +28,16 @@ def header(prediction_type: str) -> dict[str, str]:
     return version_header("sd_v2", True, architecture + "/lora", prediction_type, always=True)
 
 
+def tiny_pipeline(seed: int):
+    from trilora.families.tiny import tiny_sd_pipeline  # diffusers: 4-5 s that loading no model needs
+
+    return tiny_sd_pipeline(seed, CONFIGS, TINY_UNET, TINY_TEXT)
+
+
 FAMILY = Family(
     name="sd2",
     title="Stable Diffusion 2.x",
-    pipeline=StableDiffusionPipeline,
+    pipeline="StableDiffusionPipeline",
     configs=CONFIGS,
     parts=("unet", "text_encoder"),
     default_resolution=lambda prediction_type: 768 if prediction_type == "v_prediction" else 512,
@@ -42,7 +46,7 @@ FAMILY = Family(
     file_parts=(("UNet", UNET_PREFIX), ("VAE", VAE_PREFIX), ("OpenCLIP text encoder", OPEN_CLIP_PREFIX)),
     ldm_state_dict=lambda unet, vae, text_encoder: ldm_state_dict(unet, vae, text_encoder, open_clip_to_ldm),
     header=header,
-    tiny=lambda seed: tiny_sd_pipeline(seed, CONFIGS, TINY_UNET, TINY_TEXT),
+    tiny=lambda seed: tiny_pipeline(seed),
     prediction_known=False,
     base_versions=("sd_v2", "sd_v2_v"),
 )

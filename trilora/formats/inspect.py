@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
 from trilora.errors import UserError
+from trilora.families.registry import adapter_family
 from trilora.files import check_regular_file
 from trilora.formats.diffusers_lora import ADAPTER_METADATA_KEY, WEIGHT_NAME, module_value
 from trilora.formats.keys import our_key
@@ -72,6 +73,7 @@ def describe(path: str | Path) -> dict:
         },
         "conv": {"modules": len(conv_ranks), **_rank_and_alpha(conv_ranks, conv_alphas)} if convs else None,
         "dtype": DTYPE_NAMES.get(dtype, dtype),
+        "family": str(family) if (family := adapter_family(metadata)) else None,
         "metadata": metadata,
     }
 
@@ -175,6 +177,7 @@ def format_description(description: dict) -> str:
         f"file:     {d['file']}",
         f"format:   {d['format']}",
         f"method:   {method}",
+        f"family:   {d['family'] or 'not stated (no ss_base_model_version a trilora family uses)'}",
         f"rank:     {_join(d['ranks']) or 'unknown'}",
         f"alpha:    {alpha}",
     ]
@@ -224,8 +227,9 @@ def adapter_shapes(path: str | Path) -> tuple[dict[str, tuple[list[int], list[in
             shapes = {module: (f.get_slice(down).get_shape(), f.get_slice(up).get_shape())
                       for module, (down, up) in modules.items() if up in keys}  # fmt: skip
     except ValueError as error:  # a module name of another model family (lora_te1_, input_blocks_)
-        raise UserError(f"cannot load adapter {path}: {error}; it was made for another model family than "
-                        "this base model (SD 1.x): use it with the base model it was trained for") from None  # fmt: skip
+        raise UserError(f"cannot load adapter {path}: {error}; it was made for a model family "
+                        "trilora does not load yet (SDXL's lora_te1_/input_blocks_ names?): use it with the base "
+                        "model it was trained for") from None  # fmt: skip
     except (OSError, SafetensorError) as error:
         raise UserError(f"cannot read {path} as a safetensors file: {error}") from None
     return shapes, metadata

@@ -245,9 +245,10 @@ def ldm_state_dict(unet, vae, text_encoder, text_to_ldm=text_encoder_to_ldm) -> 
     }
 
 
-def save_single_file(pipe, path: str | Path, text_to_ldm=text_encoder_to_ldm) -> Path:
-    """Write a StableDiffusionPipeline's unet, vae and text encoder as one LDM-layout `.safetensors`."""
+def save_single_file(pipe, path: str | Path, layout=ldm_state_dict) -> Path:
+    """Write a StableDiffusionPipeline's unet, vae and text encoder as one LDM-layout `.safetensors`;
+    `layout` is the family's (`Family.ldm_state_dict`), SD 1.x's by default."""
     path = Path(path)
-    state_dict = ldm_state_dict(pipe.unet, pipe.vae, pipe.text_encoder, text_to_ldm)
+    state_dict = layout(pipe.unet, pipe.vae, pipe.text_encoder)
     save_safetensors({key: tensor.detach().cpu().contiguous() for key, tensor in state_dict.items()}, path)
     return path

@@ -73,6 +73,20 @@ def check_adapter_values(source: Path, path: Path) -> None:
         raise UserError(f"cannot read adapter {path} as a safetensors file: {error}") from None
 
 
+def check_adapter_family(path: Path, family) -> None:
+    """Refuse, in one line naming both, an adapter whose header says it was trained for another family
+    than the base model's (`family`, a `Family`); an adapter that does not say is checked by shape."""
+    from trilora.families.registry import adapter_family
+    from trilora.formats.inspect import adapter_shapes
+
+    _, metadata = adapter_shapes(path)
+    made_for = adapter_family(metadata)
+    if made_for is not None and made_for is not family:
+        raise UserError(f"adapter {path} was trained for {made_for} (ss_base_model_version "
+                        f"{metadata['ss_base_model_version']}) but the base model is {family}: use a "
+                        f"{made_for.title} base model, or an adapter trained for {family.title}")  # fmt: skip
+
+
 def check_fits(pipe, path: Path, shown: Path | None = None) -> None:
     """Refuse, naming the module and both shapes, an adapter made for another base model."""
     from trilora.formats.inspect import adapter_shapes
@@ -195,11 +209,12 @@ def generate_command(tree) -> list[Path]:
     device = resolve_device(settings.device)
     import torch
 
-    from trilora.base.load import load_pipeline
+    from trilora.base.load import detect_family, load_model
 
-    pipe = load_pipeline(
-        model.base, model.base_config, dtype=torch.float16 if device.type == "cuda" else torch.float32
-    )
+    family, _ = detect_family(Path(model.base), model.base_config, model.family)
+    for path, _ in loras:
+        check_adapter_family(path, family)
+    pipe = load_model(model, dtype=torch.float16 if device.type == "cuda" else torch.float32).pipe
     if sampling.scheduler:
         pipe.scheduler = scheduler_from(sampling.scheduler, pipe.scheduler.config)
     load_adapters(pipe, loras)

@@ -13,8 +13,8 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from trilora.families.sd import CLIP_TEXT, sd_pipeline
 from trilora.families.sd1 import CONFIGS as SD15_CONFIGS
+from trilora.families.tiny import CLIP_TEXT, sd_pipeline
 
 TOY_BASE = Path(__file__).with_name("base")
 RESOLUTION = 32

@@ -136,7 +136,8 @@ def format_report(config: RunConfig, models: MetaModels, estimate: MemoryEstimat
         layers[0] += f" ({len(convs)} of them 3x3 convs at rank {convs[0].rank}, alpha {convs[0].alpha:g})"
     folded = ", TriLoRA's Sigma folded into up" if adapter.method == "trilora" else ""
     return "\n".join([
-        f"dry run of {config.model.base} (configs: {models.config_dir}): nothing loaded, nothing trained",
+        f"dry run of {config.model.base} ({models.family}; configs: {models.config_dir}): nothing loaded, "
+        "nothing trained",
         f"adapters: {adapter.method} rank {adapter.rank}, alpha {alpha:g}, on {' and '.join(layers)}",
         f"trainable parameters: {count:,} ({count / 1e6:.2f} M)",
         f"adapter file: {file_bytes / 1024**2:.2f} MiB ({file_bytes:,} bytes: kohya layout, "

@@ -19,8 +19,8 @@ import trilora.adapters.layers as layers
 from trilora.adapters.inject import unet_targets
 from trilora.adapters.layers import AdapterLayer
 from trilora.adapters.math import flat
-from trilora.base.load import SD15_DIR
 from trilora.device import resolve_device
+from trilora.families.sd1 import CONFIGS as SD15_DIR
 
 
 def sigma_init_all_values(weight: torch.Tensor, rank: int) -> torch.Tensor:

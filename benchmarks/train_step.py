@@ -26,6 +26,7 @@ from trilora.base.load import load_pipeline
 from trilora.base.tiny import TINY_RESOLUTION, make_shapes_dataset, save_tiny_pipeline
 from trilora.config import from_dict
 from trilora.device import resolve_device
+from trilora.families.sd1 import CONFIGS as SD15_CONFIGS
 from trilora.training.loop import train
 from trilora.training.metrics import read_metrics
 
@@ -34,7 +35,7 @@ def save_sd15_random(path: Path) -> Path:
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    sd15 = Path(__file__).resolve().parents[1] / "trilora" / "base" / "sd15"
+    sd15 = SD15_CONFIGS
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL.from_config(AutoencoderKL.load_config(sd15 / "vae")),
         text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(sd15 / "text_encoder")),

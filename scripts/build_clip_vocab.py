@@ -16,7 +16,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "trilora" / "base" / "sd15" / "tokenizer"
+OUT = Path(__file__).resolve().parents[1] / "trilora" / "families" / "sd15" / "tokenizer"
 NUM_MERGES = 49152 - 256 - 2
 
 

@@ -15,7 +15,8 @@ from trilora.adapters.inject import (
     unet_conv_targets,
     unet_targets,
 )
-from trilora.base.tiny import SD15_DIR, build_tiny_pipeline
+from trilora.base.tiny import build_tiny_pipeline
+from trilora.families.sd1 import CONFIGS as SD15_DIR
 
 
 @pytest.fixture(scope="module")

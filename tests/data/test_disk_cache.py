@@ -5,10 +5,11 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from trilora.base.tiny import TINY_VAE, build_tiny_pipeline
+from trilora.base.tiny import build_tiny_pipeline
 from trilora.data.cache import encode_latents
 from trilora.data.disk_cache import LatentCache, cached_encode, vae_fingerprint
 from trilora.data.folder import Item, load_image
+from trilora.families.tiny import TINY_VAE
 
 CPU = torch.device("cpu")
 

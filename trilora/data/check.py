@@ -15,8 +15,9 @@ from pathlib import Path
 from trilora.data.buckets import make_buckets, nearest_bucket
 from trilora.data.folder import CAPTION_KINDS, BadImage, open_image, scan
 from trilora.errors import UserError
+from trilora.families.sd1 import CONFIGS as SD15_CONFIGS
 
-TOKENIZER_DIR = Path(__file__).parents[1] / "base" / "sd15" / "tokenizer"
+TOKENIZER_DIR = SD15_CONFIGS / "tokenizer"  # the CLIP BPE vocabulary every SD family tokenizes with
 CLIP_TOKEN_LIMIT = 75  # 77 positions less the start and end tokens; SD 1.x truncates the rest
 TOP = 10  # how many tags and sizes the report lists
 TAG_CHARS = 60  # longer tags are cut in the report

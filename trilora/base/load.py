@@ -87,16 +87,20 @@ def load_base(
     """
     path = Path(path)
     found, where = detect_family(path, base_config, family)
+    config_dir = path if path.is_dir() else Path(base_config) if base_config else found.configs
+    # before any weights are read: an SD 2.x file without --prediction-type stops in a second
+    prediction_type, source = resolve_prediction(path, config_dir, found, base_config, prediction_type, where)
+    zero_terminal_snr = zero_terminal_snr or where.get(ZTSNR_MARKER, False)
+    if zero_terminal_snr and prediction_type != "v_prediction":
+        raise UserError("--zero-terminal-snr needs v prediction (ε at the last step is undefined): add "
+                        "--prediction-type v_prediction or drop --zero-terminal-snr")  # fmt: skip
     if path.is_dir():
         pipe = load_diffusers_folder(path, found, dtype)
     else:
-        config_dir = Path(base_config) if base_config else found.configs
         pipe = load_single_file(path, config_dir, found, dtype, where["shapes"])
-    prediction_type, source = resolve_prediction(pipe, path, found, base_config, prediction_type, where)
-    zero_terminal_snr = zero_terminal_snr or where.get(ZTSNR_MARKER, False)
     if prediction_type != pipe.scheduler.config.prediction_type or zero_terminal_snr:
         pipe.scheduler = scheduler_for(pipe.scheduler, prediction_type, zero_terminal_snr)
-    log.info("base model: %s, %s prediction (%s)%s", found, prediction_type, source,
+    log.info("base model: %s, predicting %s (%s)%s", found, prediction_type, source,
              ", zero terminal SNR" if zero_terminal_snr else "")  # fmt: skip
     return Base(pipe, found, prediction_type)
 
@@ -129,13 +133,16 @@ def refuse_named_family(path: Path, chosen: Family, actual: Family | None) -> No
                     f"{chosen.title} model")  # fmt: skip
 
 
-def resolve_prediction(pipe, path: Path, family: Family, base_config, asked: str | None, where: dict):
+def resolve_prediction(
+    path: Path, config_dir: Path, family: Family, base_config, asked: str | None, where: dict
+):
     """(prediction type, where it came from): asked, a marker tensor, or the configs where they know."""
     if asked:
         return asked, "--prediction-type"
     if where.get(V_MARKER):
         return "v_prediction", f"the file's {V_MARKER} marker"
-    configured = pipe.scheduler.config.prediction_type
+    scheduler = read_json(config_dir / "scheduler" / "scheduler_config.json")
+    configured = scheduler.get("prediction_type", "epsilon")
     if path.is_dir() or base_config:
         return configured, "the scheduler config"
     if family.prediction_known:
@@ -149,9 +156,6 @@ def scheduler_for(scheduler, prediction_type: str, zero_terminal_snr: bool):
     """The pipeline's scheduler predicting `prediction_type`; with zero terminal SNR, DDIM with trailing
     timesteps on the rescaled schedule (the sampler the paper pairs it with)."""
     if zero_terminal_snr:
-        if prediction_type != "v_prediction":
-            raise UserError("--zero-terminal-snr needs v prediction (ε at the last step is undefined): add "
-                            "--prediction-type v_prediction or drop --zero-terminal-snr")  # fmt: skip
         return diffusers.DDIMScheduler.from_config(scheduler.config, prediction_type=prediction_type,
                                                    rescale_betas_zero_snr=True, timestep_spacing="trailing")  # fmt: skip
     return type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)

@@ -219,13 +219,22 @@ def uses_bf16(config: RunConfig) -> bool:
 
 def model_config_dir(config: RunConfig) -> tuple[Path, Family]:
     """(the diffusers-layout folder whose configs describe --base, its family), checked as `load_base` checks."""
-    from trilora.base.load import check_config_dir, check_fits, detect_family, expected_ldm_shapes
+    from trilora.base.load import (
+        check_config_dir,
+        check_fits,
+        detect_family,
+        expected_ldm_shapes,
+        resolve_prediction,
+    )
 
     base, model = Path(config.model.base), config.model
     family, found = detect_family(base, model.base_config, model.family)
+    config_dir = base if base.is_dir() else Path(model.base_config) if model.base_config else family.configs
+    resolve_prediction(
+        base, config_dir, family, model.base_config, model.prediction_type, found
+    )  # as set-up refuses
     if base.is_dir():
         return base, family
-    config_dir = Path(model.base_config) if model.base_config else family.configs
     check_config_dir(base, config_dir)
     check_fits(base, found["shapes"], expected_ldm_shapes(base, config_dir, family), config_dir, family)
     return config_dir, family

@@ -1,0 +1,106 @@
+"""The families and how a model is matched to one: detection, the prediction type and where it comes
+from, zero terminal SNR, the export header, and the full-size configs shipped for single files."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from trilora.adapters.inject import text_encoder_targets, unet_targets
+from trilora.base.load import load_base
+from trilora.base.tiny import save_tiny_pipeline
+from trilora.errors import UserError
+from trilora.families import FAMILY_CHOICES, NAMES
+from trilora.families.registry import FAMILIES, adapter_family
+from trilora.formats.ldm import save_single_file
+
+
+@pytest.fixture(scope="module")
+def sd2(tmp_path_factory):
+    """The tiny SD 2.x model as a folder and as a single file in the original layout."""
+    root = tmp_path_factory.mktemp("sd2")
+    folder = save_tiny_pipeline(root / "tiny", family="sd2")
+    single = save_single_file(
+        load_base(folder).pipe, root / "tiny.safetensors", FAMILIES["sd2"].ldm_state_dict
+    )
+    return folder, single
+
+
+def one_line(error) -> str:
+    message = str(error.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_the_registry_lists_every_family_once():
+    assert tuple(FAMILIES) == NAMES and FAMILY_CHOICES == ("auto", *NAMES)
+    versions = [v for family in FAMILIES.values() for v in family.base_versions]
+    assert len(versions) == len(set(versions))  # an adapter's header names one family
+    assert adapter_family({"ss_base_model_version": "sd_v2_v"}) is FAMILIES["sd2"]
+    assert adapter_family({"ss_base_model_version": "sdxl_base_v1-0"}) is None and adapter_family({}) is None
+
+
+def test_a_folder_of_no_family_is_one_line(tmp_path, tiny_model_dir):
+    folder = tmp_path / "xl"
+    shutil.copytree(tiny_model_dir, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps(index | {"_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(UserError) as error:
+        load_base(folder)
+    assert "StableDiffusionXLPipeline" in one_line(error) and "fits no model family" in str(error.value)
+
+
+def test_an_sd2_file_needs_its_prediction_type_said_before_anything_loads(sd2, tmp_path):
+    folder, single = sd2
+    with pytest.raises(UserError) as error:
+        load_base(single)  # the shipped SD 2.1 configs: ε and v models have the same tensors
+    assert "--prediction-type epsilon or --prediction-type v_prediction" in one_line(error)
+    assert load_base(single, base_config=folder).prediction_type == "v_prediction"  # the configs say it
+    eps = load_base(single, base_config=folder, prediction_type="epsilon")
+    assert eps.prediction_type == eps.pipe.scheduler.config.prediction_type == "epsilon"
+    assert FAMILIES["sd2"].header("epsilon") == {
+        "ss_base_model_version": "sd_v2", "ss_v2": "True",
+        "modelspec.architecture": "stable-diffusion-v2-512/lora", "modelspec.prediction_type": "epsilon"}  # fmt: skip
+
+
+def test_markers_in_a_file_say_v_prediction_and_zero_terminal_snr(tmp_path, tiny_model_dir):
+    plain = save_single_file(load_base(tiny_model_dir).pipe, tmp_path / "plain.safetensors")
+    marked = tmp_path / "marked.safetensors"
+    save_file(load_file(str(plain)) | {"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(marked))
+    base = load_base(marked, base_config=tiny_model_dir)  # SD 1.x configs say ε; the markers win
+    scheduler = base.pipe.scheduler
+    assert base.prediction_type == scheduler.config.prediction_type == "v_prediction"
+    assert scheduler.config.rescale_betas_zero_snr and scheduler.alphas_cumprod[-1] < 1e-6
+    assert FAMILIES["sd1"].header("v_prediction")["ss_base_model_version"] == "sd_v1_v"
+    assert load_base(plain, base_config=tiny_model_dir).prediction_type == "epsilon"
+
+
+def test_zero_terminal_snr_needs_v_prediction(sd2, tiny_model_dir):
+    folder, _ = sd2
+    base = load_base(folder, zero_terminal_snr=True)
+    assert (
+        base.pipe.scheduler.alphas_cumprod[-1] < 1e-6
+        and base.pipe.scheduler.config.timestep_spacing == "trailing"
+    )
+    with pytest.raises(UserError) as error:
+        load_base(tiny_model_dir, zero_terminal_snr=True)  # an ε model
+    assert "--zero-terminal-snr needs v prediction" in one_line(error)
+
+
+@pytest.mark.parametrize("name, te_layers, te_targets", [("sd1", 12, 72), ("sd2", 23, 138)])
+def test_the_shipped_full_size_configs(name, te_layers, te_targets):
+    """SD 1.5's and SD 2.1 768-v's configs: kohya's 192 UNet targets each, 6 per text-encoder layer
+    (SD 2.x uses 23 of OpenCLIP's 24 blocks), and SD 2.1's attention computed in fp32."""
+    configs = FAMILIES[name].configs
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder"))
+    assert len(unet_targets(unet)) == 192 and len(text_encoder_targets(text)) == te_targets
+    assert text.config.num_hidden_layers == te_layers
+    assert unet.config.upcast_attention == (name == "sd2") and unet.config.use_linear_projection == (
+        name == "sd2"
+    )

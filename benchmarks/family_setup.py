@@ -3,7 +3,7 @@ LDM layout and trained through `trilora train` on the CPU: set-up time and secon
 side, and what the exports say of their family (issue 20's check that SD 2.x needs nothing but its
 family module).
 
-    python benchmarks/family_setup.py --work /tmp/family-bench   # ~10 GB of disk, ~15 min on 2 cores
+    python benchmarks/family_setup.py --work /tmp/family-bench   # ~1 min on 2 cores, 2.5 GB of disk at a time
 
 Each model is built from the family's shipped configs with random weights in fp16 (as the released
 files hold them), saved as `<family>.safetensors` with the single-file names (SD 2.1: OpenCLIP's 24
@@ -92,7 +92,7 @@ def run(family, file: Path, data: Path, output: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="a folder for the ~10 GB of model files")
+    parser.add_argument("--work", type=Path, required=True, help="a folder for the model files (2.5 GB each)")
     parser.add_argument("--families", nargs="+", default=["sd1", "sd2"], choices=list(FAMILIES))
     parser.add_argument("--out", type=Path, help="write the results as JSON here too")
     args = parser.parse_args()

@@ -152,7 +152,8 @@ def cmd_check_data(args: argparse.Namespace) -> None:
         raise UserError(
             "no folder to check: give it as `trilora check-data DIR` (or [data] data in --config)"
         )
-    report = check_folder(data.data, data.resolution, data.trigger, data.caption_extension)
+    # no base model here to take the default from: 512, SD 1.x's and SD 2.x ε models'
+    report = check_folder(data.data, data.resolution or 512, data.trigger, data.caption_extension)
     print(report.to_json() if args.json else format_report(report))
     require_usable(report)
 

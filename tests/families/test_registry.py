@@ -104,3 +104,28 @@ def test_the_shipped_full_size_configs(name, te_layers, te_targets):
     assert unet.config.upcast_attention == (name == "sd2") and unet.config.use_linear_projection == (
         name == "sd2"
     )
+
+
+def test_the_default_resolution_is_the_familys(sd2, tiny_model_dir, tmp_path, capsys):
+    """Without --resolution: 768 for an SD 2.x v-prediction model, 512 otherwise (the dry run says it
+    and trains nothing)."""
+    from trilora.cli import main
+
+    folder, single = sd2
+    for base, extra, size in [(folder, [], 768), (single, ["--prediction-type", "epsilon"], 512),
+                              (tiny_model_dir, [], 512), (folder, ["--resolution", "64"], 64)]:  # fmt: skip
+        (tmp_path / "data").mkdir(exist_ok=True)
+        args = [
+            "train",
+            "--base",
+            str(base),
+            "--data",
+            str(tmp_path / "data"),
+            "--output",
+            str(tmp_path / "run"),
+            "--dry-run",
+        ]
+        if base == single:
+            extra = [*extra, "--base-config", str(folder)]
+        assert main([*args, *extra]) == 0
+        assert f"{size}x{size} px" in capsys.readouterr().out

@@ -23,7 +23,7 @@ from trilora.adapters.inject import (
     unet_conv_targets,
     unet_targets,
 )
-from trilora.base.load import Base
+from trilora.base.detect import Base
 from trilora.base.tiny import build_tiny_pipeline
 from trilora.config import from_dict
 from trilora.families.registry import FAMILIES

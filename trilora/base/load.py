@@ -10,26 +10,20 @@ half-loaded model. The prediction type (ε or v) comes from --prediction-type, t
 `v_pred` marker tensor (as ComfyUI reads it), and the log says which. Nothing here reaches the network.
 """
 
-import json
 import logging
-import pickle
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import diffusers
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from trilora.base.detect import ZTSNR_MARKER, Base, detect_family, first_line, resolve_prediction
 from trilora.errors import UserError
 from trilora.families.family import Family
-from trilora.families.registry import FAMILIES, family_of_file, family_of_folder, named
 
 log = logging.getLogger("trilora")
-V_MARKER, ZTSNR_MARKER = "v_pred", "ztsnr"  # empty tensors some v-prediction checkpoints carry
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 CONFIG_FILES = (
     "model_index.json",
     "unet/config.json",
@@ -40,15 +34,6 @@ CONFIG_FILES = (
 )
 # What diffusers and transformers raise for missing, unreadable or inconsistent files and configs.
 LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError)
-
-
-@dataclass
-class Base:
-    """A loaded base model: its pipeline, family and prediction type."""
-
-    pipe: StableDiffusionPipeline
-    family: Family
-    prediction_type: str
 
 
 def load_pipeline(
@@ -105,53 +90,6 @@ def load_base(
     return Base(pipe, found, prediction_type)
 
 
-def detect_family(path: Path, base_config, family: str = "auto") -> tuple[Family, dict]:
-    """(the family of the base model at `path`, what else was found: the file's markers), without
-    loading it. A named family must be the one found."""
-    check_base_path(path, base_config)
-    if path.is_dir():
-        index, text = read_json(path / "model_index.json"), read_json(path / "text_encoder" / "config.json")
-        if family != "auto":
-            chosen, actual = named(family), [f for f in FAMILIES.values() if f.is_folder(index, text)]
-            if not chosen.is_folder(index, text):
-                refuse_named_family(path, chosen, actual[0] if actual else None)
-            return chosen, {}
-        return family_of_folder(index, text, str(path)), {}
-    shapes = read_tensor_shapes(path)
-    markers = {marker: marker in shapes for marker in (V_MARKER, ZTSNR_MARKER)}
-    if family == "auto":
-        return family_of_file(shapes, str(path)), markers | {"shapes": shapes}
-    chosen, actual = named(family), [f for f in FAMILIES.values() if f.is_file(shapes)]
-    if actual and actual[0] is not chosen:
-        refuse_named_family(path, chosen, actual[0])
-    return chosen, markers | {"shapes": shapes}
-
-
-def refuse_named_family(path: Path, chosen: Family, actual: Family | None) -> None:
-    what = f"is {actual} (its text encoder says so)" if actual else "is no model family trilora trains"
-    raise UserError(f"--family {chosen.name}: {path} {what}, not {chosen}; drop --family, or give a "
-                    f"{chosen.title} model")  # fmt: skip
-
-
-def resolve_prediction(
-    path: Path, config_dir: Path, family: Family, base_config, asked: str | None, where: dict
-):
-    """(prediction type, where it came from): asked, a marker tensor, or the configs where they know."""
-    if asked:
-        return asked, "--prediction-type"
-    if where.get(V_MARKER):
-        return "v_prediction", f"the file's {V_MARKER} marker"
-    scheduler = read_json(config_dir / "scheduler" / "scheduler_config.json")
-    configured = scheduler.get("prediction_type", "epsilon")
-    if path.is_dir() or base_config:
-        return configured, "the scheduler config"
-    if family.prediction_known:
-        return configured, f"{family.name}'s shipped config"
-    raise UserError(f"{path} is {family}, which comes as ε-prediction (512 px base models) or v-prediction (768 px "
-                    "models) with the same tensors: say which with --prediction-type epsilon or --prediction-type "
-                    "v_prediction")  # fmt: skip
-
-
 def scheduler_for(scheduler, prediction_type: str, zero_terminal_snr: bool):
     """The pipeline's scheduler predicting `prediction_type`; with zero terminal SNR, DDIM with trailing
     timesteps on the rescaled schedule (the sampler the paper pairs it with)."""
@@ -159,36 +97,6 @@ def scheduler_for(scheduler, prediction_type: str, zero_terminal_snr: bool):
         return diffusers.DDIMScheduler.from_config(scheduler.config, prediction_type=prediction_type,
                                                    rescale_betas_zero_snr=True, timestep_spacing="trailing")  # fmt: skip
     return type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
-
-
-def read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read {path}: {first_line(error)}") from error
-    return value if isinstance(value, dict) else {}
-
-
-def check_base_path(path: Path, base_config) -> None:
-    if not path.exists():
-        raise UserError(
-            f"base model {path} does not exist: give a diffusers folder or a .safetensors/.ckpt file"
-        )
-    if path.is_dir():
-        if base_config is not None:
-            raise UserError(
-                f"{path} is a diffusers folder with its own configs; --base-config only applies to single-file checkpoints: drop it"
-            )
-        if not (path / "model_index.json").is_file():
-            raise UserError(f"{path} is a folder without model_index.json: give a diffusers model folder or a "
-                            "single .safetensors/.ckpt file")  # fmt: skip
-        return
-    if path.suffix not in SINGLE_FILE_SUFFIXES:
-        raise UserError(
-            f"base model {path} has an unsupported extension {path.suffix!r}: give a diffusers folder or a {'/'.join(SINGLE_FILE_SUFFIXES)} file"
-        )
 
 
 def load_diffusers_folder(path: Path, family: Family, dtype: torch.dtype) -> StableDiffusionPipeline:
@@ -232,32 +140,6 @@ def check_config_dir(path: Path, config_dir: Path) -> None:
         raise UserError(
             f"cannot load {path}: the base configuration {config_dir} lacks {', '.join(missing)}; give {layout}"
         )
-
-
-def read_tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in a checkpoint file, without loading .safetensors data."""
-    try:
-        if path.suffix == ".safetensors":
-            with safe_open(path, framework="pt") as file:
-                return {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}
-        # Never a full unpickle: weights_only refuses anything but tensors and plain containers.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as error:
-        raise UserError(
-            f"cannot read {path}: it is corrupt or holds pickled Python objects besides tensors, which trilora does not unpickle; use a .safetensors file"
-        ) from error
-    except EOFError as error:
-        raise UserError(f"cannot read {path}: the file ends early; is it complete?") from error
-    except (OSError, RuntimeError, SafetensorError) as error:
-        raise UserError(f"cannot read {path}: {first_line(error)}; is the file complete?") from error
-    # Lightning checkpoints nest the weights under "state_dict".
-    while isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
-        checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, dict):
-        raise UserError(f"cannot read {path}: it holds a {type(checkpoint).__name__}, not a dict of tensors")
-    return {
-        name: tuple(tensor.shape) for name, tensor in checkpoint.items() if isinstance(tensor, torch.Tensor)
-    }
 
 
 def expected_ldm_shapes(path: Path, config_dir: Path, family: Family) -> dict[str, tuple[int, ...]]:
@@ -315,8 +197,3 @@ def same_weight_shape(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     while b and b[-1] == 1:
         b = b[:-1]
     return a == b
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -53,8 +53,12 @@ class DataConfig:
         0.1, "Fraction of --data held out for validation when --val-data is not given.", low=0, high=0.99
     )
     trigger: str | None = opt(None, "A word put in front of every caption.")
-    resolution: int = opt(
-        512, "Training size: about resolution² pixels per image (square without buckets).", low=8, high=4096
+    resolution: int | None = opt(
+        None,
+        "Training size: about resolution² pixels per image (square without buckets). Default: the model "
+        "family's, 768 for SD 2.x v-prediction models, else 512 (check-data: 512).",
+        low=8,
+        high=4096,
     )
     buckets: bool | None = opt(
         None, "Aspect-ratio buckets of about resolution² pixels (default: on when images differ in shape)."
@@ -300,7 +304,7 @@ class RunConfig:
                 f"--val-fraction must be in [0, 1), got {self.data.val_fraction}",
             ),
             (
-                self.data.resolution >= 8 and self.data.resolution % 8 == 0,
+                self.data.resolution is None or (self.data.resolution >= 8 and self.data.resolution % 8 == 0),
                 f"--resolution must be a positive multiple of 8, got {self.data.resolution}",
             ),
             (self.train.lr > 0, f"--lr must be positive, got {self.train.lr}"),

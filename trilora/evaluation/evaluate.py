@@ -161,7 +161,8 @@ def plan(job: Evaluation, device: torch.device, dtype: torch.dtype) -> Plan:
 
 
 def evaluate_locked(job: Evaluation, device, inception, clip, references: list[Path]) -> dict:
-    from trilora.base.load import detect_family, load_model
+    from trilora.base.detect import detect_family
+    from trilora.base.load import load_model
     from trilora.evaluation.report import write_outputs
     from trilora.inference.generate import check_adapter_family, scheduler_from
 

@@ -209,7 +209,8 @@ def generate_command(tree) -> list[Path]:
     device = resolve_device(settings.device)
     import torch
 
-    from trilora.base.load import detect_family, load_model
+    from trilora.base.detect import detect_family
+    from trilora.base.load import load_model
 
     family, _ = detect_family(Path(model.base), model.base_config, model.family)
     for path, _ in loras:

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from trilora.adapters.inject import adapter_layers, lora_pairs, with_part
-from trilora.base.load import Base
+from trilora.base.detect import Base
 from trilora.config import SETTINGS_FILE, RunConfig, ValidationConfig, to_dict
 from trilora.files import save_image, write_text
 from trilora.formats.diffusers_lora import save_diffusers

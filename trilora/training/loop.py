@@ -21,6 +21,7 @@ from trilora.config import SETTINGS_FILE, RunConfig, settings_toml, to_dict
 from trilora.data.cache import encode_text, tokenize
 from trilora.data.captions import transform_caption
 from trilora.data.order import BatchOrder
+from trilora.device import resolve_device
 from trilora.errors import Interrupted, UserError, signal_name
 from trilora.files import write_json, write_text
 from trilora.run_folder import FolderLock, claim
@@ -43,6 +44,7 @@ from trilora.training.export import (
     write_adapter,
 )
 from trilora.training.losses import denoising_loss, min_snr_weights
+from trilora.training.memory import refuse_absurd_memory, resolve_resolution
 from trilora.training.metrics import MetricsLog, plot_losses, read_metrics
 from trilora.training.noise import training_noise
 from trilora.training.optim import make_optimizer
@@ -70,6 +72,7 @@ def train(
     one, `--stop-on auto` follows the validation loss.
     """
     config.validate()
+    resolve_resolution(config)
     if resumed is None and config.checkpoint.resume:
         source = find_checkpoint(config.checkpoint.resume)
         resumed = source, load_checkpoint(source)
@@ -81,9 +84,6 @@ def train(
         changed = incompatible_changes(resume["config"], to_dict(config))
         if changed:
             raise UserError(f"cannot resume with changed settings: {'; '.join(changed)}")
-    from trilora.device import resolve_device
-    from trilora.training.memory import refuse_absurd_memory
-
     refuse_absurd_memory(config, resolve_device(config.train.device))
     # --resume continues in the checkpoint's own run folder, or (another --output) in a new one
     in_place = source is not None and Path(config.output).resolve() == run_folder_of(source).resolve()

@@ -35,6 +35,7 @@ them in benchmarks/README.md ("Memory estimate").
 
 import inspect
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ CUDA_CONTEXT_BYTES = GIB // 2
 ALLOCATOR_SLACK = 0.10
 BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes' min_8bit_size: smaller tensors keep fp32 state
 EXPORT_DTYPES = {"fp16": ("F16", 2), "bf16": ("BF16", 2), "fp32": ("F32", 4)}  # safetensors name, bytes
+
+log = logging.getLogger("trilora")
 
 
 @dataclass
@@ -111,9 +114,20 @@ class MemoryEstimate:
         return allocated + CUDA_CONTEXT_BYTES + round(ALLOCATOR_SLACK * allocated)
 
 
+def resolve_resolution(config: RunConfig) -> None:
+    """--resolution, when not given, becomes the base model family's default (read from the model's
+    configs, nothing loaded) before anything uses it; config.json records the value used."""
+    if config.data.resolution is None:
+        from trilora.base.detect import default_resolution  # torch and the model's headers: after the checks
+
+        config.data.resolution = default_resolution(config.model)
+        log.info("--resolution %d: the base model family's default", config.data.resolution)
+
+
 def dry_run_report(config: RunConfig) -> str:
     """What `trilora train --dry-run` prints: parameters, adapter file size, the memory table."""
     config.validate()
+    resolve_resolution(config)
     models = meta_models(config)
     return format_report(
         config, models, estimate_memory(models.unet, models.text_encoder, models.vae, config)
@@ -219,13 +233,8 @@ def uses_bf16(config: RunConfig) -> bool:
 
 def model_config_dir(config: RunConfig) -> tuple[Path, Family]:
     """(the diffusers-layout folder whose configs describe --base, its family), checked as `load_base` checks."""
-    from trilora.base.load import (
-        check_config_dir,
-        check_fits,
-        detect_family,
-        expected_ldm_shapes,
-        resolve_prediction,
-    )
+    from trilora.base.detect import detect_family, resolve_prediction
+    from trilora.base.load import check_config_dir, check_fits, expected_ldm_shapes
 
     base, model = Path(config.model.base), config.model
     family, found = detect_family(base, model.base_config, model.family)

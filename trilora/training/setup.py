@@ -11,7 +11,8 @@ import torch
 from tqdm import tqdm
 
 from trilora.adapters.inject import add_run_adapters
-from trilora.base.load import Base, load_model
+from trilora.base.detect import Base
+from trilora.base.load import load_model
 from trilora.config import RunConfig
 from trilora.data.buckets import Bucket, make_buckets
 from trilora.data.cache import encode_captions, encode_latents, tokenize

@@ -127,7 +127,6 @@ def resolve_resolution(config: RunConfig) -> None:
 def dry_run_report(config: RunConfig) -> str:
     """What `trilora train --dry-run` prints: parameters, adapter file size, the memory table."""
     config.validate()
-    resolve_resolution(config)
     models = meta_models(config)
     return format_report(
         config, models, estimate_memory(models.unet, models.text_encoder, models.vae, config)
@@ -255,6 +254,7 @@ def meta_models(config: RunConfig) -> MetaModels:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config_dir, family = model_config_dir(config)
+    resolve_resolution(config)
     try:
         with torch.device("meta"):
             unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_dir / "unet"))

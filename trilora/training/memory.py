@@ -55,11 +55,13 @@ from trilora.training.activations import (
     training_step_bytes,
     vae_bytes,
 )
+from trilora.training.placement import estimated_placement
 
 GIB = 1024**3
 CUDA_CONTEXT_BYTES = GIB // 2
 ALLOCATOR_SLACK = 0.10
 BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes' min_8bit_size: smaller tensors keep fp32 state
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float32: "fp32"}
 EXPORT_DTYPES = {"fp16": ("F16", 2), "bf16": ("BF16", 2), "fp32": ("F32", 4)}  # safetensors name, bytes
 
 log = logging.getLogger("trilora")
@@ -225,9 +227,8 @@ def memory_table(estimate: MemoryEstimate, config: RunConfig) -> str:
 
 
 def uses_bf16(config: RunConfig) -> bool:
-    """The training dtype on a GPU: bf16 autocast unless --mixed-precision no (or --device cpu with auto)."""
-    opts = config.train
-    return opts.mixed_precision == "bf16" or (opts.mixed_precision == "auto" and opts.device != "cpu")
+    """Whether the estimated run steps in bf16 autocast (placement.py decides, for set-up too)."""
+    return estimated_placement(config).autocast is not None
 
 
 def model_config_dir(config: RunConfig) -> tuple[Path, Family]:
@@ -263,7 +264,7 @@ def meta_models(config: RunConfig) -> MetaModels:
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise UserError(f"cannot build the model from the configs in {config_dir}: {error}") from error
     adapter = config.adapter
-    weight_dtype = torch.bfloat16 if uses_bf16(config) else torch.float32
+    weight_dtype = estimated_placement(config).weight_dtype
     # Sigma's initial values change no shape: "identity" spares an SVD per layer.
     with MetaScalars():
         unet.to(weight_dtype)
@@ -291,18 +292,14 @@ def estimate_memory(
     from trilora.data.cache import encode_latents
 
     data, adapter, opts, validation = config.data, config.adapter, config.train, config.validation
-    bf16 = uses_bf16(config)
-    train_dtype, itemsize = ("bf16", 2) if bf16 else ("fp32", 4)
-    base, what = frozen_numel(unet) * itemsize, [f"UNet {train_dtype}"]
-    if adapter.train_text_encoder:
-        base += frozen_numel(text_encoder) * itemsize
-        what.append(f"text encoder {train_dtype}")
-    elif data.shuffle_captions or data.caption_dropout > 0 or validation.sample_prompt:
-        base += frozen_numel(text_encoder) * 4
-        what.append("text encoder fp32")
-    if validation.sample_prompt:
-        base += frozen_numel(vae) * 4
-        what.append("VAE fp32")
+    place = estimated_placement(config)
+    bf16 = place.autocast is not None
+    base, what = 0, []
+    for name, model, dtype in [("UNet", unet, place.weight_dtype), ("text encoder", text_encoder, place.text_encoder),
+                               ("VAE", vae, place.vae)]:  # fmt: skip
+        if dtype is not None:
+            base += frozen_numel(model) * dtype.itemsize
+            what.append(f"{name} {DTYPE_NAMES[dtype]}")
     params = trained_parameters(unet, text_encoder)
     count = sum(p.numel() for p in params)
     optimizer, optimizer_what = optimizer_state_bytes(params, opts.optimizer)

@@ -27,6 +27,7 @@ from trilora.sampling import DEFAULT_BATCH, sample_images
 from trilora.seeds import derive_seed
 from trilora.training.distributed import Distributed
 from trilora.training.fast import apply_fast_path
+from trilora.training.placement import placement
 from trilora.training.signal import FindScorer, GenerationSignal, generation_signal
 from trilora.training.validation import ValidationSet, make_validation_set, validation_on
 
@@ -58,9 +59,6 @@ def setup(config: RunConfig, dist: Distributed | None = None, find_scorer: FindS
     data, adapter, opts = config.data, config.adapter, config.train
     dist = dist or Distributed()
     device = resolve_device(opts.device, dist.local_rank)
-    autocast = torch.bfloat16 if opts.mixed_precision == "bf16" or (
-        opts.mixed_precision == "auto" and device.type == "cuda"
-    ) else None  # fmt: skip
 
     items = scan_subsets(load_dataset_config(data.dataset_config)) if data.dataset_config else (
         scan(data.data, data.trigger, data.caption_extension)
@@ -108,19 +106,19 @@ def setup(config: RunConfig, dist: Distributed | None = None, find_scorer: FindS
     pipe.vae.to("cpu")
     del train_pixels, val_pixels
 
+    place = placement(config, device.type, bool(config.validation.sample_prompt) or signal is not None)
     pipe.text_encoder.to(device)
     captions = [i.caption for i in train_items], [i.caption for i in val_items]
-    per_step_captions = data.shuffle_captions or data.caption_dropout > 0
-    if adapter.train_text_encoder or per_step_captions:
+    if place.captions_per_step:
         # encoded at every step: tokens now (validation), captions transformed in the loop (training)
         train_condition = None
         val_condition = tokenize(pipe.tokenizer, captions[1]) if val_items else None
     else:
         train_condition = encode_captions(pipe.tokenizer, pipe.text_encoder, captions[0])
         val_condition = encode_captions(pipe.tokenizer, pipe.text_encoder, captions[1]) if val_items else None
-        pipe.text_encoder.to("cpu")
+        pipe.text_encoder.to("cpu")  # until images are drawn (placement.py)
 
-    weight_dtype = autocast or torch.float32  # frozen base weights; adapters stay fp32
+    weight_dtype = place.weight_dtype
     pipe.unet.to(device)
     if weight_dtype != pipe.unet.dtype:
         pipe.unet.to(weight_dtype)
@@ -152,7 +150,7 @@ def setup(config: RunConfig, dist: Distributed | None = None, find_scorer: FindS
         raise UserError(f"--epochs {opts.epochs} is {total_steps} steps of {steps_per_epoch} each, more than "
                         f"{MAX_STEPS}: give fewer --epochs, or --steps")  # fmt: skip
     fingerprint = data_fingerprint(train_items, val_items)
-    return Setup(pipe, device, autocast, train_items, train_latents, train_condition, shapes, validation,
+    return Setup(pipe, device, place.autocast, train_items, train_latents, train_condition, shapes, validation,
                  total_steps, fingerprint, stop_on, signal, base)  # fmt: skip
 
 

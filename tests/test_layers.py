@@ -50,3 +50,32 @@ def pipeline_calls(path: Path) -> int:
 def test_one_function_makes_images_from_a_pipeline():
     callers = {str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py") if pipeline_calls(path)}
     assert callers == {"sampling.py"}
+
+
+def explained(lines: list[str], index: int) -> bool:
+    """A comment on the import's line, or on the line above it or above the imports it follows."""
+    if "#" in lines[index]:
+        return True
+    index -= 1
+    while lines[index].strip().startswith(("import ", "from ")):
+        if "#" in lines[index]:
+            return True
+        index -= 1
+    return "#" in lines[index]
+
+
+def test_every_import_inside_a_function_says_why_it_is_not_at_the_top():
+    """Imports sit at the top of their module, where the import graph shows them, unless a comment
+    on or above the line names the reason: the measured cost of a heavy library the module does not
+    otherwise need, an optional dependency, an import cycle."""
+    unexplained = []
+    for path in PACKAGE.rglob("*.py"):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Import | ast.ImportFrom) and not explained(lines, sub.lineno - 1):
+                        unexplained.append(
+                            f"{path.relative_to(PACKAGE)}:{sub.lineno}: {lines[sub.lineno - 1].strip()}"
+                        )
+    assert not unexplained

@@ -12,11 +12,25 @@ from pathlib import Path
 
 from PIL import Image
 
-from trilora.config import SETTINGS_FILE, DemoConfig, RunConfig, Tree, from_dict, settings_toml
+from trilora.base.load import load_pipeline
+from trilora.captioning.run import caption_folder
+from trilora.config import SETTINGS_FILE, CaptionConfig, DemoConfig, RunConfig, Tree, from_dict, settings_toml
 from trilora.files import save_image, write_json, write_text
-from trilora.toy.base import RESOLUTION
-from trilora.toy.evaluate import ADAPTER_STYLE, SIGNAL_SEED, adapter_dataset, prompt_set
+from trilora.inference.generate import load_adapters
+from trilora.run_folder import claim
+from trilora.scorers import stopping_scorer
+from trilora.toy.base import RESOLUTION, toy_base
+from trilora.toy.evaluate import (
+    ADAPTER_STYLE,
+    SIGNAL_SEED,
+    adapter_dataset,
+    generate_images,
+    prompt_set,
+    score,
+)
+from trilora.toy.judge import load_judge
 from trilora.toy.world import caption
+from trilora.training.loop import train
 
 log = logging.getLogger("trilora")
 TRAIN_IMAGES = 30
@@ -63,8 +77,6 @@ def demo_files(folder: Path) -> list[Path]:
 def run_demo(settings: DemoConfig) -> dict:
     """The demo into settings.output, which it holds locked; an earlier demo there is replaced only
     with settings.overwrite."""
-    from trilora.run_folder import claim
-    from trilora.toy.base import toy_base
 
     settings.validate()
     output, base = Path(settings.output), toy_base(settings.base)
@@ -86,8 +98,6 @@ def run_demo(settings: DemoConfig) -> dict:
 
 def auto_caption(folders: list[Path]) -> dict:
     """Replace the renders' captions with the toy captioner's; how many it got exactly right."""
-    from trilora.captioning.run import caption_folder
-    from trilora.config import CaptionConfig
 
     truth = {p: p.read_text() for folder in folders for p in folder.glob("*.txt")}
     for path in truth:
@@ -100,13 +110,6 @@ def auto_caption(folders: list[Path]) -> dict:
 
 
 def demo_locked(output: Path, steps: int, base: Path, captions: str = "given") -> dict:
-    from trilora.base.load import load_pipeline
-    from trilora.inference.generate import load_adapters
-    from trilora.scorers import stopping_scorer
-    from trilora.toy.evaluate import generate_images, score
-    from trilora.toy.judge import load_judge
-    from trilora.training.loop import train
-
     log.info("demo: rendering %d %s buildings to %s", TRAIN_IMAGES + VAL_IMAGES, ADAPTER_STYLE, output)
     adapter_dataset(output / "data", TRAIN_IMAGES, seed=0)
     adapter_dataset(output / "val", VAL_IMAGES, seed=1)

@@ -8,6 +8,7 @@ DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def resolve_device(name: str, local_rank: int = 0):
+    # here, not at the top: torch (~1.5 s), which importing this module does not need
     import torch
 
     if not DEVICE_NAME.fullmatch(name):

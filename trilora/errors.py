@@ -1,5 +1,7 @@
 """Errors caused by the user's input, as opposed to bugs in trilora."""
 
+import signal
+
 
 class UserError(Exception):
     """Bad input (a path, a file, an option). The CLI prints the message on one line and exits with 2.
@@ -27,7 +29,6 @@ class Stopped(KeyboardInterrupt):
 
 def signal_name(signum: int) -> str:
     """How a stop is reported: "interrupted" for Ctrl-C, else the signal's name."""
-    import signal
 
     return "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from PIL.PngImagePlugin import PngInfo
+
 from trilora.errors import UserError
 
 STEM_BYTES = 100  # of the target's stem in a temporary name: `.STEM.xxxxxxxx.partial.EXT` stays under 255
@@ -153,8 +155,6 @@ def write_json(path: str | Path, value) -> None:
 def save_image(image, path: str | Path, text: dict[str, str] | None = None, **options) -> None:
     """A PIL image; the format comes from the extension of `path`; `text`: PNG text chunks."""
     if text:
-        from PIL.PngImagePlugin import PngInfo
-
         options["pnginfo"] = PngInfo()
         for key, value in text.items():
             options["pnginfo"].add_itxt(key, value)
@@ -168,6 +168,7 @@ def save_figure(figure, path: str | Path) -> None:
 
 
 def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    # here, not at the top: torch (~1.5 s), which importing this module does not need
     from safetensors.torch import save_file
 
     with atomic_path(path) as temporary:
@@ -175,6 +176,7 @@ def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] |
 
 
 def torch_save(value, path: str | Path) -> None:
+    # here, not at the top: torch (~1.5 s), which importing this module does not need
     import torch
 
     with atomic_path(path) as temporary:

@@ -125,6 +125,7 @@ def dataset_folders(dataset_config: str | None) -> dict[str, Path]:
     """The subset folders of a --dataset-config file (inputs like --data)."""
     if not dataset_config:
         return {}
+    # here, not at the top: torch (~1.5 s), which importing this module does not need
     from trilora.data.subsets import load_dataset_config
 
     subsets = load_dataset_config(dataset_config)

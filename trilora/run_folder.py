@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trilora.errors import UserError
+from trilora.files import raise_if_out_of_space
 
 try:
     import fcntl
@@ -57,8 +58,6 @@ def prepare_folder(folder: Path, flag: str = "--output") -> None:
         probe.touch()
         probe.unlink()
     except OSError as error:
-        from trilora.files import raise_if_out_of_space
-
         raise_if_out_of_space(error, folder / "(a first file)", None)
         reason = error.strerror or str(error)
         raise UserError(f"cannot write to {flag} {folder}: {reason}; choose another folder") from None

@@ -11,6 +11,7 @@ from trilora.errors import UserError
 
 class BlipCaptioner:
     def __init__(self, folder: Path, settings: CaptionConfig, device: torch.device):
+        # here, not at the top: transformers (~1 s), which importing this module does not need
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
         dtype = torch.float16 if device.type == "cuda" else torch.float32

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from trilora.captioning.tagger import Tagger
 from trilora.config import CaptionConfig
 from trilora.errors import UserError
 
@@ -48,13 +49,13 @@ def load_captioner(settings: CaptionConfig, device):
     """The captioner of settings.model, loaded on `device`."""
     kind = model_kind(settings.model)
     if kind == "toy":
+        # here, not at the top: torch (~1.5 s), which importing this module does not need
         from trilora.captioning.toy import ToyCaptioner
 
         return ToyCaptioner()
     if kind == "tagger":
-        from trilora.captioning.tagger import Tagger
-
         return Tagger(Path(settings.model), settings, device)
+    # here, not at the top: torch (~1.5 s), which importing this module does not need
     from trilora.captioning.blip import BlipCaptioner
 
     return BlipCaptioner(Path(settings.model), settings, device)

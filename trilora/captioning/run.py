@@ -8,9 +8,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from trilora.captioning.models import load_captioner, model_kind
 from trilora.config import CaptionConfig, Tree
 from trilora.data.captions import split_tags
 from trilora.data.folder import BadImage, open_image, scan
+from trilora.device import resolve_device
+from trilora.errors import UserError
 from trilora.files import write_text
 from trilora.outputs import refuse_foreign_files
 
@@ -38,9 +41,6 @@ def with_prefix(caption: str, prefix: str | None) -> str:
 
 
 def caption_folder(folder: str | Path, settings: CaptionConfig, extension: str = ".txt") -> Outcome:
-    from trilora.captioning.models import load_captioner, model_kind
-    from trilora.device import resolve_device
-
     settings.validate()
     model_kind(settings.model)  # a wrong --model stops here, before any image is opened
     device = resolve_device(settings.device)
@@ -92,8 +92,6 @@ def is_caption_file(path: Path) -> bool:
 def caption_command(tree: Tree) -> Outcome:
     data, settings = tree.data, tree.caption
     if not data.data:
-        from trilora.errors import UserError
-
         raise UserError("no folder to caption: give it as `trilora caption DIR --model PATH`")
     outcome = caption_folder(data.data, settings, data.caption_extension)
     kept = " (they had one; --overwrite replaces them)" if outcome.kept else ""

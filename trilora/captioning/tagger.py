@@ -51,7 +51,7 @@ def square_pixels(image: Image.Image, size: int) -> np.ndarray:
 
 class Tagger:
     def __init__(self, folder: Path, settings: CaptionConfig, device):
-        try:
+        try:  # an optional dependency (the tagger extra)
             import onnxruntime
         except ImportError:
             raise UserError("the WD14 tagger needs onnxruntime: pip install 'trilora[tagger]' "

@@ -3,13 +3,18 @@ a BLIP with a 16-word vocabulary, and a WD14-shaped ONNX tagger whose tags follo
 
 from pathlib import Path
 
+import numpy as np
+
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "red", "blue", "circle",
          "square", "house", "the", "on", "green", "[DEC]"]  # fmt: skip
 
 
 def save_tiny_blip(folder: Path, seed: int = 0) -> Path:
     """A BlipForConditionalGeneration folder (model, tokenizer, preprocessor) at 32 px."""
+    # here, not at the top: torch (~1.5 s), which importing this module does not need
     import torch
+
+    # here, not at the top: transformers (~1 s), which importing this module does not need
     from transformers import (
         BertTokenizerFast,
         BlipConfig,
@@ -48,7 +53,7 @@ TAGGER_TAGS = [
 
 def save_tiny_tagger(folder: Path, size: int = 16) -> Path:
     """model.onnx (NHWC BGR 0-255 in, one sigmoid per tag out, from the mean colour) + selected_tags.csv."""
-    import numpy as np
+    # onnx: only for building test models (the dev extra), not a dependency of trilora
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from trilora import __version__
 from trilora.config.fields import bounds_text, build, iter_fields, opt, shown_default, to_toml
 from trilora.config.training import METHODS, RunConfig
 from trilora.errors import UserError
@@ -374,7 +375,6 @@ SETTINGS_FILE = "settings.toml"
 
 def settings_toml(tree: RunConfig, command: str) -> str:
     """settings.toml of a command's outputs: `trilora COMMAND --config settings.toml` runs it again."""
-    from trilora import __version__
 
     header = f"trilora {__version__}: the settings of this `trilora {command}`; rerun with --config"
     return to_toml(command_settings(tree, command), header)

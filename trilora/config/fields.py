@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from trilora.errors import UserError
+from trilora.files import read_text_file
 
 
 def opt(
@@ -191,7 +192,6 @@ def parse_comma_list(text: str, kind: type, flag: str) -> list:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """A settings file: TOML, or the JSON of a run's config.json."""
-    from trilora.files import read_text_file
 
     path = Path(path)
     text = read_text_file(path, "config file")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from trilora.config.fields import build, iter_fields, opt
+from trilora.device import resolve_device
 from trilora.errors import UserError
 from trilora.families import FAMILY_CHOICES, PREDICTION_TYPES
 
@@ -381,7 +382,6 @@ class RunConfig:
         for what, path in paths:
             if path and not Path(path).exists():
                 raise UserError(f"{what} not found: {path}")
-        from trilora.device import resolve_device
 
         resolve_device(self.train.device)  # a bad --device stops here, before anything is written
 

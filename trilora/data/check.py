@@ -139,6 +139,7 @@ def clip_token_counts(captions: list[str]) -> list[int]:
     """Tokens per caption with SD 1.x's CLIP tokenizer (shipped in the package), start and end excluded."""
     if not captions:
         return []
+    # here, not at the top: transformers (~1 s), which importing this module does not need
     from transformers import CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)

@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 from transformers import CLIPModel, CLIPTokenizer
 
+from trilora.files import read_text_file
+
 try:  # transformers 5: the PIL twin; its default processor would need torchvision and resizes differently
     from transformers import CLIPImageProcessorPil as CLIPImageProcessor
 except ImportError:  # transformers 4: CLIPImageProcessor is the PIL one
@@ -81,7 +83,6 @@ def load_clip_scorer(path: str | Path | None, device: torch.device | str = "cpu"
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(missing_clip_message(f"{path} (no config.json)" if path.is_dir() else path))
-    from trilora.files import read_text_file
 
     try:
         kind = json.loads(read_text_file(path / "config.json", "CLIP config")).get("model_type")

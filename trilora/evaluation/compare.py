@@ -15,8 +15,9 @@ import json
 import logging
 from pathlib import Path
 
-from trilora.config import RunConfig, Tree, settings_toml, to_dict
+from trilora.config import RunConfig, Tree, settings_toml, to_dict, unsaved_keys
 from trilora.errors import UserError
+from trilora.evaluation.inputs import read_prompts
 
 log = logging.getLogger("trilora")
 
@@ -35,7 +36,6 @@ def method_config(tree: Tree, method: str) -> RunConfig:
 
 def settings_of(config: dict) -> dict:
     """A run's settings as compared between runs: how it was started (resume, overwrite) is not one."""
-    from trilora.config import unsaved_keys
 
     config = json.loads(json.dumps(config))
     for key in unsaved_keys():
@@ -48,6 +48,7 @@ def earlier_run(config: RunConfig, overwrite: bool) -> tuple[str, dict | None]:
     """What the method's folder holds: ("finished", summary) or ("interrupted", None) for a run with
     exactly these settings, else ("new", None); a run with other settings is refused without
     --overwrite (with it, the training replaces it)."""
+    # here, not at the top: torch (~1.5 s), which importing this module does not need
     from trilora.training.checkpoint import list_checkpoints
 
     output = Path(config.output)
@@ -71,9 +72,11 @@ def earlier_run(config: RunConfig, overwrite: bool) -> tuple[str, dict | None]:
 
 
 def compare_command(tree: Tree) -> dict:
+    # here, not at the top: torch (~1.5 s), which importing this module does not need
     from trilora.data.folder import with_trigger
+
+    # here, not at the top: torch (~1.5 s), which importing this module does not need
     from trilora.evaluation.evaluate import Evaluation, adapter_labels, check_settings, claim_output
-    from trilora.evaluation.inputs import read_prompts
 
     tree.compare.validate()
     tree.evaluate.validate()
@@ -101,10 +104,19 @@ def compare_command(tree: Tree) -> dict:
 
 
 def compare_locked(job, methods: list[str], configs: dict[str, RunConfig]) -> dict:
+    # here, not at the top: torch (~1.5 s) and transformers (~1 s), which importing this module does not need
     from trilora.evaluation.clip_score import load_clip_scorer
+
+    # here, not at the top: torch (~1.5 s), which importing this module does not need
     from trilora.evaluation.evaluate import evaluate, optional_path, print_summary
+
+    # here, not at the top: torch (~1.5 s), which importing this module does not need
     from trilora.evaluation.inception import load_inception
+
+    # here, not at the top: diffusers (~3 s), torch (~1.5 s) and transformers (~1 s), which importing this module does not need
     from trilora.scorers import stopping_scorer
+
+    # here, not at the top: torch (~1.5 s), which importing this module does not need
     from trilora.training.loop import train
 
     # Check the metric networks before hours of training.

@@ -14,16 +14,20 @@ from pathlib import Path
 
 import torch
 
+from trilora.base.detect import detect_family
 from trilora.config import SETTINGS_FILE, EvaluateConfig, ModelConfig, SamplingConfig, Tree, settings_toml
 from trilora.device import resolve_device
 from trilora.errors import UserError
 from trilora.evaluation.cache import ImageCache, file_identity, settings_key
 from trilora.evaluation.generation import Variant, all_keys, generate_missing, images_per_prompt
+from trilora.evaluation.inception import inception_features, load_inception
 from trilora.evaluation.inputs import load_image, read_prompts, reference_files
-from trilora.evaluation.kid import subset_size_for
+from trilora.evaluation.kid import kernel_inception_distance, subset_size_for
 from trilora.evaluation.metrics import fid, nfid, recommend_strength
+from trilora.evaluation.report import write_outputs
 from trilora.files import write_text
-from trilora.run_folder import check_folder_path
+from trilora.inference.generate import check_adapter_family, scheduler_from
+from trilora.run_folder import check_folder_path, claim
 
 log = logging.getLogger("trilora")
 BASE_LABEL = "base model"
@@ -95,7 +99,6 @@ def report_files(folder: Path) -> list[Path]:
 def claim_output(output: Path, overwrite: bool, command: str):
     """Lock the report folder; an earlier report is replaced only with --overwrite, and only once the
     new one is written (atomically), so a failed run leaves the old report as it was."""
-    from trilora.run_folder import claim
 
     hint = f"to reuse its generated images elsewhere, give --cache {output / 'cache'} with another --output"
     return claim(output, report_files, command, overwrite, False, hint, delete_earlier=False, what="a report")
@@ -107,8 +110,8 @@ def evaluate(job: Evaluation, lock_held: bool = False) -> dict:
 
     The output folder is locked for the whole run (`lock_held`: the caller, `trilora compare`, holds it).
     """
+    # here, not at the top: transformers (~1 s), which importing this module does not need
     from trilora.evaluation.clip_score import load_clip_scorer
-    from trilora.evaluation.inception import load_inception
 
     check_settings(job)
     device = resolve_device(job.settings.device)
@@ -161,10 +164,8 @@ def plan(job: Evaluation, device: torch.device, dtype: torch.dtype) -> Plan:
 
 
 def evaluate_locked(job: Evaluation, device, inception, clip, references: list[Path]) -> dict:
-    from trilora.base.detect import detect_family
+    # here, not at the top: diffusers (~3 s) and transformers (~1 s), which importing this module does not need
     from trilora.base.load import load_model
-    from trilora.evaluation.report import write_outputs
-    from trilora.inference.generate import check_adapter_family, scheduler_from
 
     family, _ = detect_family(Path(job.model.base), job.model.base_config, job.model.family)
     for path in job.loras:
@@ -209,7 +210,6 @@ def evaluate_locked(job: Evaluation, device, inception, clip, references: list[P
 def score_rows(job: Evaluation, rows_of: Plan, cache: ImageCache, device, inception, clip,
                references: list[Path]) -> list[dict]:  # fmt: skip
     """One row of scores per variant (the metrics of each are cached too), NFID against the first."""
-    from trilora.evaluation.inception import inception_features
 
     s = job.settings
     metric_settings = dict(
@@ -284,8 +284,6 @@ def row_metrics(
     images, prompts, reference_features, inception, clip, s: EvaluateConfig, batch_size: int
 ) -> dict:
     """FID, KID (mean, sd over subsets) and CLIP score (mean, sd over images) of one row's images."""
-    from trilora.evaluation.inception import inception_features
-    from trilora.evaluation.kid import kernel_inception_distance
 
     features = inception_features(inception, images, batch_size)
     kid, kid_std = kernel_inception_distance(

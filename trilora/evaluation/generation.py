@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from trilora.config import SamplingConfig
 from trilora.evaluation.cache import ImageCache, content_hash, file_identity, settings_key
+from trilora.inference.generate import load_adapters
 from trilora.sampling import sample_images
 
 log = logging.getLogger("trilora")
@@ -102,7 +103,6 @@ def generate_missing(
     batch_size: int,
 ) -> int:
     """Generate the images not in the cache yet and return how many; `load_pipe()` is called only if any are."""
-    from trilora.inference.generate import load_adapters
 
     missing, planned = {}, set()
     for variant in variants:

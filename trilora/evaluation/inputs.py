@@ -5,6 +5,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from trilora.errors import UserError
+from trilora.files import read_text_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -25,8 +26,6 @@ def read_prompts(path: str | Path, caption_extension: str = ".txt") -> list[str]
         files = [p for p in _visible_files(path) if p.suffix == caption_extension]
         prompts = [" ".join(p.read_text(encoding="utf-8").split()) for p in files]
     elif path.is_file():
-        from trilora.files import read_text_file
-
         prompts = [line.strip() for line in read_text_file(path, "prompts file").splitlines()]
     else:
         raise UserError(

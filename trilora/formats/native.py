@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 
+from trilora.adapters.math import fold
 from trilora.errors import UserError
 from trilora.files import save_safetensors
 
@@ -44,7 +45,6 @@ def is_native(path: Path) -> bool:
 def native_pairs(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, float]]:
     """Our adapter file as LoRA pairs {`<part>.<module path>`: (down, up)} (TriLoRA's Sigma folded
     into up, exactly) and each pair's alpha: what `export` writes, from the file instead of a model."""
-    from trilora.adapters.math import fold
 
     state, metadata = load_adapter(path)
     modules = sorted(key.removesuffix(".down") for key in state if key.endswith(".down"))

@@ -5,12 +5,24 @@ What we generate is what users of other diffusers-based tools get from the same 
 
 import logging
 import math
+import tempfile
 from pathlib import Path
 
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import safe_open
+
+from trilora.base.detect import detect_family
 from trilora.config import SCHEDULERS, SETTINGS_FILE, SamplingConfig, settings_toml
 from trilora.data.folder import NOT_CAPTIONS
+from trilora.device import resolve_device
 from trilora.errors import UserError
+from trilora.families.registry import adapter_family
 from trilora.files import check_regular_file, save_image, write_text
+from trilora.formats.diffusers_lora import WEIGHT_NAME, save_diffusers
+from trilora.formats.inspect import adapter_shapes
+from trilora.formats.native import is_native, native_pairs
 from trilora.outputs import refuse_foreign_files
 from trilora.run_folder import check_folder_path, prepare_folder
 from trilora.sampling import sample_images
@@ -23,6 +35,7 @@ GENERATE_BATCH = 8  # images per denoising batch: image k still starts from seed
 
 
 def scheduler_from(name: str, config):
+    # here, not at the top: diffusers (~3 s), which importing this module does not need
     import diffusers
 
     return getattr(diffusers, SCHEDULERS[name]).from_config(config)
@@ -50,9 +63,6 @@ def parse_lora(spec: str) -> tuple[Path, float]:
 def check_adapter_values(source: Path, path: Path) -> None:
     """Refuse an adapter whose weights or alphas are not finite, or whose alphas are absurd: it
     would make black images without a word."""
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
 
     file = source / "pytorch_lora_weights.safetensors" if source.is_dir() else source
     check_regular_file(file, "adapter file")
@@ -76,8 +86,6 @@ def check_adapter_values(source: Path, path: Path) -> None:
 def check_adapter_family(path: Path, family) -> None:
     """Refuse, in one line naming both, an adapter whose header says it was trained for another family
     than the base model's (`family`, a `Family`); an adapter that does not say is checked by shape."""
-    from trilora.families.registry import adapter_family
-    from trilora.formats.inspect import adapter_shapes
 
     _, metadata = adapter_shapes(path)
     made_for = adapter_family(metadata)
@@ -89,7 +97,6 @@ def check_adapter_family(path: Path, family) -> None:
 
 def check_fits(pipe, path: Path, shown: Path | None = None) -> None:
     """Refuse, naming the module and both shapes, an adapter made for another base model."""
-    from trilora.formats.inspect import adapter_shapes
 
     shapes, metadata = adapter_shapes(path)
     path = shown or path
@@ -121,12 +128,6 @@ def check_fits(pipe, path: Path, shown: Path | None = None) -> None:
 def load_adapters(pipe, loras: list[tuple[Path, float]]) -> None:
     """Load each adapter with diffusers' loader and set its strength. Our own adapter files (a run's
     best/ and last/) are loaded as the export would write them, through a temporary folder."""
-    import tempfile
-
-    import torch
-
-    from trilora.formats.diffusers_lora import WEIGHT_NAME, save_diffusers
-    from trilora.formats.native import is_native, native_pairs
 
     names = []
     for i, (path, _) in enumerate(loras):
@@ -162,8 +163,6 @@ def generate(pipe, prompt: str, negative_prompt: str | None, sampling: SamplingC
 def written_by_generate(path: Path) -> bool:
     """A PNG that holds generate's settings chunk, or the settings.toml generate writes beside them."""
     if path.suffix.lower() == ".png":
-        from PIL import Image
-
         try:
             with Image.open(path) as image:
                 return "trilora" in getattr(image, "text", {})
@@ -184,7 +183,6 @@ def is_black(image) -> bool:
 def generate_command(tree) -> list[Path]:
     """`trilora generate`: the images of `tree.generate.prompt`, saved as `--output` says, each PNG
     holding the settings that made it (text chunk "trilora", TOML), and a folder also settings.toml."""
-    from trilora.device import resolve_device
 
     model, sampling, settings = tree.model, tree.sampling, tree.generate
     sampling.validate()
@@ -207,9 +205,8 @@ def generate_command(tree) -> list[Path]:
         targets + ([] if single else [output / SETTINGS_FILE]), written_by_generate, "--output"
     )
     device = resolve_device(settings.device)
-    import torch
 
-    from trilora.base.detect import detect_family
+    # here, not at the top: diffusers (~3 s) and transformers (~1 s), which importing this module does not need
     from trilora.base.load import load_model
 
     family, _ = detect_family(Path(model.base), model.base_config, model.family)

@@ -7,12 +7,14 @@ in about an hour. Images are 32x32; the VAE halves that to 16x16x4 latents. The 
 the package as an fp16 diffusers folder (`trilora/toy/base/`).
 """
 
+import json
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from trilora.errors import UserError
 from trilora.families.sd1 import CONFIGS as SD15_CONFIGS
 from trilora.families.tiny import CLIP_TEXT, sd_pipeline
 
@@ -56,7 +58,6 @@ def build_toy_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 
 def toy_base(base: str | Path | None) -> Path:
     """`--base` of the demo and the bench: a toy-world base model folder, by default the shipped one."""
-    from trilora.errors import UserError
 
     if base is None:
         return toy_base_path()
@@ -72,7 +73,6 @@ def toy_base(base: str | Path | None) -> Path:
 
 def same_architecture(base: Path, shipped: Path) -> bool:
     """Whether `base`'s UNet config matches the shipped toy base's (weights may differ: a retrained base)."""
-    import json
 
     keys = ("block_out_channels", "cross_attention_dim", "sample_size", "in_channels", "layers_per_block")
     try:
@@ -84,7 +84,6 @@ def same_architecture(base: Path, shipped: Path) -> bool:
 
 def toy_base_path() -> Path:
     """The shipped base model's folder; a clear message if it is missing."""
-    from trilora.errors import UserError
 
     if not (TOY_BASE / "model_index.json").is_file():
         raise UserError(

@@ -17,6 +17,7 @@ checkpoint it would export ("best"), and the rest of our run shows what training
 """
 
 import copy
+import json
 import logging
 import shlex
 import time
@@ -25,9 +26,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from trilora.adapters.inject import add_run_adapters, load_adapter_state_dict, set_multiplier
 from trilora.config import SETTINGS_FILE, BenchConfig, RunConfig, Tree, from_dict, settings_toml
 from trilora.errors import UserError
 from trilora.files import write_text
+from trilora.run_folder import claim
 from trilora.toy.evaluate import (
     ADAPTER_COLOURS,
     ADAPTER_STYLE,
@@ -40,6 +43,13 @@ from trilora.toy.evaluate import (
     reference_renders,
     score,
 )
+from trilora.toy.judge import load_judge
+from trilora.toy.metrics import nfid
+from trilora.toy.report import analyse_run, summarise, write_report
+from trilora.toy.stopping import compare_signals, signals_summary
+from trilora.training.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint
+from trilora.training.loop import train
+from trilora.training.metrics import read_metrics
 
 log = logging.getLogger("trilora")
 
@@ -63,7 +73,7 @@ def run_bench(settings: BenchConfig) -> dict:
     """Train and score every (method, rank, seed); write report.md, plots/, results.json and
     settings.toml to settings.output, which the bench holds locked; an earlier bench there is
     deleted first only with settings.overwrite, or continued with settings.resume."""
-    from trilora.run_folder import claim
+    # here, not at the top: diffusers (~3 s) and transformers (~1 s), which importing this module does not need
     from trilora.toy.base import toy_base
 
     settings.methods, settings.ranks = (
@@ -107,9 +117,6 @@ def train_colours(settings: BenchConfig) -> tuple[str, ...]:
 
 
 def bench_locked(output: Path, settings: BenchConfig, base: Path) -> dict:
-    from trilora.toy.report import analyse_run, summarise, write_report
-    from trilora.toy.stopping import compare_signals, signals_summary
-
     started = time.perf_counter()
     s = settings
     adapter_dataset(output / "data" / "train", s.train_images, TRAIN_SEED, train_colours(s))
@@ -158,11 +165,9 @@ def bench_locked(output: Path, settings: BenchConfig, base: Path) -> dict:
 def train_run(config: RunConfig, folder: Path, output: Path, method: str, rank: int, seed: int) -> dict:
     """Train one run, or continue it: a finished run (summary.json) is kept, an interrupted one
     resumes from its last checkpoint. Its record: settings, training time, validations."""
-    import json
 
+    # here, not at the top: diffusers (~3 s) and transformers (~1 s), which importing this module does not need
     from trilora.scorers import stopping_scorer
-    from trilora.training.checkpoint import list_checkpoints
-    from trilora.training.loop import train
 
     record_file = folder / "bench-run.json"
     if (folder / "summary.json").is_file() and record_file.is_file():
@@ -220,8 +225,6 @@ def bench_config(
 
 
 def read_validations(path: Path) -> list[dict]:
-    from trilora.training.metrics import read_metrics
-
     return [{"step": int(row["step"]), "val_loss": row["val_loss"], "val_loss_se": row["val_loss_se"],
              "val_loss_by_t": row["val_loss_by_t"]}
             for row in read_metrics(path) if row["val_loss"] is not None]  # fmt: skip
@@ -234,9 +237,8 @@ class Scorer:
     of the base UNet with adapters shaped by its config, into which each checkpoint is loaded."""
 
     def __init__(self, output: Path, base: Path, settings: BenchConfig):
+        # here, not at the top: diffusers (~3 s) and transformers (~1 s), which importing this module does not need
         from trilora.base.load import load_pipeline
-        from trilora.toy.judge import load_judge
-        from trilora.toy.metrics import nfid
 
         self.pipe = load_pipeline(base)
         self.pipe.set_progress_bar_config(disable=True)
@@ -268,17 +270,12 @@ class Scorer:
         return scores
 
     def shape(self, config: RunConfig) -> None:
-        from trilora.adapters.inject import add_run_adapters
-
         if self.shaped != (config.adapter.method, config.adapter.rank):
             self.pipe.unet = copy.deepcopy(self.base_unet)
             add_run_adapters(self.pipe.unet, None, config.adapter)
             self.shaped = (config.adapter.method, config.adapter.rank)
 
     def load(self, path: Path) -> int:
-        from trilora.adapters.inject import load_adapter_state_dict
-        from trilora.training.checkpoint import load_checkpoint
-
         state = load_checkpoint(path)
         load_adapter_state_dict(
             self.pipe.unet, {k.removeprefix("unet."): v for k, v in state["adapter"].items()}
@@ -287,10 +284,6 @@ class Scorer:
 
     def score_run(self, run: dict, config: RunConfig) -> None:
         """Adds run["checkpoints"]: step 0 (every adapter starts as the identity: the base model), then each."""
-        import json
-
-        from trilora.toy.metrics import nfid
-        from trilora.training.checkpoint import list_checkpoints
 
         started = time.perf_counter()
         run["checkpoints"] = [{"step": 0} | self.base_scores]
@@ -313,10 +306,6 @@ class Scorer:
     def strength_curves(self, run: dict, config: RunConfig, strengths: list[float]) -> None:
         """Adds run["strengths"]: style hit and fidelity of its best and last adapters at each strength
         (kept beside the checkpoint in strengths.json, so that a resumed bench does not measure again)."""
-        import json
-
-        from trilora.adapters.inject import set_multiplier
-        from trilora.training.checkpoint import checkpoint_dir
 
         self.shape(config)
         run["strengths"] = {}

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -143,7 +144,6 @@ def targets(attributes: list[Attributes]) -> dict[str, torch.Tensor]:
 
 def load_judge(path: str | Path = WEIGHTS, device: str | torch.device = "cpu") -> Judge:
     """The shipped judge (or one saved by scripts/train_toy_judge.py at `path`), in eval mode, float32."""
-    from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}

@@ -86,7 +86,10 @@ def write_report(output: Path, results: dict) -> None:
         plot_curves(runs, results["base"]["fid"], output / name, f"{entry['method']} rank {entry['rank']}")
         plots.append((f"{entry['method']} rank {entry['rank']}", name))
     plot_fid_overview(results, output / "plots" / "fid.png")
+    # here, not at the top: an import cycle
     from trilora.toy.overfitting import onset_markdown, strength_summary_markdown
+
+    # here, not at the top: an import cycle
     from trilora.toy.stopping import signals_markdown, strengths_markdown
 
     extra = signals_markdown(results.get("signals", {}), results["settings"])

@@ -5,6 +5,7 @@ bf16 frozen weights with fp32 adapters, fused AdamW and SDPA attention are alway
 import logging
 
 import torch
+from torch.nn.attention import SDPBackend
 
 log = logging.getLogger("trilora")
 
@@ -19,6 +20,7 @@ def compile_blocks(unet: torch.nn.Module, cuda_graphs: bool = False, backend="in
     one graph per input shape, shared by the blocks of that shape, so buckets get one each).
     `cuda_graphs`: torch.compile's reduce-overhead mode, which replays each block's kernels as one
     CUDA graph (the loop marks each step's start). Returns how many were compiled."""
+    # here, not at the top: diffusers (~3 s), which importing this module does not need
     from diffusers.models.attention import BasicTransformerBlock
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
@@ -35,8 +37,8 @@ KERNELS = {"FLASH_ATTENTION": "flash", "EFFICIENT_ATTENTION": "memory-efficient"
 def attention_backend(unet: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> str:
     """The kernel torch's scaled_dot_product_attention runs for the UNet's first attention layer
     (its heads and head width, in the run's dtype), as torch's own dispatcher chooses it."""
+    # here, not at the top: diffusers (~3 s), which importing this module does not need
     from diffusers.models.attention_processor import Attention
-    from torch.nn.attention import SDPBackend
 
     attention = next((m for m in unet.modules() if isinstance(m, Attention)), None)
     if attention is None:

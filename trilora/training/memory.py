@@ -45,9 +45,12 @@ import torch
 from torch import nn
 
 from trilora.adapters.inject import adapter_layers, add_run_adapters, trainable_parameters
+from trilora.base.detect import detect_family, resolve_prediction
 from trilora.config import RunConfig
+from trilora.data.cache import encode_latents
 from trilora.errors import UserError
 from trilora.families.family import Family
+from trilora.formats.kohya import kohya_name
 from trilora.training.activations import (
     MetaScalars,
     inference_bytes,
@@ -55,6 +58,7 @@ from trilora.training.activations import (
     training_step_bytes,
     vae_bytes,
 )
+from trilora.training.export import export_metadata
 from trilora.training.placement import estimated_placement
 
 GIB = 1024**3
@@ -233,7 +237,7 @@ def uses_bf16(config: RunConfig) -> bool:
 
 def model_config_dir(config: RunConfig) -> tuple[Path, Family]:
     """(the diffusers-layout folder whose configs describe --base, its family), checked as `load_base` checks."""
-    from trilora.base.detect import detect_family, resolve_prediction
+    # here, not at the top: diffusers (~3 s) and transformers (~1 s), which importing this module does not need
     from trilora.base.load import check_config_dir, check_fits, expected_ldm_shapes
 
     base, model = Path(config.model.base), config.model
@@ -251,7 +255,10 @@ def model_config_dir(config: RunConfig) -> tuple[Path, Family]:
 
 def meta_models(config: RunConfig) -> MetaModels:
     """The UNet, text encoder and VAE of the run on the meta device, with adapters as `setup` adds them."""
+    # here, not at the top: diffusers (~3 s), which importing this module does not need
     from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    # here, not at the top: transformers (~1 s), which importing this module does not need
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config_dir, family = model_config_dir(config)
@@ -289,7 +296,6 @@ def estimate_memory(
 
     The models are `meta_models(config)`'s: base weights in the training dtype, adapters added.
     """
-    from trilora.data.cache import encode_latents
 
     data, adapter, opts, validation = config.data, config.adapter, config.train, config.validation
     place = estimated_placement(config)
@@ -348,8 +354,6 @@ def optimizer_state_bytes(params: list[torch.Tensor], optimizer: str) -> tuple[i
 def adapter_file_bytes(unet: nn.Module, text_encoder: nn.Module, config: RunConfig, family: Family) -> int:
     """Size of the exported kohya file: per module the LoRA pair in the export dtype (TriLoRA's Sigma
     folds into up, so its file is a LoRA's) and an fp32 alpha, plus the safetensors header."""
-    from trilora.formats.kohya import kohya_name
-    from trilora.training.export import export_metadata
 
     dtype, itemsize = EXPORT_DTYPES[config.export.export_dtype]
     header, offset = {}, 0

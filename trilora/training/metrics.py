@@ -22,6 +22,7 @@ class MetricsLog:
         self.rows: list[dict] = []
         self.tensorboard = None
         if path is not None:
+            # here, not at the top: torch (~1.5 s), which importing this module does not need
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a killed run wrote after the checkpoint it resumes from

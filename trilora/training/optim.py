@@ -24,12 +24,12 @@ def make_optimizer(config: RunConfig, models: dict[str, torch.nn.Module], device
         extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
         return torch.optim.AdamW(groups, lr=opts.lr, weight_decay=opts.weight_decay, **extra)
     if opts.optimizer == "adamw8bit":
-        try:
+        try:  # an optional dependency
             import bitsandbytes
         except ImportError:
             raise UserError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
         return bitsandbytes.optim.AdamW8bit(groups, lr=opts.lr, weight_decay=opts.weight_decay)
-    try:
+    try:  # an optional dependency
         from prodigyopt import Prodigy
     except ImportError:
         raise UserError("--optimizer prodigy needs prodigyopt: pip install prodigyopt") from None

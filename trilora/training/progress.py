@@ -4,6 +4,8 @@ import logging
 import sys
 import time
 
+from tqdm import tqdm
+
 log = logging.getLogger("trilora")
 
 
@@ -15,8 +17,6 @@ class Progress:
         self.started = time.perf_counter()
         self.bar = None
         if sys.stderr.isatty():
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
     def update(self, step: int, loss: float) -> None:

@@ -2,19 +2,25 @@
 the page shows. Jobs run the CLI; paths come and go relative to the root."""
 
 import re
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trilora.config import COMMANDS, load_toml, tree_from_dict
+from trilora.config import COMMANDS, load_toml, to_toml, tree_from_dict
 from trilora.config.fields import base_type, default_of
+from trilora.data.check import check_folder
+from trilora.data.folder import scan
+from trilora.data.subsets import load_dataset_config
 from trilora.errors import UserError
 from trilora.files import write_text
 from trilora.outputs import check_name
 from trilora.run_folder import holder_process
 from trilora.ui.jobs import Jobs
 from trilora.ui.paths import inside
-from trilora.ui.runs import RUNS, describe_or_unreadable, describe_run, run_folders
+from trilora.ui.runs import RUNS, describe_or_unreadable, describe_run, log_tail, run_folders
 
 FORMS = ("train", "caption", "generate", "evaluate", "compare")
 OUTPUT_FOLDERS = {"train": "runs", "generate": "tests", "evaluate": "reports", "compare": "reports"}
@@ -73,9 +79,6 @@ def state(ws: Workspace) -> dict:
 
 
 def data(ws: Workspace, folder: str, resolution: int = 512) -> dict:
-    from trilora.data.check import check_folder
-    from trilora.data.folder import scan
-
     path = inside(ws.root, folder)
     items = [item for item in scan(path) if within(ws.root, item.image)]
     report = check_folder(path, resolution, count_tokens=False).as_dict()
@@ -135,8 +138,6 @@ def resolved(ws: Workspace, command: str, settings: dict) -> dict:
     if command == "train" and tree.export.name is not None:
         check_name(tree.export.name, "export.name")
     if command in ("train", "compare") and tree.data.dataset_config:
-        from trilora.data.subsets import load_dataset_config
-
         for subset in load_dataset_config(tree.data.dataset_config):  # its folders, too, in the workspace
             inside(ws.root, str(subset.folder), ws.allowed)
     return out
@@ -177,12 +178,6 @@ def start_job(ws: Workspace, command: str, settings: dict, name: str | None = No
 
 
 def dry_run(ws: Workspace, settings: dict) -> dict:
-    import subprocess
-    import sys
-    import tempfile
-
-    from trilora.config import to_toml
-
     settings = resolved(ws, "train", settings)
     settings["output"] = str(ws.root / RUNS / "dry-run")
     with tempfile.TemporaryDirectory() as folder:
@@ -230,7 +225,6 @@ def job(ws: Workspace, job_id: int) -> dict:
     found = ws.jobs.jobs.get(job_id)
     if found is None:
         raise BadRequest(f"no job {job_id}")
-    from trilora.ui.runs import log_tail
 
     images = sorted(str(p.relative_to(ws.root)) for p in found.folder.rglob("*.png"))
     reports = sorted(str(p.relative_to(ws.root)) for p in found.folder.glob("report.html"))

@@ -14,8 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from trilora.config import UIConfig
+from trilora.config import UIConfig, to_dict
 from trilora.errors import UserError, one_line
+from trilora.run_folder import prepare_folder
+from trilora.toy.evaluate import adapter_dataset
 from trilora.ui import api
 from trilora.ui.jobs import Jobs
 from trilora.ui.paths import OutsideRoot, inside
@@ -37,10 +39,11 @@ def is_loopback(host: str) -> bool:
 def prepare_workspace(root: Path) -> dict:
     """A new root gets the demo's data (onion-domed renders, captioned) and the demo's settings as a
     preset, so that a fresh clone can train in the UI at once, on a CPU."""
-    from trilora.config import to_dict
+    # here, not at the top: diffusers (~3 s) and transformers (~1 s), which importing this module does not need
     from trilora.demo import TRAIN_IMAGES, VAL_IMAGES, demo_config
+
+    # here, not at the top: diffusers (~3 s) and transformers (~1 s), which importing this module does not need
     from trilora.toy.base import toy_base_path
-    from trilora.toy.evaluate import adapter_dataset
 
     data, val = root / "data" / "onion", root / "data" / "onion-val"
     if not data.exists():
@@ -56,7 +59,7 @@ def prepare_workspace(root: Path) -> dict:
 
 
 def make_workspace(settings: UIConfig) -> api.Workspace:
-    from trilora.run_folder import prepare_folder
+    # here, not at the top: diffusers (~3 s) and transformers (~1 s), which importing this module does not need
     from trilora.toy.base import toy_base_path
 
     root = Path(settings.root).resolve()

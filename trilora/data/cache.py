@@ -1,4 +1,6 @@
-"""Encode once, train many times: VAE latents and (when the text encoder is frozen) prompt embeddings."""
+"""Encode once, train many times: VAE latents and (when the text encoders are frozen) prompt embeddings."""
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -22,31 +24,14 @@ def encode_latents(
     return torch.cat(out)
 
 
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    """Token ids padded to the tokenizer's length (77 for CLIP): (N, 77)."""
-    return tokenizer(
-        captions,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-
-
-def encode_text(text_encoder: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """The last hidden state that SD 1.x conditions on: (N, 77) -> (N, 77, D)."""
-    return text_encoder(input_ids.to(text_encoder.device))[0]
-
-
 @torch.no_grad()
-def encode_captions(tokenizer, text_encoder: nn.Module, captions: list[str]) -> torch.Tensor:
-    """Embeddings of each caption, computing each distinct caption once: (N, 77, D) on the CPU."""
+def encode_captions(encode: Callable[[list[str]], torch.Tensor], captions: list[str]) -> torch.Tensor:
+    """Embeddings of each caption, computing each distinct caption once: `encode` maps a list of
+    captions to their conditioning (the family's tokenize and encode). (N, ...) on the CPU."""
     unique = sorted(set(captions))
     embeddings = {}
     for start in range(0, len(unique), 32):
         chunk = unique[start : start + 32]
-        for caption, embedding in zip(
-            chunk, encode_text(text_encoder, tokenize(tokenizer, chunk)), strict=True
-        ):
+        for caption, embedding in zip(chunk, encode(chunk), strict=True):
             embeddings[caption] = embedding.float().cpu()
     return torch.stack([embeddings[c] for c in captions])

@@ -1,8 +1,10 @@
 """What a model family is: everything that differs between base models that trilora trains, in one
 object, so that nothing outside `trilora/families/` knows a family.
 
-A family module (sd1.py, sd2.py) builds one `Family`. Objectives (ε and v prediction today, flow
-matching for SD3/Flux later) are the scheduler's `prediction_type`, read by training/losses.py.
+A family module (sd1.py, sd2.py) builds one `Family`. How captions become conditioning and how the
+denoiser is called are the family's (`tokenize`, `encode`, `denoise`; SD 1.x and 2.x share one way,
+in sd.py). Objectives (ε and v prediction today, flow matching for SD3/Flux later) are the
+scheduler's `prediction_type`, read by training/losses.py.
 """
 
 import importlib
@@ -25,6 +27,9 @@ class Family:
     ldm_state_dict: Callable  # (unet, vae, text_encoder) -> weights under the single file's names
     header: Callable[[str], dict[str, str]]  # an export's ss_*/modelspec.* entries by prediction type
     tiny: Callable[[int], object]  # a tiny random-weight pipeline of this family (seed), for tests
+    tokenize: Callable  # (pipe, captions) -> the token ids its text encoder(s) take
+    encode: Callable  # (pipe, token ids) -> the denoiser's text conditioning (gradients flow if an encoder trains)
+    denoise: Callable  # (unet, noisy latents, timesteps, conditioning) -> the UNet's prediction
     prediction_known: bool  # whether the shipped configs' prediction type holds for every file
     base_versions: tuple[str, ...]  # the ss_base_model_version values of this family's adapters
 

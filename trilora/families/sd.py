@@ -1,4 +1,8 @@
-"""What the Stable Diffusion 1.x and 2.x families share: their diffusers folders, kohya's version header."""
+"""What the Stable Diffusion 1.x and 2.x families share: their diffusers folders, how a caption
+becomes conditioning (one CLIP tokenizer padded to 77 tokens, the text encoder's last hidden state
+after its final layer norm; SD 2.x's 23-layer OpenCLIP makes that the penultimate block of the
+original 24) and how the UNet is called (cross-attention on that state, nothing added), kohya's
+version header."""
 
 
 def sd_folder(model_index: dict) -> bool:
@@ -18,3 +22,19 @@ def version_header(version: str, v2: bool, architecture: str, prediction_type: s
     if always or v:
         header["modelspec.prediction_type"] = "v" if v else "epsilon"
     return header
+
+
+def tokenize(pipe, captions: list[str]):
+    """Token ids padded to the tokenizer's length (77 for CLIP): (N, 77)."""
+    tokenizer = pipe.tokenizer
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids  # fmt: skip
+
+
+def encode(pipe, input_ids):
+    """The last hidden state the UNet attends to: (N, 77) -> (N, 77, D)."""
+    return pipe.text_encoder(input_ids.to(pipe.text_encoder.device))[0]
+
+
+def denoise(unet, noisy, timesteps, condition):
+    return unet(noisy, timesteps, condition).sample

@@ -5,7 +5,7 @@ state, 768 wide), ε prediction, 512 px. Single files hold the text encoder unde
 from pathlib import Path
 
 from trilora.families.family import Family
-from trilora.families.sd import sd_folder, version_header
+from trilora.families.sd import denoise, encode, sd_folder, tokenize, version_header
 from trilora.formats.ldm import TEXT_ENCODER_PREFIX, UNET_PREFIX, VAE_PREFIX, ldm_state_dict
 
 CONFIGS = Path(__file__).parent / "sd15"
@@ -39,6 +39,9 @@ FAMILY = Family(
     ldm_state_dict=ldm_state_dict,
     header=header,
     tiny=lambda seed: tiny_pipeline(seed),
+    tokenize=tokenize,
+    encode=encode,
+    denoise=denoise,
     prediction_known=True,
     base_versions=("sd_v1",),
 )

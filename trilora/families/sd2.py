@@ -9,7 +9,7 @@ carries a `v_pred` marker or --base-config says it."""
 from pathlib import Path
 
 from trilora.families.family import Family
-from trilora.families.sd import sd_folder, version_header
+from trilora.families.sd import denoise, encode, sd_folder, tokenize, version_header
 from trilora.formats.ldm import OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, ldm_state_dict, open_clip_to_ldm
 
 CONFIGS = Path(__file__).parent / "sd21"
@@ -47,6 +47,9 @@ FAMILY = Family(
     ldm_state_dict=lambda unet, vae, text_encoder: ldm_state_dict(unet, vae, text_encoder, open_clip_to_ldm),
     header=header,
     tiny=lambda seed: tiny_pipeline(seed),
+    tokenize=tokenize,
+    encode=encode,
+    denoise=denoise,
     prediction_known=False,
     base_versions=("sd_v2", "sd_v2_v"),
 )

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from trilora.config import SETTINGS_FILE, RunConfig, settings_toml, to_dict
-from trilora.data.cache import encode_text, tokenize
 from trilora.data.captions import transform_caption
 from trilora.data.order import BatchOrder
 from trilora.device import resolve_device
@@ -315,7 +314,7 @@ def condition(r: Run, batch: torch.Tensor) -> torch.Tensor:
     if batch.is_floating_point():
         return to_device(batch, r.device)
     with torch.set_grad_enabled(r.config.adapter.train_text_encoder and torch.is_grad_enabled()):
-        return encode_text(r.setup.pipe.text_encoder, to_device(batch, r.device))
+        return r.setup.base.family.encode(r.setup.pipe, to_device(batch, r.device))
 
 
 def captions(r: Run, index: list[int], sample_ids: list[int]) -> torch.Tensor:
@@ -324,11 +323,11 @@ def captions(r: Run, index: list[int], sample_ids: list[int]) -> torch.Tensor:
     if s.train_condition is not None:  # rows one by one: a list index would be copied to the device
         return torch.stack([s.train_condition[i] for i in index])
     if not (data.shuffle_captions or data.caption_dropout):
-        return tokenize(s.pipe.tokenizer, [s.train_items[i].caption for i in index])
+        return s.base.family.tokenize(s.pipe, [s.train_items[i].caption for i in index])
     texts = [transform_caption(s.train_items[i].caption, random.Random(derive_seed(r.config.train.seed, "caption", j)),
                                data.shuffle_captions, data.keep_tokens, data.caption_dropout)
              for i, j in zip(index, sample_ids, strict=True)]  # fmt: skip
-    return tokenize(s.pipe.tokenizer, texts)
+    return s.base.family.tokenize(s.pipe, texts)
 
 
 def train_step(r: Run, state: TrainingState, order: BatchOrder, step: int, lr: float) -> torch.Tensor:
@@ -359,7 +358,10 @@ def train_step(r: Run, state: TrainingState, order: BatchOrder, step: int, lr: f
         noise, timesteps = to_device(noise, device), to_device(timesteps, device)
         with r.autocast:
             text = condition(r, captions(r, local_index, sample_ids))
-            losses = denoising_loss(s.pipe.unet, r.scheduler, latents, noise, timesteps, text)  # (B,)
+            denoise = s.base.family.denoise
+            losses = denoising_loss(
+                denoise, s.pipe.unet, r.scheduler, latents, noise, timesteps, text
+            )  # (B,)
         if opts.min_snr_gamma:
             losses = losses * min_snr_weights(r.scheduler, timesteps, opts.min_snr_gamma)
         if any(s.train_items[i].is_reg for i in local_index):  # DreamBooth prior preservation
@@ -398,7 +400,10 @@ def validate(r: Run, state: TrainingState) -> tuple[float, float, dict[int, floa
             text = condition(r, v.condition[i : i + 1]).expand(k, -1, -1)
             latents = latent.to(device).expand(k, -1, -1, -1)  # (K, C, h, w)
             noise, timesteps = v.noise[i].to(device), v.timesteps.to(device)
-            losses.append(denoising_loss(r.setup.pipe.unet, r.scheduler, latents, noise, timesteps, text))
+            denoise = r.setup.base.family.denoise
+            losses.append(
+                denoising_loss(denoise, r.setup.pipe.unet, r.scheduler, latents, noise, timesteps, text)
+            )
     for m in state.models.values():
         m.train()
     losses = torch.stack(losses).cpu()  # (images, K): one wait for the device per validation

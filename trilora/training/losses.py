@@ -17,6 +17,7 @@ def diffusion_target(
 
 
 def denoising_loss(
+    denoise,
     unet,
     scheduler,
     latents: torch.Tensor,
@@ -24,9 +25,10 @@ def denoising_loss(
     timesteps: torch.Tensor,
     condition: torch.Tensor,
 ) -> torch.Tensor:
-    """Per-sample MSE between the UNet's prediction and the target: (B, C, H, W) -> (B,)."""
+    """Per-sample MSE between the UNet's prediction and the target: (B, C, H, W) -> (B,). `denoise`:
+    the family's call of the UNet (`Family.denoise`)."""
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    prediction = unet(noisy, timesteps, condition).sample
+    prediction = denoise(unet, noisy, timesteps, condition)
     target = diffusion_target(scheduler, latents, noise, timesteps)
     return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
 

@@ -15,7 +15,7 @@ from trilora.base.detect import Base
 from trilora.base.load import load_model
 from trilora.config import RunConfig
 from trilora.data.buckets import Bucket, make_buckets
-from trilora.data.cache import encode_captions, encode_latents, tokenize
+from trilora.data.cache import encode_captions, encode_latents
 from trilora.data.disk_cache import LatentCache, cached_encode, vae_fingerprint
 from trilora.data.folder import IMAGE_EXTENSIONS, Item, image_size, load_images, scan, split_validation
 from trilora.data.order import BatchOrder
@@ -112,10 +112,15 @@ def setup(config: RunConfig, dist: Distributed | None = None, find_scorer: FindS
     if place.captions_per_step:
         # encoded at every step: tokens now (validation), captions transformed in the loop (training)
         train_condition = None
-        val_condition = tokenize(pipe.tokenizer, captions[1]) if val_items else None
+        val_condition = base.family.tokenize(pipe, captions[1]) if val_items else None
     else:
-        train_condition = encode_captions(pipe.tokenizer, pipe.text_encoder, captions[0])
-        val_condition = encode_captions(pipe.tokenizer, pipe.text_encoder, captions[1]) if val_items else None
+        family = base.family
+
+        def encode(texts: list[str]) -> torch.Tensor:
+            return family.encode(pipe, family.tokenize(pipe, texts))
+
+        train_condition = encode_captions(encode, captions[0])
+        val_condition = encode_captions(encode, captions[1]) if val_items else None
         pipe.text_encoder.to("cpu")  # until images are drawn (placement.py)
 
     weight_dtype = place.weight_dtype

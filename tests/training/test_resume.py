@@ -1,4 +1,5 @@
-"""Exact resume: a run killed at any point and resumed ends bit for bit where the uninterrupted run ends."""
+"""Exact resume: a run killed at any point and resumed ends bit for bit where the uninterrupted run ends
+(EMA included: the runs here average their adapters, so its state must survive the resume too)."""
 
 import csv
 import os
@@ -31,7 +32,7 @@ def write_config(folder, tiny_model_dir, shapes, **extra):
         f'[data]\ndata = "{shapes}"\nresolution = 32\nval_fraction = 0.2\n'
         f'[adapter]\nmethod = "trilora"\nrank = 4\ndropout = 0.1\n'
         f'[train]\nlr = 0.003\nbatch_size = 3\ngrad_accum = 2\nsteps = {STEPS}\nlr_scheduler = "cosine"\n'
-        f"warmup_steps = 2\nnoise_offset = 0.05\nmin_snr_gamma = 5.0\n"
+        f"warmup_steps = 2\nnoise_offset = 0.05\nmin_snr_gamma = 5.0\nema = 0.9\n"
         f"[validation]\nvalidate_every = 3\npatience = 0\nval_timesteps = 2\n"
         f"[checkpoint]\ncheckpoint_every = 2\nkeep_checkpoints = 2\n" + extra.get("more", "")
     )

@@ -36,16 +36,9 @@ CONFIG_FILES = (
 LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError)
 
 
-def load_pipeline(
-    path: str | Path,
-    base_config: str | Path | None = None,
-    dtype: torch.dtype = torch.float32,
-    family: str = "auto",
-    prediction_type: str | None = None,
-    zero_terminal_snr: bool = False,
-) -> StableDiffusionPipeline:
-    """The pipeline (no safety checker) of `load_base`."""
-    return load_base(path, base_config, dtype, family, prediction_type, zero_terminal_snr).pipe
+def load_pipeline(path: str | Path, *args, **options) -> StableDiffusionPipeline:
+    """The pipeline (no safety checker) of `load_base` (same arguments)."""
+    return load_base(path, *args, **options).pipe
 
 
 def load_model(model, dtype: torch.dtype = torch.float32) -> Base:

@@ -4,6 +4,15 @@ after its final layer norm; SD 2.x's 23-layer OpenCLIP makes that the penultimat
 original 24) and how the UNet is called (cross-attention on that state, nothing added), kohya's
 version header."""
 
+from trilora.families.family import Family
+
+
+def sd_family(**differences):
+    """A `Family` of the StableDiffusionPipeline: what SD 1.x and 2.x share, and `differences`."""
+    shared = dict(pipeline="StableDiffusionPipeline", parts=("unet", "text_encoder"), tokenize=tokenize,
+                  encode=encode, denoise=denoise)  # fmt: skip
+    return Family(**shared, **differences)
+
 
 def sd_folder(model_index: dict) -> bool:
     return model_index.get("_class_name") == "StableDiffusionPipeline"

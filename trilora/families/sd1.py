@@ -4,8 +4,7 @@ state, 768 wide), ε prediction, 512 px. Single files hold the text encoder unde
 
 from pathlib import Path
 
-from trilora.families.family import Family
-from trilora.families.sd import denoise, encode, sd_folder, tokenize, version_header
+from trilora.families.sd import sd_family, sd_folder, version_header
 from trilora.formats.ldm import TEXT_ENCODER_PREFIX, UNET_PREFIX, VAE_PREFIX, ldm_state_dict
 
 CONFIGS = Path(__file__).parent / "sd15"
@@ -21,27 +20,22 @@ def header(prediction_type: str) -> dict[str, str]:
 
 
 def tiny_pipeline(seed: int):
-    from trilora.families.tiny import tiny_sd_pipeline  # diffusers: 4-5 s that loading no model needs
+    from trilora.families.tiny import tiny_sd_pipeline  # diffusers (~3 s), which no loaded model needs
 
     return tiny_sd_pipeline(seed, CONFIGS)
 
 
-FAMILY = Family(
+FAMILY = sd_family(
     name="sd1",
     title="Stable Diffusion 1.x",
-    pipeline="StableDiffusionPipeline",
     configs=CONFIGS,
-    parts=("unet", "text_encoder"),
     default_resolution=lambda prediction_type: 512,
     is_folder=lambda index, text: sd_folder(index) and text.get("hidden_act") == "quick_gelu",
     is_file=is_file,
     file_parts=(("UNet", UNET_PREFIX), ("VAE", VAE_PREFIX), ("CLIP text encoder", TEXT_ENCODER_PREFIX)),
     ldm_state_dict=ldm_state_dict,
     header=header,
-    tiny=lambda seed: tiny_pipeline(seed),
-    tokenize=tokenize,
-    encode=encode,
-    denoise=denoise,
+    tiny=tiny_pipeline,
     prediction_known=True,
     base_versions=("sd_v1",),
 )

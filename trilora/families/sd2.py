@@ -8,8 +8,7 @@ carries a `v_pred` marker or --base-config says it."""
 
 from pathlib import Path
 
-from trilora.families.family import Family
-from trilora.families.sd import denoise, encode, sd_folder, tokenize, version_header
+from trilora.families.sd import sd_family, sd_folder, version_header
 from trilora.formats.ldm import OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, ldm_state_dict, open_clip_to_ldm
 
 CONFIGS = Path(__file__).parent / "sd21"
@@ -29,27 +28,22 @@ def header(prediction_type: str) -> dict[str, str]:
 
 
 def tiny_pipeline(seed: int):
-    from trilora.families.tiny import tiny_sd_pipeline  # diffusers: 4-5 s that loading no model needs
+    from trilora.families.tiny import tiny_sd_pipeline  # diffusers (~3 s), which no loaded model needs
 
     return tiny_sd_pipeline(seed, CONFIGS, TINY_UNET, TINY_TEXT)
 
 
-FAMILY = Family(
+FAMILY = sd_family(
     name="sd2",
     title="Stable Diffusion 2.x",
-    pipeline="StableDiffusionPipeline",
     configs=CONFIGS,
-    parts=("unet", "text_encoder"),
     default_resolution=lambda prediction_type: 768 if prediction_type == "v_prediction" else 512,
     is_folder=lambda index, text: sd_folder(index) and text.get("hidden_act") == "gelu",
     is_file=is_file,
     file_parts=(("UNet", UNET_PREFIX), ("VAE", VAE_PREFIX), ("OpenCLIP text encoder", OPEN_CLIP_PREFIX)),
     ldm_state_dict=lambda unet, vae, text_encoder: ldm_state_dict(unet, vae, text_encoder, open_clip_to_ldm),
     header=header,
-    tiny=lambda seed: tiny_pipeline(seed),
-    tokenize=tokenize,
-    encode=encode,
-    denoise=denoise,
+    tiny=tiny_pipeline,
     prediction_known=False,
     base_versions=("sd_v2", "sd_v2_v"),
 )

@@ -19,7 +19,8 @@ from PIL import Image
 from test_hostile import assert_ok, assert_refused, snapshot, train_args
 from test_hostile import cli as subprocess_cli
 
-from trilora.base.tiny import make_shapes_dataset
+from trilora.base.load import load_base
+from trilora.base.tiny import make_shapes_dataset, save_tiny_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -489,3 +490,39 @@ def test_a_cache_is_an_evaluations_cache_or_new(tiny_model_dir, shapes, lora_fil
                  shapes, "--output", tmp_path / "report", "--cache", photos)  # fmt: skip
     assert_refused(result, "--cache", "not an evaluation's image cache")
     assert snapshot(photos) == before
+
+
+@pytest.mark.parametrize("case", ["empty data", "sd2 file, prediction unsaid", "zero terminal snr with epsilon",
+                                  "images unreadable"])  # fmt: skip
+@pytest.mark.parametrize("output_exists", [False, True])
+def test_a_start_refused_in_set_up_leaves_no_folder_and_no_lock(
+    tmp_path, tiny_model_dir, case, output_exists
+):
+    """Bad input found only once set-up reads it (the run folder is already claimed by then): one
+    line, exit 2, and the output folder as it was: absent, or empty without a .trilora.lock."""
+    from trilora.families.registry import FAMILIES
+    from trilora.formats.ldm import save_single_file
+
+    data = make_shapes_dataset(tmp_path / "data", count=4)
+    base, extra = str(tiny_model_dir), []
+    if case == "empty data":
+        data = tmp_path / "empty"
+        data.mkdir()
+    elif case == "sd2 file, prediction unsaid":
+        sd2 = save_tiny_pipeline(tmp_path / "sd2", family="sd2")
+        base = str(
+            save_single_file(
+                load_base(sd2).pipe, tmp_path / "sd2.safetensors", FAMILIES["sd2"].ldm_state_dict
+            )
+        )
+    elif case == "zero terminal snr with epsilon":
+        extra = ["--zero-terminal-snr"]
+    else:
+        for image in data.glob("*.png"):
+            image.write_bytes(b"not a png")
+    output = tmp_path / "run"
+    if output_exists:
+        output.mkdir()
+    result = cli(*train_args(base, str(data), str(output), "--steps", "1", *extra))
+    assert_refused(result)
+    assert (sorted(output.iterdir()) == []) if output_exists else not output.exists()

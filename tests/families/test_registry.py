@@ -129,3 +129,9 @@ def test_the_default_resolution_is_the_familys(sd2, tiny_model_dir, tmp_path, ca
             extra = [*extra, "--base-config", str(folder)]
         assert main([*args, *extra]) == 0
         assert f"{size}x{size} px" in capsys.readouterr().out
+
+
+def test_an_adapter_given_as_the_base_model_is_named_as_one(lora_file):
+    with pytest.raises(UserError) as error:
+        load_base(lora_file)
+    assert "is a LoRA adapter, not a base model" in one_line(error)

@@ -27,6 +27,9 @@ def family_of_folder(model_index: dict, text_config: dict, where: str) -> Family
 def family_of_file(shapes: dict[str, tuple], where: str) -> Family:
     """The family of a single-file checkpoint, from its tensor names."""
     found = [family for family in FAMILIES.values() if family.is_file(shapes)]
+    if shapes and all("lora_" in name or name.endswith(".alpha") for name in shapes):
+        raise UserError(f"{where} is a LoRA adapter, not a base model: give a Stable Diffusion checkpoint as --base "
+                        "and the adapter as --lora (generate, evaluate)")  # fmt: skip
     if len(found) != 1:
         prefixes = sorted({name.split(".")[0] for name in shapes})[:4]
         expected = "; ".join(f"{family.name}: {family.file_parts[-1][1]}*" for family in FAMILIES.values())

@@ -23,7 +23,7 @@ from trilora.data.order import BatchOrder
 from trilora.device import resolve_device
 from trilora.errors import Interrupted, UserError, signal_name
 from trilora.files import write_json, write_text
-from trilora.run_folder import FolderLock, claim
+from trilora.run_folder import LOCK_NAME, FolderLock, claim
 from trilora.seeds import derive_seed
 from trilora.training.checkpoint import (
     StopRequest,
@@ -87,12 +87,28 @@ def train(
     # --resume continues in the checkpoint's own run folder, or (another --output) in a new one
     in_place = source is not None and Path(config.output).resolve() == run_folder_of(source).resolve()
     dist = init_distributed()
+    output = Path(config.output)
+    existed = output.exists()
     lock = claim_run_folder(config, in_place, dist)
     try:
         return run(config, resume, source, in_place, dist, find_scorer)
     finally:
         if lock is not None:
+            unclaim_if_untouched(output, existed)  # while the lock is held: no other run can be in it
             lock.release()
+
+
+def unclaim_if_untouched(output: Path, existed: bool) -> None:
+    """A run that stopped before writing anything (bad input found in set-up, a Ctrl-C while loading)
+    leaves the folder as it found it: its lock file goes, and the folder too if the run made it."""
+    try:
+        if {p.name for p in output.iterdir()} != {LOCK_NAME}:
+            return
+        (output / LOCK_NAME).unlink()
+        if not existed:
+            output.rmdir()
+    except OSError:
+        pass  # a folder another process writes into now, or gone: not ours to tidy
 
 
 def claim_run_folder(config: RunConfig, in_place: bool, dist: Distributed) -> FolderLock | None:

@@ -53,6 +53,9 @@ def unet_module_map(config) -> ModuleMap:
         ("conv_norm_out", "out.0", SAME_NAMES),
         ("conv_out", "out.2", SAME_NAMES),
     ]
+    if config.get("addition_embed_type") == "text_time":  # SDXL: pooled text and size embedding
+        modules += [("add_embedding.linear_1", "label_emb.0.0", SAME_NAMES),
+                    ("add_embedding.linear_2", "label_emb.0.2", SAME_NAMES)]  # fmt: skip
     # LDM numbers input_blocks flat: per level, `per_block` (resnet, attention) pairs and then a
     # downsampler, except after the last level; input_blocks.0 is conv_in.
     for level in range(levels):
@@ -158,7 +161,14 @@ def rename(key: str, modules: ModuleMap) -> str:
             submodule, _, param = key[len(diffusers_module) + 1 :].rpartition(".")
             submodule = submodule_names.get(submodule, submodule)
             return ".".join(part for part in (ldm_module, submodule, param) if part)
-    raise ValueError(f"no LDM name for the diffusers parameter {key!r}: not an SD-1.x-shaped model")
+    raise ValueError(f"no LDM name for the diffusers parameter {key!r}: not an SD-shaped model")
+
+
+def unet_ldm_module(path: str, config) -> str:
+    """A UNet module's path in the original layout, e.g. SDXL's `down_blocks.1.attentions.0.proj_in`
+    -> `input_blocks.4.1.proj_in`: kohya's SDXL LoRA names (`lora_unet_input_blocks_4_1_proj_in`)
+    are these paths with `_` for `.`, the only SDXL names every loader reads."""
+    return rename(path + ".weight", unet_module_map(config)).removesuffix(".weight")
 
 
 def unet_to_ldm(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:

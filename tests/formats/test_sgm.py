@@ -1,7 +1,8 @@
-"""SDXL's original (SGM) layout, checked on its full-size UNet on the meta device (groundwork for the
-SDXL family): every UNet weight's single-file name maps back through diffusers' own converter, and
-kohya's SGM LoRA names (`lora_unet_input_blocks_4_1_…`) of kohya's 722 default targets map back
-through diffusers' SDXL LoRA converter to the module they were made from."""
+"""SDXL's original (SGM) layout, groundwork for the SDXL family: on its full-size UNet (meta device)
+every weight's single-file name maps back through diffusers' own converter, and kohya's SGM LoRA
+names (`lora_unet_input_blocks_4_1_…`) of kohya's 722 default targets map back through diffusers'
+SDXL LoRA conversion to the modules they were made from; a tiny second text encoder (OpenCLIP
+names, projection included) reads back whole."""
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -9,11 +10,13 @@ from diffusers.loaders.lora_conversion_utils import (
     _convert_non_diffusers_lora_to_diffusers,
     _maybe_map_sgm_blocks_to_diffusers,
 )
-from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_open_clip_checkpoint
 from diffusers.utils import convert_unet_state_dict_to_peft
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from trilora.adapters.inject import unet_conv_targets, unet_targets
-from trilora.formats.ldm import UNET_PREFIX, unet_ldm_module, unet_to_ldm
+from trilora.families.tiny import TINY_TEXT
+from trilora.formats.ldm import UNET_PREFIX, open_clip_to_ldm, unet_ldm_module, unet_to_ldm
 
 # stabilityai/stable-diffusion-xl-base-1.0's unet/config.json (the values that differ from the defaults)
 SDXL_UNET = dict(
@@ -59,3 +62,18 @@ def test_kohya_sgm_lora_names_of_the_default_targets_map_back_through_diffusers(
     peft = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in converted.items()})
     back = {key.removesuffix(".lora_A.weight") for key in peft if key.endswith(".lora_A.weight")}
     assert back == set(names.values())
+
+
+def test_sdxl_second_text_encoder_in_openclip_names_reads_back_with_its_projection():
+    """OpenCLIP bigG under `conditioner.embedders.1.model.`: q/k/v fused, the projection stored as
+    x·P (the transpose of transformers' Linear weight); diffusers' converter gives back every weight."""
+    torch.manual_seed(0)
+    config = CLIPTextConfig(**TINY_TEXT | {"hidden_act": "gelu", "projection_dim": 24})
+    model = CLIPTextModelWithProjection(config)
+    ldm = open_clip_to_ldm(model.state_dict(), "conditioner.embedders.1.model.")
+    assert ldm["conditioner.embedders.1.model.text_projection"].shape == (32, 24)  # hidden x projection
+    back = convert_open_clip_checkpoint(model, ldm, prefix="conditioner.embedders.1.model.")
+    state = model.state_dict()
+    assert {k.removeprefix("text_model.") for k in back} == {k.removeprefix("text_model.") for k in state}
+    ours = {k.removeprefix("text_model."): v for k, v in state.items()}
+    assert all(torch.equal(ours[k.removeprefix("text_model.")], v) for k, v in back.items())

@@ -214,13 +214,17 @@ OPEN_CLIP_NAMES = {
 def open_clip_to_ldm(
     state_dict: dict[str, torch.Tensor], prefix: str = OPEN_CLIP_PREFIX
 ) -> dict[str, torch.Tensor]:
-    """A diffusers CLIPTextModel of an OpenCLIP encoder under OpenCLIP's names, q/k/v fused into `in_proj`.
+    """A diffusers CLIPTextModel(WithProjection) of an OpenCLIP encoder under OpenCLIP's names, q/k/v
+    fused into `in_proj`.
 
-    The file's `text_projection` (hidden x hidden, used by CLIP's image-text score, not by SD) is
-    written as the identity: diffusers reads its first dimension as the width of the q/k/v split.
+    OpenCLIP applies its `text_projection` P as x·P, so the file holds the transpose of a
+    CLIPTextModelWithProjection's Linear weight (SDXL's pooled vector comes from it). A CLIPTextModel
+    (SD 2.x, which uses no projection) gets the identity: diffusers reads the matrix's first
+    dimension as the width of the q/k/v split.
     """
     state_dict = {key.removeprefix("text_model."): tensor for key, tensor in state_dict.items()}
     ldm = {}
+    projection = state_dict.pop("text_projection.weight", None)
     for key, tensor in state_dict.items():
         if key in OPEN_CLIP_NAMES:
             ldm[OPEN_CLIP_NAMES[key]] = tensor
@@ -236,9 +240,11 @@ def open_clip_to_ldm(
                 ldm[f"{block}attn.in_proj_{param}"] = torch.cat(parts)
             continue
         ldm[f"{block}{OPEN_CLIP_BLOCK_NAMES[module]}.{param}"] = tensor
-    hidden = ldm["ln_final.weight"].shape[0]
-    device = ldm["ln_final.weight"].device
-    ldm["text_projection"] = torch.eye(hidden, device=device, dtype=ldm["ln_final.weight"].dtype)
+    if projection is not None:
+        ldm["text_projection"] = projection.T.contiguous()
+    else:
+        norm = ldm["ln_final.weight"]
+        ldm["text_projection"] = torch.eye(norm.shape[0], device=norm.device, dtype=norm.dtype)
     return {prefix + key: tensor for key, tensor in ldm.items()}
 
 

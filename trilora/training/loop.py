@@ -159,7 +159,6 @@ def run(
     find_scorer: FindScorer | None,
 ) -> dict:
     # here, not at the top: diffusers (~3 s) and transformers (~1 s), which importing this module does not need
-    # here, not at the top: diffusers (~3 s) and transformers (~1 s), which importing this module does not need
     from trilora.training.setup import setup
 
     output = Path(config.output)

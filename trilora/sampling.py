@@ -33,8 +33,9 @@ def sample_images(
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     unet_training = pipe.unet.training
     if device is not None:
-        pipe.vae.to(device)
-        pipe.text_encoder.to(device)
+        for model in (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+            if model is not None:
+                model.to(device)
     device_type = (device or pipe.unet.device).type
     pipe.set_progress_bar_config(disable=not progress)
     options = {} if guidance is None else {"guidance_scale": guidance}

@@ -92,7 +92,7 @@ def add_adapters(
 
 
 def with_part(part: str, state: dict) -> dict:
-    """`{path: value}` of one model as `{"<part>.<path>": value}`, part `unet` or `text_encoder`: the key
+    """`{path: value}` of one model as `{"<part>.<path>": value}`, part `unet`, `text_encoder`, ...: the key
     scheme of checkpoints, trilora's adapter files and the pairs given to the formats."""
     return {f"{part}.{key}": value for key, value in state.items()}
 
@@ -104,20 +104,20 @@ def of_part(part: str, state: dict) -> dict:
 
 
 def add_run_adapters(
-    unet: nn.Module, text_encoder: nn.Module | None, adapter, sigma: str | None = None
+    unet: nn.Module, text_encoders: dict[str, nn.Module] | None, adapter, sigma: str | None = None
 ) -> None:
     """The adapters a run trains, as its `AdapterConfig` says, in this order (it fixes the random
-    initialisation): the UNet's attention layers, LoCon's 3x3 convs (--conv-rank), the text encoder
-    (--train-text-encoder). `sigma` overrides --sigma-init (the --dry-run estimator's "identity")."""
+    initialisation): the UNet's attention layers, LoCon's 3x3 convs (--conv-rank), each text encoder
+    in `text_encoders`' order (--train-text-encoder; {part name: model}). `sigma` overrides
+    --sigma-init (the --dry-run estimator's "identity")."""
     groups = [(unet, unet_targets(unet), adapter.rank, adapter.resolved_alpha, "--rank")]
     if adapter.conv_rank is not None:
         groups.append(
             (unet, unet_conv_targets(unet), adapter.conv_rank, adapter.resolved_conv_alpha, "--conv-rank")
         )
     if adapter.train_text_encoder:
-        groups.append(
-            (text_encoder, text_encoder_targets(text_encoder), adapter.rank, adapter.resolved_alpha, "--rank")
-        )
+        for model in (text_encoders or {}).values():
+            groups.append((model, text_encoder_targets(model), adapter.rank, adapter.resolved_alpha, "--rank"))
     for model, names, rank, _, flag in groups:
         warn_if_narrow(model, names, rank, flag)
     for model, names, rank, alpha, _ in groups:

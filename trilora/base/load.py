@@ -17,21 +17,14 @@ import diffusers
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors import SafetensorError
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from trilora.base.detect import ZTSNR_MARKER, Base, detect_family, first_line, resolve_prediction
 from trilora.errors import UserError
 from trilora.families.family import Family
 
 log = logging.getLogger("trilora")
-CONFIG_FILES = (
-    "model_index.json",
-    "unet/config.json",
-    "vae/config.json",
-    "text_encoder/config.json",
-    "tokenizer",
-    "scheduler/scheduler_config.json",
-)
+TEXT_ENCODER_CLASSES = {model.__name__: model for model in (CLIPTextModel, CLIPTextModelWithProjection)}
 # What diffusers and transformers raise for missing, unreadable or inconsistent files and configs.
 LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError)
 
@@ -104,7 +97,7 @@ def load_diffusers_folder(path: Path, family: Family, dtype: torch.dtype) -> Sta
 def load_single_file(
     path: Path, config_dir: Path, family: Family, dtype: torch.dtype, shapes: dict[str, tuple[int, ...]]
 ) -> StableDiffusionPipeline:
-    check_config_dir(path, config_dir)
+    check_config_dir(path, config_dir, family)
     check_fits(path, shapes, expected_ldm_shapes(path, config_dir, family), config_dir, family)
     try:
         # diffusers reads .ckpt/.pt with torch.load(weights_only=True), as read_tensor_shapes does.
@@ -122,13 +115,20 @@ def load_single_file(
         ) from error
 
 
-def check_config_dir(path: Path, config_dir: Path) -> None:
-    layout = "a diffusers-layout folder with " + ", ".join(CONFIG_FILES)
+def config_files(family: Family) -> list[str]:
+    """What a diffusers-layout folder of configs for a `family` single file must hold."""
+    texts = family.text_encoders
+    return ["model_index.json", "unet/config.json", "vae/config.json", *(f"{t}/config.json" for t in texts),
+            *(t.replace("text_encoder", "tokenizer") for t in texts), "scheduler/scheduler_config.json"]  # fmt: skip
+
+
+def check_config_dir(path: Path, config_dir: Path, family: Family) -> None:
+    layout = "a diffusers-layout folder with " + ", ".join(config_files(family))
     if not config_dir.is_dir():
         raise UserError(
             f"cannot load {path}: the base configuration {config_dir} is not a folder; give {layout}"
         )
-    missing = [name for name in CONFIG_FILES if not (config_dir / name).exists()]
+    missing = [name for name in config_files(family) if not (config_dir / name).exists()]
     if missing:
         raise UserError(
             f"cannot load {path}: the base configuration {config_dir} lacks {', '.join(missing)}; give {layout}"
@@ -138,19 +138,27 @@ def check_config_dir(path: Path, config_dir: Path) -> None:
 def expected_ldm_shapes(path: Path, config_dir: Path, family: Family) -> dict[str, tuple[int, ...]]:
     """LDM name -> shape of every weight the configuration in `config_dir` needs (built on the meta device)."""
     try:
-        unet_config = UNet2DConditionModel.load_config(config_dir / "unet")
-        vae_config = AutoencoderKL.load_config(config_dir / "vae")
-        text_config = CLIPTextConfig.from_pretrained(config_dir / "text_encoder")
-        with torch.device("meta"):
-            unet = UNet2DConditionModel.from_config(unet_config)
-            vae = AutoencoderKL.from_config(vae_config)
-            text_encoder = CLIPTextModel(text_config)
-        state_dict = family.ldm_state_dict(unet, vae, text_encoder)
+        models = models_on_meta(config_dir, family)
+        state_dict = family.ldm_state_dict(*models.values())
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise UserError(
             f"cannot load {path}: the base configuration {config_dir} does not describe {family.title} model: {first_line(error)}"
         ) from error
     return {name: tuple(tensor.shape) for name, tensor in state_dict.items()}
+
+
+def models_on_meta(config_dir: Path, family: Family) -> dict[str, torch.nn.Module]:
+    """{"unet", "vae", then each text encoder: the model} built from the configs in `config_dir` on
+    the meta device (no memory, no weights); OSError/ValueError/TypeError/KeyError for bad configs."""
+    unet_config = UNet2DConditionModel.load_config(config_dir / "unet")
+    vae_config = AutoencoderKL.load_config(config_dir / "vae")
+    text_configs = {part: CLIPTextConfig.from_pretrained(config_dir / part) for part in family.text_encoders}
+    with torch.device("meta"):
+        models = {"unet": UNet2DConditionModel.from_config(unet_config), "vae": AutoencoderKL.from_config(vae_config)}
+        for part, config in text_configs.items():
+            architecture = (config.architectures or ["CLIPTextModel"])[0]
+            models[part] = TEXT_ENCODER_CLASSES.get(architecture, CLIPTextModel)(config)
+    return models
 
 
 def check_fits(

@@ -99,7 +99,7 @@ class AdapterConfig:
         "TriLoRA: initialise Sigma from the frozen weight's singular values, or as identity.",
         choices=("svd", "identity"),
     )
-    train_text_encoder: bool = opt(False, "Also adapt the CLIP text encoder (q/k/v/out_proj, fc1/fc2).")
+    train_text_encoder: bool = opt(False, "Also adapt the text encoder(s), SDXL's both (q/k/v/out_proj, fc1/fc2).")
     dropout: float = opt(0.0, "Dropout on the adapters' inputs during training.", low=0, high=0.99)
     conv_rank: int | None = opt(
         None, "LoCon: also adapt the ResNet blocks' 3x3 convolutions with this rank.", low=1, high=1024
@@ -148,6 +148,10 @@ class TrainConfig:
     lr_text_encoder: float | None = opt(
         None, "Learning rate of the text-encoder adapters (default: --lr).", low=0, high=10
     )
+    lr_text_encoder_2: float | None = opt(
+        None, "SDXL: learning rate of the second text encoder's adapters (default: --lr-text-encoder).",
+        low=0, high=10,
+    )  # fmt: skip
     optimizer: str = opt(
         "adamw",
         "adamw8bit needs bitsandbytes, prodigy needs prodigyopt.",

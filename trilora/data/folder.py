@@ -13,7 +13,7 @@ import random
 import re
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +76,9 @@ class Item:
     repeats: int = 1
     is_reg: bool = False  # a regularisation (class) image of DreamBooth's prior preservation
     caption_problem: Problem | None = None  # a missing, empty or non-UTF-8 caption file
+    # set when loaded: (original height, width, crop top, left in the resized image), what SDXL's
+    # size conditioning says of the image (diffusers' train_text_to_image_sdxl semantics)
+    crop: tuple[int, int, int, int] | None = None
 
 
 class BadImage(Exception):
@@ -292,14 +295,20 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     return image.convert("RGB"), f"{names.get(mode, mode)} converted to RGB"
 
 
+def cover(size: tuple[int, int], target: tuple[int, int]) -> tuple[tuple[int, int], int, int]:
+    """(the size an image of `size` (width, height) is resized to so that it covers `target`, the left
+    and top of the centred crop to `target`)."""
+    (width, height), scale = target, max(target[0] / size[0], target[1] / size[1])
+    resized = (max(width, round(size[0] * scale)), max(height, round(size[1] * scale)))
+    return resized, (resized[0] - width) // 2, (resized[1] - height) // 2
+
+
 def to_pixels(image: Image.Image, resolution: int, bucket: tuple[int, int] | None = None) -> torch.Tensor:
     """Resized to cover `bucket` (width, height; default resolution square) and centre-cropped to it:
     (3, height, width) in [-1, 1]."""
     width, height = bucket or (resolution, resolution)
-    scale = max(width / image.width, height / image.height)
-    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    size, left, top = cover(image.size, (width, height))
     image = image.resize(size, Image.Resampling.LANCZOS)
-    left, top = (size[0] - width) // 2, (size[1] - height) // 2
     image = image.crop((left, top, left + width, top + height))
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)  # (3, H, W)
     return pixels / 127.5 - 1.0
@@ -329,7 +338,7 @@ def load_images(
     """Load every item; returns the kept items and their pixels, each (3, R, R), or with `buckets`
     each (3, h, w) of the bucket nearest to the image's aspect ratio.
 
-    Each problem file is logged by name with the reason, as `trilora check-data` reports it:
+    Each kept item records its original size and crop (`Item.crop`). Each problem file is logged by name with the reason, as `trilora check-data` reports it:
     unusable images are skipped; converted, small and duplicate images and bad captions are used.
     A summary line counts them.
     """
@@ -348,8 +357,9 @@ def load_images(
         except BadImage as error:
             log.warning("skipping %s: %s", item.image, error)
             continue
-        kept.append(item)
         bucket = nearest_bucket(*opened.image.size, buckets) if buckets else None
+        _, left, top = cover(opened.image.size, bucket or (resolution, resolution))
+        kept.append(replace(item, crop=(opened.image.height, opened.image.width, top, left)))
         pixels.append(to_pixels(opened.image, resolution, bucket))
         problems = list(opened.problems)
         original = first_of_hash.setdefault(opened.sha256, item.image)

@@ -1,10 +1,10 @@
 """Every family by name, and how a base model or an adapter file is matched to one."""
 
 from trilora.errors import UserError
-from trilora.families import FAMILY_CHOICES, sd1, sd2
+from trilora.families import FAMILY_CHOICES, sd1, sd2, sdxl
 from trilora.families.family import Family
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (sd1.FAMILY, sd2.FAMILY)}
+FAMILIES: dict[str, Family] = {family.name: family for family in (sd1.FAMILY, sd2.FAMILY, sdxl.FAMILY)}
 
 
 def named(name: str) -> Family:

@@ -45,5 +45,6 @@ def encode(pipe, input_ids):
     return pipe.text_encoder(input_ids.to(pipe.text_encoder.device))[0]
 
 
-def denoise(unet, noisy, timesteps, condition):
+def denoise(unet, noisy, timesteps, condition, sizes=None):
+    """The UNet's prediction; SD takes no size conditioning (`sizes` unused)."""
     return unet(noisy, timesteps, condition).sample

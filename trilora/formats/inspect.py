@@ -206,9 +206,12 @@ def _join(values) -> str:
     return ", ".join(f"{value:g}" for value in values)
 
 
-def adapter_shapes(path: str | Path) -> tuple[dict[str, tuple[list[int], list[int]]], dict[str, str]]:
+def adapter_shapes(
+    path: str | Path, unet_config=None
+) -> tuple[dict[str, tuple[list[int], list[int]]], dict[str, str]]:
     """({module key `<part>.<path>`: (down shape, up shape)}, header metadata) of a kohya or
-    diffusers-layout LoRA file, from its header only; other files give no shapes."""
+    diffusers-layout LoRA file, from its header only; other files give no shapes. SDXL's kohya
+    (SGM) UNet names are read with `unet_config`, the UNet's they are to load into."""
     path = Path(path)
     if path.is_dir() and (path / WEIGHT_NAME).is_file():
         path = path / WEIGHT_NAME
@@ -219,20 +222,32 @@ def adapter_shapes(path: str | Path) -> tuple[dict[str, tuple[list[int], list[in
             if _is_kohya(keys):
                 pairs = {key.removesuffix(".lora_down.weight"): (key, key.replace(".lora_down.", ".lora_up."))
                          for key in keys if key.endswith(".lora_down.weight")}  # fmt: skip
-                modules = {module_key(name): pair for name, pair in pairs.items()}
+                modules = {module_key(name, unet_config): pair for name, pair in pairs.items()}
             else:
                 modules = {key.removesuffix(".lora_A.weight"): (key, key.replace(".lora_A.", ".lora_B."))
                            for key in keys if key.endswith(".lora_A.weight")}  # fmt: skip
                 modules = {_module_of_file_key(k): pair for k, pair in modules.items()}
             shapes = {module: (f.get_slice(down).get_shape(), f.get_slice(up).get_shape())
                       for module, (down, up) in modules.items() if up in keys}  # fmt: skip
-    except ValueError as error:  # a module name of another model family (lora_te1_, input_blocks_)
-        raise UserError(f"cannot load adapter {path}: {error}; it was made for a model family "
-                        "trilora does not load yet (SDXL's lora_te1_/input_blocks_ names?): use it with the base "
-                        "model it was trained for") from None  # fmt: skip
+    except ValueError as error:  # a module name of another model family (SDXL's input_blocks_ into SD)
+        raise UserError(f"cannot load adapter {path}: {error}; it was made for another model family than this "
+                        "base model's: use it with the base model it was trained for") from None  # fmt: skip
     except (OSError, SafetensorError) as error:
         raise UserError(f"cannot read {path} as a safetensors file: {error}") from None
     return shapes, metadata
+
+
+def adapter_metadata(path: str | Path) -> dict[str, str]:
+    """The header metadata of an adapter file (or a diffusers LoRA folder's file)."""
+    path = Path(path)
+    if path.is_dir() and (path / WEIGHT_NAME).is_file():
+        path = path / WEIGHT_NAME
+    check_regular_file(path, "adapter file")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except (OSError, SafetensorError) as error:
+        raise UserError(f"cannot read {path} as a safetensors file: {error}") from None
 
 
 def _module_of_file_key(key: str) -> str:

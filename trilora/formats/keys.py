@@ -1,11 +1,12 @@
-"""Our adapter keys (`<part>.<module path>`, the text encoder's paths as transformers 5 names them)
-and the module paths that adapter files use: the one place of that rule, for every format.
+"""Our adapter keys (`<part>.<module path>`) and the module paths that adapter files use: the one
+place of that rule, for every format.
 
-Both the kohya and the diffusers layout name the text encoder's modules as transformers' older
-`CLIPTextModel` did, under `text_model.`; the UNet's paths are the same in both.
+Both the kohya and the diffusers layout name the text encoders' modules as transformers' older
+`CLIPTextModel` did, under `text_model.`; transformers 5's `CLIPTextModel` has no such level, its
+`CLIPTextModelWithProjection` (SDXL's second encoder) has, so our keys leave it out for both.
 """
 
-PARTS = ("unet", "text_encoder")
+PARTS = ("unet", "text_encoder", "text_encoder_2")
 TEXT_MODEL = "text_model."
 
 
@@ -15,7 +16,7 @@ def file_path(key: str) -> tuple[str, str]:
     part, _, path = key.partition(".")
     if part not in PARTS:
         raise ValueError(f"adapter key {key!r} does not start with one of {PARTS}")
-    if part == "text_encoder" and not path.startswith(TEXT_MODEL):
+    if part.startswith("text_encoder") and not path.startswith(TEXT_MODEL):
         path = TEXT_MODEL + path
     return part, path
 
@@ -23,3 +24,8 @@ def file_path(key: str) -> tuple[str, str]:
 def our_key(part: str, path: str) -> str:
     """The inverse of `file_path`: our key of a file's module path."""
     return f"{part}.{path.removeprefix(TEXT_MODEL)}"
+
+
+def model_path(model, path: str) -> str:
+    """The path of our key's module in a text encoder `model` (with `text_model.` where it has that level)."""
+    return TEXT_MODEL + path if hasattr(model, "text_model") and not path.startswith(TEXT_MODEL) else path

@@ -18,6 +18,14 @@ so LoCon's 3x3-conv adapters sit in the same file with their own (kohya's `conv_
 Text-encoder names keep the `text_model.` level of the transformers-4 CLIPTextModel: transformers 5
 dropped it, the files of the ecosystem (and every loader's key tables) did not. diffusers' reader of
 this layout is `_convert_non_diffusers_lora_to_diffusers` in diffusers/loaders/lora_conversion_utils.py.
+
+SDXL files (`unet_config` given) name UNet modules by their path in the original (SGM) layout and
+the two text encoders `lora_te1_`/`lora_te2_`, as kohya's sd-scripts writes them (sdxl_train_network):
+the only SDXL names that ComfyUI, A1111/Forge, kohya's own tools and diffusers all read:
+
+    lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight
+    lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight
+    lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight
 """
 
 import json
@@ -28,10 +36,14 @@ import torch
 from trilora.errors import UserError
 from trilora.files import save_safetensors
 from trilora.formats.keys import file_path, our_key
+from trilora.formats.ldm import unet_diffusers_module, unet_ldm_module
 from trilora.formats.metadata import read_safetensors
 
 # Pairs are keyed `<part>.<module path>`; each part has its own kohya prefix.
 PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+SGM_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+SGM_UNET = tuple(f"lora_unet_{block}_" for block in ("input_blocks", "middle_block", "output_blocks", "label_emb",
+                                                     "time_embed"))  # fmt: skip
 
 # Path components that contain an underscore. Turning `_` back into `.` must keep these whole,
 # so reading a kohya name needs the vocabulary of SD 1.x's UNet and CLIP module names.
@@ -40,22 +52,43 @@ UNDERSCORE_NAMES = (
     "proj_in", "proj_out", "conv_in", "conv_out", "conv_norm_out", "conv_shortcut", "time_embedding",
     "time_emb_proj", "linear_1", "linear_2", "text_model", "self_attn", "q_proj", "k_proj", "v_proj",
     "out_proj", "final_layer_norm", "layer_norm1", "layer_norm2", "text_projection",
+    "input_blocks", "output_blocks", "middle_block", "label_emb", "time_embed", "in_layers", "out_layers",
+    "emb_layers", "skip_connection",
 )  # fmt: skip
 _WORDS = sorted((tuple(name.split("_")) for name in UNDERSCORE_NAMES), key=len, reverse=True)
 
 
-def kohya_name(key: str) -> str:
-    """`unet.down_blocks.0.attentions.0.proj_in` -> `lora_unet_down_blocks_0_attentions_0_proj_in`."""
+def kohya_name(key: str, unet_config=None) -> str:
+    """`unet.down_blocks.0.attentions.0.proj_in` -> `lora_unet_down_blocks_0_attentions_0_proj_in`;
+    with an SDXL `unet_config`, the SGM name `lora_unet_input_blocks_1_1_proj_in` (te1/te2)."""
     part, path = file_path(key)
-    return PREFIXES[part] + path.replace(".", "_")
+    if unet_config is None:
+        return PREFIXES[part] + path.replace(".", "_")
+    if part == "unet":
+        path = unet_ldm_module(path, unet_config)
+    return SGM_PREFIXES[part] + path.replace(".", "_")
 
 
-def module_key(name: str) -> str:
-    """The inverse of `kohya_name`, back to the transformers-5 path (no `text_model.`)."""
+def is_sgm(name: str) -> bool:
+    """Whether a kohya module name is of the SGM (SDXL) layout."""
+    return name.startswith(("lora_te1_", "lora_te2_", *SGM_UNET))
+
+
+def module_key(name: str, unet_config=None) -> str:
+    """The inverse of `kohya_name`, back to our key (no `text_model.`); an SGM UNet name needs the
+    UNet's config (a ValueError without it)."""
+    if is_sgm(name):
+        part, prefix = next((p, f) for p, f in SGM_PREFIXES.items() if name.startswith(f))
+        path = _dotted(name.removeprefix(prefix))
+        if part == "unet":
+            if unet_config is None:
+                raise ValueError(f"{name!r} is an SDXL (SGM) name: reading it needs the UNet's config")
+            path = unet_diffusers_module(path, unet_config)
+        return our_key(part, path)
     for part, prefix in PREFIXES.items():
         if name.startswith(prefix):
             return our_key(part, _dotted(name.removeprefix(prefix)))
-    raise ValueError(f"{name!r} is not a kohya LoRA name (lora_unet_* or lora_te_*)")
+    raise ValueError(f"{name!r} is not a kohya LoRA name (lora_unet_*, lora_te_*, lora_te1_*, lora_te2_*)")
 
 
 def _dotted(name: str) -> str:
@@ -73,13 +106,15 @@ def save_kohya(
     alpha: float | dict[str, float],
     metadata: dict[str, str],
     dtype: torch.dtype = torch.float16,
+    unet_config=None,
 ) -> Path:
-    """Write LoRA pairs {`unet.<path>` | `text_encoder.<path>`: (down, up)}; alpha one for all or per pair key."""
+    """Write LoRA pairs {`unet.<path>` | `text_encoder.<path>`: (down, up)}; alpha one for all or per
+    pair key; `unet_config` (SDXL's) for SGM names."""
     path = Path(path)
     alphas = pair_alphas(pairs, alpha)
     tensors = {}
     for key, (down, up) in pairs.items():
-        name = kohya_name(key)
+        name = kohya_name(key, unet_config)
         tensors[f"{name}.lora_down.weight"] = down.detach().to("cpu", dtype).contiguous()
         tensors[f"{name}.lora_up.weight"] = up.detach().to("cpu", dtype).contiguous()
         # kohya casts alpha to the save dtype too; every loader reads it with .item(), and fp32
@@ -105,17 +140,18 @@ def conv_network_args(conv_rank: int, conv_alpha: float) -> dict[str, str]:
 
 
 def read_kohya(
-    path: str | Path,
+    path: str | Path, unet_config=None
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, float], dict[str, str]]:
-    """(pairs keyed like `save_kohya`'s input, alpha per module, header metadata).
+    """(pairs keyed like `save_kohya`'s input, alpha per module, header metadata); SGM (SDXL) names
+    need the UNet's `unet_config`.
 
     A module without an `.alpha` gets alpha = r, as in kohya's own loader.
     """
     tensors, metadata = read_safetensors(path)
     names = {key.split(".", 1)[0] for key in tensors}
-    if not names or not all(name.startswith(tuple(PREFIXES.values())) for name in names):
+    if not names or not all(name.startswith((*PREFIXES.values(), *SGM_PREFIXES.values())) for name in names):
         raise UserError(
-            f"{path} is not a kohya LoRA file: its keys do not all start with lora_unet_/lora_te_"
+            f"{path} is not a kohya LoRA file: its keys do not all start with lora_unet_/lora_te_/lora_te1_/lora_te2_"
         )
     pairs, alphas = {}, {}
     for name in sorted(names):
@@ -124,7 +160,7 @@ def read_kohya(
             raise UserError(
                 f"{path}: {name} has no lora_down/lora_up pair (a LyCORIS or other non-LoRA module?)"
             )
-        key = module_key(name)
+        key = module_key(name, unet_config)
         pairs[key] = (down, up)
         alpha = tensors.get(f"{name}.alpha")
         alphas[key] = float(alpha.item()) if alpha is not None else float(down.shape[0])

@@ -1,10 +1,12 @@
-"""The original LDM/CompVis single-file layout of Stable Diffusion 1.x and 2.x checkpoints.
+"""The original single-file layout of Stable Diffusion checkpoints: LDM/CompVis (SD 1.x, 2.x) and
+its successor SGM (SDXL).
 
 One `.safetensors`/`.ckpt` holds the UNet under `model.diffusion_model.*`, the VAE under
-`first_stage_model.*` and the text encoder: SD 1.x's CLIP ViT-L under
+`first_stage_model.*` and the text encoder(s): SD 1.x's CLIP ViT-L under
 `cond_stage_model.transformer.text_model.*`, SD 2.x's OpenCLIP ViT-H under `cond_stage_model.model.*`
 (OpenCLIP's own names: `transformer.resblocks.N` with q, k and v fused into one `in_proj`, 24 blocks
-of which SD 2.x uses the first 23). This module maps diffusers' parameter names to those names;
+of which SD 2.x uses the first 23); SDXL's CLIP ViT-L under `conditioner.embedders.0.transformer.`
+and OpenCLIP ViT-bigG under `conditioner.embedders.1.model.` (its `text_projection` included). This module maps diffusers' parameter names to those names;
 diffusers' single-file loader (`diffusers/loaders/single_file_utils.py`: `convert_ldm_unet_checkpoint`,
 `convert_ldm_vae_checkpoint`, `convert_ldm_clip_checkpoint`, `convert_open_clip_checkpoint`) is the
 inverse. Block counts come from the model configs, so any SD-shaped model maps, the tiny test models
@@ -21,6 +23,8 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_ENCODER_PREFIX = "cond_stage_model.transformer.text_model."
 OPEN_CLIP_PREFIX = "cond_stage_model.model."
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 # Submodule names inside one block: diffusers name -> LDM name.
 UNET_RESNET_NAMES = {
@@ -171,6 +175,16 @@ def unet_ldm_module(path: str, config) -> str:
     return rename(path + ".weight", unet_module_map(config)).removesuffix(".weight")
 
 
+def unet_diffusers_module(path: str, config) -> str:
+    """The inverse of `unet_ldm_module`: `input_blocks.4.1.proj_in` -> `down_blocks.1.attentions.0.proj_in`."""
+    for diffusers_module, ldm_module, submodule_names in unet_module_map(config):
+        if path == ldm_module or path.startswith(ldm_module + "."):
+            rest = path[len(ldm_module) + 1 :]
+            rest = {ldm: ours for ours, ldm in submodule_names.items()}.get(rest, rest)
+            return ".".join(part for part in (diffusers_module, rest) if part)
+    raise ValueError(f"{path!r} is no module of this UNet's original layout")
+
+
 def unet_to_ldm(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     modules = unet_module_map(config)
     return {UNET_PREFIX + rename(key, modules): tensor for key, tensor in state_dict.items()}
@@ -188,11 +202,11 @@ def vae_to_ldm(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.T
     return ldm
 
 
-def text_encoder_to_ldm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def text_encoder_to_ldm(
+    state_dict: dict[str, torch.Tensor], prefix: str = TEXT_ENCODER_PREFIX
+) -> dict[str, torch.Tensor]:
     # transformers >= 5.6 flattened CLIPTextModel (no `text_model.` level); older versions have it.
-    return {
-        TEXT_ENCODER_PREFIX + key.removeprefix("text_model."): tensor for key, tensor in state_dict.items()
-    }
+    return {prefix + key.removeprefix("text_model."): tensor for key, tensor in state_dict.items()}
 
 
 # OpenCLIP's names inside one transformer block: diffusers (CLIPTextModel) name -> OpenCLIP name.
@@ -261,10 +275,26 @@ def ldm_state_dict(unet, vae, text_encoder, text_to_ldm=text_encoder_to_ldm) -> 
     }
 
 
+def sdxl_state_dict(unet, vae, text_encoder, text_encoder_2) -> dict[str, torch.Tensor]:
+    """SDXL's four models under their SGM single-file names (the UNet's as in `unet_to_ldm`, which
+    adds SDXL's `label_emb`)."""
+    return {
+        **unet_to_ldm(unet.state_dict(), unet.config),
+        **vae_to_ldm(vae.state_dict(), vae.config),
+        **text_encoder_to_ldm(text_encoder.state_dict(), SDXL_CLIP_PREFIX),
+        **open_clip_to_ldm(text_encoder_2.state_dict(), SDXL_OPEN_CLIP_PREFIX),
+    }
+
+
+def text_encoders(pipe) -> list:
+    """A pipeline's text encoders in order: `text_encoder`, and SDXL's `text_encoder_2`."""
+    return [model for model in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if model is not None]
+
+
 def save_single_file(pipe, path: str | Path, layout=ldm_state_dict) -> Path:
-    """Write a StableDiffusionPipeline's unet, vae and text encoder as one LDM-layout `.safetensors`;
+    """Write a pipeline's unet, vae and text encoder(s) as one original-layout `.safetensors`;
     `layout` is the family's (`Family.ldm_state_dict`), SD 1.x's by default."""
     path = Path(path)
-    state_dict = layout(pipe.unet, pipe.vae, pipe.text_encoder)
+    state_dict = layout(pipe.unet, pipe.vae, *text_encoders(pipe))
     save_safetensors({key: tensor.detach().cpu().contiguous() for key, tensor in state_dict.items()}, path)
     return path

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, safe_open
 from trilora.errors import UserError
 
 NETWORK_MODULE = "networks.lora"  # what kohya's sd-scripts writes for a LoRA (its `networks/lora.py`)
-IMPLEMENTATION = "diffusers"  # sd-scripts' sai_model_spec: SD 1.x/2.x LoRAs are "diffusers"
+IMPLEMENTATION = "diffusers"  # sd-scripts' sai_model_spec: SD 1.x/2.x LoRAs are "diffusers" (SDXL's: its family header)
 SAI_MODEL_SPEC = "1.0.0"
 
 
@@ -45,7 +45,7 @@ def kohya_metadata(info: dict, family_header: dict[str, str]) -> dict[str, str]:
         "ss_sd_model_name": _text(info.get("base_model")),
         "modelspec.sai_model_spec": SAI_MODEL_SPEC,
         "modelspec.architecture": family_header["modelspec.architecture"],
-        "modelspec.implementation": IMPLEMENTATION,
+        "modelspec.implementation": family_header.get("modelspec.implementation", IMPLEMENTATION),
         "modelspec.title": name or f"{info['method']}@{date}",
         "modelspec.date": date,
         "trilora_method": str(info["method"]),

@@ -1,6 +1,6 @@
 """trilora's own adapter file: the trainable factors as trained (TriLoRA keeps its three), for resuming.
 
-Keys are `<part>.<module path>.down|mid|up` with part `unet` or `text_encoder`; metadata holds the
+Keys are `<part>.<module path>.down|mid|up` with part `unet`, `text_encoder` or `text_encoder_2`; metadata holds the
 method, rank, alpha and the run's config as JSON. Not meant for other tools: export for those.
 """
 

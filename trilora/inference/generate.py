@@ -21,7 +21,8 @@ from trilora.errors import UserError
 from trilora.families.registry import adapter_family
 from trilora.files import check_regular_file, save_image, write_text
 from trilora.formats.diffusers_lora import WEIGHT_NAME, save_diffusers
-from trilora.formats.inspect import adapter_shapes
+from trilora.formats.inspect import adapter_metadata, adapter_shapes
+from trilora.formats.keys import model_path
 from trilora.formats.native import is_native, native_pairs
 from trilora.outputs import refuse_foreign_files
 from trilora.run_folder import check_folder_path, prepare_folder
@@ -87,8 +88,7 @@ def check_adapter_family(path: Path, family) -> None:
     """Refuse, in one line naming both, an adapter whose header says it was trained for another family
     than the base model's (`family`, a `Family`); an adapter that does not say is checked by shape."""
 
-    _, metadata = adapter_shapes(path)
-    made_for = adapter_family(metadata)
+    made_for = adapter_family(metadata := adapter_metadata(path))
     if made_for is not None and made_for is not family:
         raise UserError(f"adapter {path} was trained for {made_for} (ss_base_model_version "
                         f"{metadata['ss_base_model_version']}) but the base model is {family}: use a "
@@ -98,7 +98,7 @@ def check_adapter_family(path: Path, family) -> None:
 def check_fits(pipe, path: Path, shown: Path | None = None) -> None:
     """Refuse, naming the module and both shapes, an adapter made for another base model."""
 
-    shapes, metadata = adapter_shapes(path)
+    shapes, metadata = adapter_shapes(path, pipe.unet.config)
     path = shown or path
     if not shapes:
         raise UserError(f"cannot load adapter {path}: it holds no LoRA pairs (lora_down/lora_up or "
@@ -109,7 +109,7 @@ def check_fits(pipe, path: Path, shown: Path | None = None) -> None:
         part, _, module_path = key.partition(".")
         model = getattr(pipe, part, None)
         try:
-            module = model.get_submodule(module_path) if model is not None else None
+            module = model.get_submodule(model_path(model, module_path)) if model is not None else None
         except AttributeError:
             module = None
         if module is None or not hasattr(module, "weight"):

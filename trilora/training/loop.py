@@ -273,9 +273,8 @@ def training_scheduler(s: Setup):
 def new_state(r: Run, metrics_start: int) -> TrainingState:
     """The models in train mode, the optimizer, EMA, early stopping and the metrics log."""
     config, pipe = r.config, r.setup.pipe
-    models = {"unet": pipe.unet} | (
-        {"text_encoder": pipe.text_encoder} if config.adapter.train_text_encoder else {}
-    )
+    texts = r.setup.base.family.text_encoders if config.adapter.train_text_encoder else ()
+    models = {"unet": pipe.unet} | {part: getattr(pipe, part) for part in texts}
     optimizer = make_optimizer(config, models, r.device)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     log.info("training %s rank %d: %d tensors, %.2f M parameters, %d steps on %s",
@@ -371,11 +370,12 @@ def train_step(r: Run, state: TrainingState, order: BatchOrder, step: int, lr: f
         noise, timesteps = training_noise(opts.seed, sample_ids, latents.shape[1:],
                                           r.scheduler.config.num_train_timesteps, opts.noise_offset)  # fmt: skip
         noise, timesteps = to_device(noise, device), to_device(timesteps, device)
+        sizes = to_device(torch.stack([s.train_sizes[i] for i in local_index]), device)  # (B, 6)
         with r.autocast:
             text = condition(r, captions(r, local_index, sample_ids))
             denoise = s.base.family.denoise
             losses = denoising_loss(
-                denoise, s.pipe.unet, r.scheduler, latents, noise, timesteps, text
+                denoise, s.pipe.unet, r.scheduler, latents, noise, timesteps, text, sizes
             )  # (B,)
         if opts.min_snr_gamma:
             losses = losses * min_snr_weights(r.scheduler, timesteps, opts.min_snr_gamma)
@@ -415,9 +415,10 @@ def validate(r: Run, state: TrainingState) -> tuple[float, float, dict[int, floa
             text = condition(r, v.condition[i : i + 1]).expand(k, -1, -1)
             latents = latent.to(device).expand(k, -1, -1, -1)  # (K, C, h, w)
             noise, timesteps = v.noise[i].to(device), v.timesteps.to(device)
+            sizes = v.sizes[i : i + 1].to(device).expand(k, -1)
             denoise = r.setup.base.family.denoise
             losses.append(
-                denoising_loss(denoise, r.setup.pipe.unet, r.scheduler, latents, noise, timesteps, text)
+                denoising_loss(denoise, r.setup.pipe.unet, r.scheduler, latents, noise, timesteps, text, sizes)
             )
     for m in state.models.values():
         m.train()

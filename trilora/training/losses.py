@@ -24,11 +24,12 @@ def denoising_loss(
     noise: torch.Tensor,
     timesteps: torch.Tensor,
     condition: torch.Tensor,
+    sizes: torch.Tensor,
 ) -> torch.Tensor:
     """Per-sample MSE between the UNet's prediction and the target: (B, C, H, W) -> (B,). `denoise`:
-    the family's call of the UNet (`Family.denoise`)."""
+    the family's call of the UNet (`Family.denoise`), `sizes` each image's size conditioning (B, 6)."""
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    prediction = denoise(unet, noisy, timesteps, condition)
+    prediction = denoise(unet, noisy, timesteps, condition, sizes)
     target = diffusion_target(scheduler, latents, noise, timesteps)
     return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
 

@@ -11,12 +11,14 @@ def make_optimizer(config: RunConfig, models: dict[str, torch.nn.Module], device
     """AdamW (fused on CUDA), 8-bit AdamW (bitsandbytes) or Prodigy (prodigyopt).
 
     Each param group carries `lr_factor`: the loop sets lr = schedule(step) * lr_factor, so that
-    --lr-text-encoder follows the same schedule.
+    --lr-text-encoder (and SDXL's --lr-text-encoder-2) follow the same schedule.
     """
     opts = config.train
+    text = opts.lr if opts.lr_text_encoder is None else opts.lr_text_encoder
+    part_lr = {"text_encoder": text, "text_encoder_2": text if opts.lr_text_encoder_2 is None else opts.lr_text_encoder_2}
     groups = []
     for part, model in models.items():
-        lr = opts.lr_text_encoder if part == "text_encoder" and opts.lr_text_encoder is not None else opts.lr
+        lr = part_lr.get(part, opts.lr)
         groups.append(
             {"params": trainable_parameters(model), "lr": lr, "lr_factor": lr / opts.lr, "name": part}
         )

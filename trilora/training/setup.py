@@ -46,6 +46,7 @@ class Setup:
     train_items: list[Item]
     train_latents: list[torch.Tensor]  # each (C, h, w), h and w by its bucket
     train_condition: torch.Tensor | None  # (N, 77, D) embeddings; None when captions are encoded every step
+    train_sizes: torch.Tensor  # (N, 6) each image's size conditioning: original size, crop, target size
     train_buckets: list[tuple]  # the shape of each training latent: batches hold one shape
     validation: ValidationSet | None
     total_steps: int
@@ -84,7 +85,8 @@ def setup(config: RunConfig, dist: Distributed | None = None, find_scorer: FindS
     # the stopping signal's scorer before any long work, so that a wrong --clip-model stops here
     stop_on, signal = generation_signal(config, pipe, [i.caption for i in val_items], device, find_scorer) if val_items else (
         "val_loss", None)  # fmt: skip
-    buckets = choose_buckets([i.image for i in train_items + val_items], data.resolution, data.buckets)
+    buckets = choose_buckets([i.image for i in train_items + val_items], data.resolution, data.buckets,
+                             base.family.bucket_step)  # fmt: skip
     train_items, train_pixels = load_images(train_items, data.resolution, buckets)
     val_items, val_pixels = load_images(val_items, data.resolution, buckets) if val_items else ([], [])
     log.info("%d training images (%d with repeats, %d class images), %d validation images",
@@ -104,10 +106,14 @@ def setup(config: RunConfig, dist: Distributed | None = None, find_scorer: FindS
     train_latents = encode_all(pipe.vae, train_items, train_pixels, data.resolution, device, cache)
     val_latents = encode_all(pipe.vae, val_items, val_pixels, data.resolution, device, cache)
     pipe.vae.to("cpu")
+    refuse_non_finite(train_items + val_items, train_latents + val_latents, "latent (the VAE's output)")
+    train_sizes, val_sizes = size_condition(train_items, train_pixels), size_condition(val_items, val_pixels)
     del train_pixels, val_pixels
 
     place = placement(config, device.type, bool(config.validation.sample_prompt) or signal is not None)
-    pipe.text_encoder.to(device)
+    text_encoders = [getattr(pipe, part) for part in base.family.text_encoders]
+    for model in text_encoders:
+        model.to(device)
     captions = [i.caption for i in train_items], [i.caption for i in val_items]
     if place.captions_per_step:
         # encoded at every step: tokens now (validation), captions transformed in the loop (training)
@@ -121,15 +127,19 @@ def setup(config: RunConfig, dist: Distributed | None = None, find_scorer: FindS
 
         train_condition = encode_captions(encode, captions[0])
         val_condition = encode_captions(encode, captions[1]) if val_items else None
-        pipe.text_encoder.to("cpu")  # until images are drawn (placement.py)
+        refuse_non_finite(train_items + val_items, [*train_condition, *(val_condition if val_items else [])],
+                          "caption's text-encoder output")  # fmt: skip
+        for model in text_encoders:
+            model.to("cpu")  # until images are drawn (placement.py)
 
     weight_dtype = place.weight_dtype
     pipe.unet.to(device)
     if weight_dtype != pipe.unet.dtype:
         pipe.unet.to(weight_dtype)
     if adapter.train_text_encoder:
-        pipe.text_encoder.to(device=device, dtype=weight_dtype)
-    add_run_adapters(pipe.unet, pipe.text_encoder, adapter)
+        for model in text_encoders:
+            model.to(device=device, dtype=weight_dtype)
+    add_run_adapters(pipe.unet, dict(zip(base.family.text_encoders, text_encoders, strict=True)), adapter)
     if opts.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     apply_fast_path(pipe.unet, opts, device, weight_dtype)
@@ -137,9 +147,8 @@ def setup(config: RunConfig, dist: Distributed | None = None, find_scorer: FindS
     validation = None
     if val_items:
         num_train_timesteps = pipe.scheduler.config.num_train_timesteps
-        validation = make_validation_set(
-            val_latents, val_condition, config.validation.val_timesteps, num_train_timesteps, opts.seed
-        )
+        validation = make_validation_set(val_latents, val_condition, config.validation.val_timesteps,
+                                         num_train_timesteps, opts.seed, val_sizes)  # fmt: skip
     cached = train_latents + ([train_condition] if train_condition is not None else []) + (
         [*validation.latents, validation.condition, *validation.noise] if validation else [])  # fmt: skip
     if cache_on_device(opts.cache_on_device, device, cached):
@@ -155,8 +164,8 @@ def setup(config: RunConfig, dist: Distributed | None = None, find_scorer: FindS
         raise UserError(f"--epochs {opts.epochs} is {total_steps} steps of {steps_per_epoch} each, more than "
                         f"{MAX_STEPS}: give fewer --epochs, or --steps")  # fmt: skip
     fingerprint = data_fingerprint(train_items, val_items)
-    return Setup(pipe, device, place.autocast, train_items, train_latents, train_condition, shapes, validation,
-                 total_steps, fingerprint, stop_on, signal, base)  # fmt: skip
+    return Setup(pipe, device, place.autocast, train_items, train_latents, train_condition, train_sizes, shapes,
+                 validation, total_steps, fingerprint, stop_on, signal, base)  # fmt: skip
 
 
 def cache_on_device(asked: bool | None, device: torch.device, cached: list[torch.Tensor]) -> bool:
@@ -182,12 +191,29 @@ def data_fingerprint(train_items: list[Item], val_items: list[Item]) -> str:
     return digest.hexdigest()
 
 
-def choose_buckets(images: list[Path], resolution: int, enabled: bool | None) -> list[Bucket] | None:
-    """Aspect-ratio buckets when asked for, or by default when the images differ in aspect ratio."""
+def choose_buckets(images: list[Path], resolution: int, enabled: bool | None, step: int = 64) -> list[Bucket] | None:
+    """Aspect-ratio buckets when asked for, or by default when the images differ in aspect ratio;
+    `step` (the family's) at real resolutions, 8 px below 256."""
     if enabled is None:
         ratios = {round(size[0] / size[1], 2) for size in map(image_size, images) if size}
         enabled = len(ratios) > 1
-    return make_buckets(resolution) if enabled else None
+    return make_buckets(resolution, step if resolution >= 256 else None) if enabled else None
+
+
+def size_condition(items: list[Item], pixels: list[torch.Tensor]) -> torch.Tensor:
+    """(N, 6) per image: original height and width, crop top and left, target height and width
+    (SDXL's time_ids, in diffusers' order)."""
+    rows = [(*item.crop, *image.shape[1:]) for item, image in zip(items, pixels, strict=True)]
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), 6)
+
+
+def refuse_non_finite(items: list[Item], cached: list[torch.Tensor], what: str) -> None:
+    """A NaN or inf in what is cached would make every step that draws it NaN: stop, naming the image."""
+    for item, tensor in zip(items, cached, strict=True):
+        if not torch.isfinite(tensor).all():
+            raise UserError(f"{item.image}: its {what} holds NaN or inf values, so training on it would give NaN "
+                            "losses; remove the image (or, for a latent, use a VAE that is not overflowing: an "
+                            "fp32 VAE or an fp16-fix VAE)")  # fmt: skip
 
 
 def encode_all(

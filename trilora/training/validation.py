@@ -19,11 +19,12 @@ class ValidationSet:
     condition: torch.Tensor  # (N, 77, D) embeddings, or (N, 77) token ids encoded at each validation
     timesteps: torch.Tensor  # (K,)
     noise: list[torch.Tensor]  # N of (K, C, h, w)
+    sizes: torch.Tensor  # (N, 6) each image's size conditioning (SDXL's time_ids)
 
 
 def validation_on(v: ValidationSet, device: torch.device) -> ValidationSet:
     return ValidationSet([t.to(device) for t in v.latents], v.condition.to(device), v.timesteps.to(device),
-                         [t.to(device) for t in v.noise])  # fmt: skip
+                         [t.to(device) for t in v.noise], v.sizes.to(device))  # fmt: skip
 
 
 def validation_timesteps(count: int, num_train_timesteps: int) -> torch.Tensor:
@@ -37,10 +38,12 @@ def make_validation_set(
     num_timesteps: int,
     num_train_timesteps: int,
     seed: int,
+    sizes: torch.Tensor,
 ) -> ValidationSet:
     generator = torch.Generator().manual_seed(derive_seed(seed, "validation"))
     noise = [torch.randn((num_timesteps, *latent.shape), generator=generator) for latent in latents]
-    return ValidationSet(latents, condition, validation_timesteps(num_timesteps, num_train_timesteps), noise)
+    timesteps = validation_timesteps(num_timesteps, num_train_timesteps)
+    return ValidationSet(latents, condition, timesteps, noise, sizes)
 
 
 def mean_and_standard_error(values: torch.Tensor) -> tuple[float, float]:

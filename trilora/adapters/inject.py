@@ -117,7 +117,9 @@ def add_run_adapters(
         )
     if adapter.train_text_encoder:
         for model in (text_encoders or {}).values():
-            groups.append((model, text_encoder_targets(model), adapter.rank, adapter.resolved_alpha, "--rank"))
+            groups.append(
+                (model, text_encoder_targets(model), adapter.rank, adapter.resolved_alpha, "--rank")
+            )
     for model, names, rank, _, flag in groups:
         warn_if_narrow(model, names, rank, flag)
     for model, names, rank, alpha, _ in groups:

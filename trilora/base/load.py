@@ -154,7 +154,10 @@ def models_on_meta(config_dir: Path, family: Family) -> dict[str, torch.nn.Modul
     vae_config = AutoencoderKL.load_config(config_dir / "vae")
     text_configs = {part: CLIPTextConfig.from_pretrained(config_dir / part) for part in family.text_encoders}
     with torch.device("meta"):
-        models = {"unet": UNet2DConditionModel.from_config(unet_config), "vae": AutoencoderKL.from_config(vae_config)}
+        models = {
+            "unet": UNet2DConditionModel.from_config(unet_config),
+            "vae": AutoencoderKL.from_config(vae_config),
+        }
         for part, config in text_configs.items():
             architecture = (config.architectures or ["CLIPTextModel"])[0]
             models[part] = TEXT_ENCODER_CLASSES.get(architecture, CLIPTextModel)(config)

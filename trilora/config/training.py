@@ -99,7 +99,9 @@ class AdapterConfig:
         "TriLoRA: initialise Sigma from the frozen weight's singular values, or as identity.",
         choices=("svd", "identity"),
     )
-    train_text_encoder: bool = opt(False, "Also adapt the text encoder(s), SDXL's both (q/k/v/out_proj, fc1/fc2).")
+    train_text_encoder: bool = opt(
+        False, "Also adapt the text encoder(s), SDXL's both (q/k/v/out_proj, fc1/fc2)."
+    )
     dropout: float = opt(0.0, "Dropout on the adapters' inputs during training.", low=0, high=0.99)
     conv_rank: int | None = opt(
         None, "LoCon: also adapt the ResNet blocks' 3x3 convolutions with this rank.", low=1, high=1024

@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from trilora.families.family import Family
-from trilora.formats.ldm import SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, sdxl_state_dict
+from trilora.formats.ldm import (
+    SDXL_CLIP_PREFIX,
+    SDXL_OPEN_CLIP_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    sdxl_state_dict,
+)
 
 CONFIGS = Path(__file__).parent / "sdxl"
 BASE_VERSION = "sdxl_base_v1-0"  # kohya's for every SDXL model (sd-scripts' sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0)
@@ -97,8 +103,12 @@ FAMILY = Family(
     default_resolution=lambda prediction_type: 1024,
     is_folder=lambda index, text: index.get("_class_name") == "StableDiffusionXLPipeline",
     is_file=is_file,
-    file_parts=(("UNet", UNET_PREFIX), ("VAE", VAE_PREFIX), ("CLIP ViT-L text encoder", SDXL_CLIP_PREFIX),
-                ("OpenCLIP ViT-bigG text encoder", SDXL_OPEN_CLIP_PREFIX)),  # fmt: skip
+    file_parts=(
+        ("UNet", UNET_PREFIX),
+        ("VAE", VAE_PREFIX),
+        ("CLIP ViT-L text encoder", SDXL_CLIP_PREFIX),
+        ("OpenCLIP ViT-bigG text encoder", SDXL_OPEN_CLIP_PREFIX),
+    ),
     ldm_state_dict=sdxl_state_dict,
     header=header,
     tiny=tiny_pipeline,

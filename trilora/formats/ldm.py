@@ -288,7 +288,9 @@ def sdxl_state_dict(unet, vae, text_encoder, text_encoder_2) -> dict[str, torch.
 
 def text_encoders(pipe) -> list:
     """A pipeline's text encoders in order: `text_encoder`, and SDXL's `text_encoder_2`."""
-    return [model for model in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if model is not None]
+    return [
+        model for model in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if model is not None
+    ]
 
 
 def save_single_file(pipe, path: str | Path, layout=ldm_state_dict) -> Path:

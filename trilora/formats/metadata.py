@@ -18,7 +18,8 @@ from safetensors.torch import load_file, safe_open
 from trilora.errors import UserError
 
 NETWORK_MODULE = "networks.lora"  # what kohya's sd-scripts writes for a LoRA (its `networks/lora.py`)
-IMPLEMENTATION = "diffusers"  # sd-scripts' sai_model_spec: SD 1.x/2.x LoRAs are "diffusers" (SDXL's: its family header)
+# sd-scripts' sai_model_spec: SD 1.x/2.x LoRAs are "diffusers"; SDXL's family header names its own
+IMPLEMENTATION = "diffusers"
 SAI_MODEL_SPEC = "1.0.0"
 
 

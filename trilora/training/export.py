@@ -101,7 +101,9 @@ def export_adapters(
     kohya_file = output / f"{name}.safetensors"
     metadata = export_metadata(config, base.family.header(base.prediction_type), step, val_loss, steps_run)
     # SDXL: the original layout's names, the only ones every loader reads (formats/kohya.py)
-    save_kohya(kohya_file, pairs, alphas, metadata, dtype, base.pipe.unet.config if base.family.kohya_sgm else None)
+    save_kohya(
+        kohya_file, pairs, alphas, metadata, dtype, base.pipe.unet.config if base.family.kohya_sgm else None
+    )
     diffusers_dir = output / f"{name}-diffusers"
     rank = config.adapter.rank if config.adapter.conv_rank is None else None  # LoCon: ranks per module
     save_diffusers(diffusers_dir, pairs, rank, alphas, dtype, metadata=metadata)

@@ -418,7 +418,9 @@ def validate(r: Run, state: TrainingState) -> tuple[float, float, dict[int, floa
             sizes = v.sizes[i : i + 1].to(device).expand(k, -1)
             denoise = r.setup.base.family.denoise
             losses.append(
-                denoising_loss(denoise, r.setup.pipe.unet, r.scheduler, latents, noise, timesteps, text, sizes)
+                denoising_loss(
+                    denoise, r.setup.pipe.unet, r.scheduler, latents, noise, timesteps, text, sizes
+                )
             )
     for m in state.models.values():
         m.train()

@@ -15,7 +15,10 @@ def make_optimizer(config: RunConfig, models: dict[str, torch.nn.Module], device
     """
     opts = config.train
     text = opts.lr if opts.lr_text_encoder is None else opts.lr_text_encoder
-    part_lr = {"text_encoder": text, "text_encoder_2": text if opts.lr_text_encoder_2 is None else opts.lr_text_encoder_2}
+    part_lr = {
+        "text_encoder": text,
+        "text_encoder_2": text if opts.lr_text_encoder_2 is None else opts.lr_text_encoder_2,
+    }
     groups = []
     for part, model in models.items():
         lr = part_lr.get(part, opts.lr)

@@ -191,7 +191,9 @@ def data_fingerprint(train_items: list[Item], val_items: list[Item]) -> str:
     return digest.hexdigest()
 
 
-def choose_buckets(images: list[Path], resolution: int, enabled: bool | None, step: int = 64) -> list[Bucket] | None:
+def choose_buckets(
+    images: list[Path], resolution: int, enabled: bool | None, step: int = 64
+) -> list[Bucket] | None:
     """Aspect-ratio buckets when asked for, or by default when the images differ in aspect ratio;
     `step` (the family's) at real resolutions, 8 px below 256."""
     if enabled is None:

@@ -80,7 +80,7 @@ def timed_run(tmp: Path, name: str, base, data, resolution, batch, steps, warmup
     if torch.cuda.is_available():
         row["peak_bytes"] = torch.cuda.max_memory_allocated()
         models = meta_models(config)
-        estimate = estimate_memory(models.unet, models.text_encoder, models.vae, config)
+        estimate = estimate_memory(models, config)
         row["estimate_bytes"] = estimate.phases(config.train.gradient_checkpointing)["training step"]
     checkpointing = bool(options.get("gradient_checkpointing"))
     row["mfu"] = GFLOP_PER_IMAGE[checkpointing] * 1e9 * batch / row["s_per_step"] / (PEAK_TFLOPS * 1e12)

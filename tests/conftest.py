@@ -16,6 +16,12 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    """A tiny random-weight SDXL pipeline as a diffusers folder."""
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny_sdxl") / "model", seed=0, family="sdxl")
+
+
+@pytest.fixture(scope="session")
 def lora_file(tiny_model_dir, tmp_path_factory):
     """A TriLoRA adapter for the tiny model (kohya file) with random weights strong enough to change images."""
     from trilora.adapters.inject import adapter_layers, add_adapters, lora_pairs, unet_targets

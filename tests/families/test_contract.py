@@ -1,7 +1,8 @@
 """The contract every model family passes before it is listed (README: Model families), run on the
-family's tiny random-weight model: it loads from a diffusers folder and from a single file in the
-original layout, trains, resumes bit-exactly after a kill, exports files that diffusers' loader and
-`trilora inspect` read back exactly, generates with its adapter, and estimates a run with --dry-run.
+family's tiny random-weight model, in each prediction type the family comes in: it loads from a
+diffusers folder and from a single file in the original layout, trains, resumes bit-exactly after a
+kill, exports files that diffusers' loader and `trilora inspect` read back exactly and completely,
+generates with its adapter, and estimates a run with --dry-run.
 """
 
 import json
@@ -25,28 +26,58 @@ from trilora.adapters.inject import (
     text_encoder_targets,
     unet_targets,
 )
+from trilora.base.detect import V_MARKER
 from trilora.base.load import load_base
 from trilora.base.tiny import make_shapes_dataset, save_tiny_pipeline
 from trilora.cli import main
 from trilora.errors import UserError
-from trilora.families import NAMES
 from trilora.families.registry import FAMILIES
+from trilora.files import save_safetensors
 from trilora.formats.inspect import describe
 from trilora.formats.ldm import save_single_file
 from trilora.formats.native import load_adapter
 
 pytestmark = pytest.mark.slow
 STEPS, RANK, ALPHA = 4, 2, 2.0
+# every family in the prediction type of its shipped configs; SDXL also as a v-prediction derivative
+# (NoobAI-XL v-pred and the like): its folder's scheduler says so, its single file carries `v_pred`
+VARIANTS = [(name, None) for name in FAMILIES] + [("sdxl", "v_prediction")]
+# the kohya names of each family's UNet and text-encoder modules, as every loader expects them
+KOHYA_NAMES = {"sd1": ("lora_unet_down_blocks_", ("lora_te_text_model_encoder_layers_",)),
+               "sd2": ("lora_unet_down_blocks_", ("lora_te_text_model_encoder_layers_",)),
+               "sdxl": ("lora_unet_input_blocks_", ("lora_te1_text_model_encoder_layers_",
+                                                     "lora_te2_text_model_encoder_layers_"))}  # fmt: skip
 
 
-@pytest.fixture(scope="module", params=NAMES)
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: v[0] + ("-" + v[1] if v[1] else ""))
 def family(request, tmp_path_factory):
     """(the Family, its tiny model as a diffusers folder, the same weights as one single file, a dataset)."""
-    root = tmp_path_factory.mktemp(request.param)
-    folder = save_tiny_pipeline(root / "tiny", seed=0, family=request.param)
-    found = FAMILIES[request.param]
+    name, prediction = request.param
+    root = tmp_path_factory.mktemp(name)
+    folder = save_tiny_pipeline(root / "tiny", seed=0, family=name)
+    found = FAMILIES[name]
     single = save_single_file(load_base(folder).pipe, root / "tiny.safetensors", found.ldm_state_dict)
+    if prediction:
+        scheduler = folder / "scheduler" / "scheduler_config.json"
+        scheduler.write_text(json.dumps(json.loads(scheduler.read_text()) | {"prediction_type": prediction}))
+        save_safetensors(load_file(str(single)) | {V_MARKER: torch.zeros(0)}, single)
     return found, folder, single, make_shapes_dataset(root / "data", count=8)
+
+
+def parts(pipe, found):
+    """The family's models that carry adapters: {part name: model}."""
+    return {part: getattr(pipe, part) for part in found.parts}
+
+
+def denoise(found, pipe, latents, t, text):
+    """The family's UNet call as training makes it (a 32 px image's size conditioning for SDXL)."""
+    sizes = torch.tensor([[32.0, 32.0, 0.0, 0.0, 32.0, 32.0]]).expand(len(latents), -1)
+    return found.denoise(pipe.unet, latents, t, text, sizes)
+
+
+def lora_layers(model) -> int:
+    """How many of a model's layers diffusers' loader gave a LoRA (PEFT's lora_A)."""
+    return sum(1 for module in model.modules() if hasattr(module, "lora_A") and len(module.lora_A))
 
 
 def train_args(folder, data, output, *extra):
@@ -94,7 +125,8 @@ def test_loads_from_a_folder_and_a_single_file_with_the_same_weights(family):
     from_file = load_base(single, base_config=folder)
     assert from_folder.family is found and from_file.family is found
     assert from_file.prediction_type == from_folder.prediction_type
-    for part in ("unet", "vae", "text_encoder"):
+    assert from_folder.pipe.scheduler.config.prediction_type == from_folder.prediction_type
+    for part in ("vae", *found.parts):
         a, b = getattr(from_folder.pipe, part).state_dict(), getattr(from_file.pipe, part).state_dict()
         assert a.keys() == b.keys(), part
         assert all(torch.equal(a[k], b[k]) for k in a), part
@@ -130,30 +162,40 @@ def test_exports_read_back_exactly_and_say_their_family(family, trained, tmp_pat
     state, meta = load_adapter(whole / "best" / "adapter.safetensors")
     base = load_base(folder)
     ours = base.pipe  # our adapters, as trained
-    for part, model, targets in [("unet", ours.unet, unet_targets(ours.unet)),
-                                 ("text_encoder", ours.text_encoder, text_encoder_targets(ours.text_encoder))]:  # fmt: skip
+    for part, model in parts(ours, found).items():
+        targets = unet_targets(model) if part == "unet" else text_encoder_targets(model)
         add_adapters(model, targets, "trilora", RANK, ALPHA)
         load_adapter_state_dict(model, of_part(part, state))
     header = found.header(base.prediction_type)
-    ids = ours.tokenizer(["a red circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids = found.tokenize(ours, ["a red circle"])
     latents, t = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([500])
     with torch.no_grad():
-        text = ours.text_encoder(ids)[0]
-        expected = ours.unet(latents, t, text).sample
-    untrained = load_base(folder).pipe.unet(latents, t, text).sample.detach()
+        text = found.encode(ours, ids)
+        expected = denoise(found, ours, latents, t, text)
+        untrained = denoise(found, load_base(folder).pipe, latents, t, text)
     assert (expected - untrained).abs().max() > 1e-5  # the adapter changes the UNet
     for kind, file in summary["exported"].items():
         with safe_open(file, "pt") as f:
-            metadata = f.metadata()
+            metadata, modules = (
+                f.metadata(),
+                {k.rsplit(".", 2)[0] for k in f.keys() if "lora_A" in k or "lora_down" in k},
+            )
         assert {key: metadata[key] for key in header} == header, kind
         assert describe(file)["family"] == str(found)
         theirs = load_base(folder).pipe
         theirs.load_lora_weights(os.path.dirname(file), weight_name=os.path.basename(file))
+        # every module of the file became a LoRA layer: none was left over
+        assert sum(lora_layers(model) for model in parts(theirs, found).values()) == len(modules), kind
         with torch.no_grad():
-            torch.testing.assert_close(theirs.text_encoder(ids)[0], text, atol=1e-5, rtol=1e-4)
-            torch.testing.assert_close(theirs.unet(latents, t, text).sample, expected, atol=1e-5, rtol=1e-4)
-    te_names = [k for k in load_file(summary["exported"]["kohya"]) if k.startswith("lora_te_")]
-    assert te_names and all(k.startswith("lora_te_text_model_encoder_layers_") for k in te_names)
+            torch.testing.assert_close(found.encode(theirs, ids), text, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                denoise(found, theirs, latents, t, text), expected, atol=1e-5, rtol=1e-4
+            )
+    unet_prefix, text_prefixes = KOHYA_NAMES[found.name]
+    names = {k.split(".")[0] for k in load_file(summary["exported"]["kohya"])}
+    assert any(name.startswith(unet_prefix) for name in names)
+    assert all(name.startswith(("lora_unet_", *text_prefixes)) for name in names)
+    assert all(any(name.startswith(prefix) for name in names) for prefix in text_prefixes)
 
 
 def test_generates_with_its_adapter_and_refuses_another_familys(family, trained, tmp_path, capsys):

@@ -44,7 +44,7 @@ def test_the_estimator_counts_what_the_plan_places(tmp_path, tiny_model_dir):
     ]:  # fmt: skip
         config = run_config(tmp_path, tiny_model_dir, **sections)
         meta = meta_models(config)
-        assert estimate_memory(meta.unet, meta.text_encoder, meta.vae, config).base_weights_what == what
+        assert estimate_memory(meta, config).base_weights_what == what
         assert meta.unet.dtype == estimated_placement(config).weight_dtype
 
 

@@ -33,6 +33,7 @@ class Family:
     prediction_known: bool  # whether the shipped configs' prediction type holds for every file
     base_versions: tuple[str, ...]  # the ss_base_model_version values of this family's adapters
     bucket_step: int = 64  # aspect-ratio buckets' side step in pixels at real resolutions
+    token_shape: tuple[int, ...] = (77,)  # the shape of one caption's token ids (`tokenize`'s rows)
     kohya_sgm: bool = False  # kohya files name UNet modules by the original (SGM) layout, te1/te2
 
     @property

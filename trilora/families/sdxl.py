@@ -118,5 +118,6 @@ FAMILY = Family(
     prediction_known=True,
     base_versions=(BASE_VERSION,),
     bucket_step=32,
+    token_shape=(2, 77),
     kohya_sgm=True,
 )

@@ -16,6 +16,7 @@ attention instead, which keeps the output and its logsumexp, as SDPA does on a G
 
 import contextlib
 import weakref
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -28,25 +29,29 @@ from trilora.adapters.inject import trainable_parameters
 
 
 def training_step_bytes(
-    unet: nn.Module,
-    text_encoder: nn.Module,
+    models,
     side: int,
     bf16: bool,
     checkpointing: bool,
     train_text_encoder: bool,
     batch: int = 1,
 ) -> int:
-    """Peak bytes of one training step (text encoder when trained, UNet, loss, backward) on `batch`
-    latents of side x side, the adapter weights' gradients left out."""
-    params = [p for m in (unet, text_encoder) for p in trainable_parameters(m)]
-    was_checkpointing, modes = unet.is_gradient_checkpointing, (unet.training, text_encoder.training)
+    """Peak bytes of one training step (text encoders when trained, UNet, loss, backward) on `batch`
+    latents of side x side, the adapter weights' gradients left out. `models`: the run's
+    `MetaModels` (unet, text_encoders by part name, family)."""
+    unet, texts = models.unet, list(models.text_encoders.values())
+    params = [p for m in (unet, *texts) for p in trainable_parameters(m)]
+    was_checkpointing, modes = unet.is_gradient_checkpointing, [m.training for m in (unet, *texts)]
     gpu = GpuLike(torch.bfloat16 if bf16 else None)
     if checkpointing:
         unet.enable_gradient_checkpointing(gpu.checkpoint)
     else:
         unet.disable_gradient_checkpointing()
     unet.train()
-    text_encoder.train(train_text_encoder)
+    for model in texts:
+        model.train(train_text_encoder)
+    with torch.no_grad():
+        cached = None if train_text_encoder else meta_condition(models, batch)  # encoded before training
     meter = LiveBytes()
     hooks = [p.register_post_accumulate_grad_hook(lambda p: meter.leave_out(p.grad)) for p in params]
     try:
@@ -57,12 +62,9 @@ def training_step_bytes(
                 )  # (B, C, h, w)
                 noise = torch.empty_like(latents)
                 timesteps = torch.zeros(batch, dtype=torch.long, device="meta")
-                tokens = text_encoder.config.max_position_embeddings
-                if train_text_encoder:
-                    condition = text_encoder(torch.zeros(batch, tokens, dtype=torch.long, device="meta"))[0]
-                else:  # cached embeddings, (B, 77, D)
-                    condition = torch.empty(batch, tokens, text_encoder.config.hidden_size, device="meta")
-                prediction = unet(latents, timesteps, condition).sample
+                condition = meta_condition(models, batch) if cached is None else torch.empty_like(cached)
+                sizes = torch.zeros(batch, 6, device="meta")
+                prediction = models.family.denoise(unet, latents, timesteps, condition, sizes)
                 losses = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
                 del latents, noise, condition, prediction
             losses.sum().backward()
@@ -76,21 +78,31 @@ def training_step_bytes(
             unet.enable_gradient_checkpointing()
         else:
             unet.disable_gradient_checkpointing()
-        unet.train(modes[0])
-        text_encoder.train(modes[1])
+        for model, mode in zip((unet, *texts), modes, strict=True):
+            model.train(mode)
     return meter.peak
 
 
-def inference_bytes(unet: nn.Module, text_encoder: nn.Module, side: int, bf16: bool, batch: int) -> int:
+def meta_condition(models, batch: int) -> torch.Tensor:
+    """The family's text conditioning of `batch` captions on the meta device (through the text
+    encoders, with gradients if their adapters train)."""
+    ids = torch.zeros(batch, *models.family.token_shape, dtype=torch.long, device="meta")
+    return models.family.encode(SimpleNamespace(**models.text_encoders), ids)
+
+
+def inference_bytes(models, side: int, bf16: bool, batch: int) -> int:
     """Peak bytes of a UNet forward pass without gradients on `batch` latents (validation)."""
+    unet = models.unet
     was_training = unet.training
     unet.eval()
     try:
+        with torch.no_grad():
+            cached = meta_condition(models, 1)
         with torch.no_grad(), LiveBytes() as meter, GpuLike(torch.bfloat16 if bf16 else None):
             latents = torch.empty(batch, unet.config.in_channels, side, side, device="meta")  # (B, C, h, w)
-            tokens, width = text_encoder.config.max_position_embeddings, text_encoder.config.hidden_size
-            condition = torch.empty(batch, tokens, width, device="meta")
-            unet(latents, torch.zeros(batch, dtype=torch.long, device="meta"), condition)
+            condition = torch.empty(batch, *cached.shape[1:], device="meta")
+            timesteps, sizes = torch.zeros(batch, dtype=torch.long, device="meta"), torch.zeros(batch, 6, device="meta")
+            models.family.denoise(unet, latents, timesteps, condition, sizes)
     finally:
         unet.train(was_training)
     return meter.peak

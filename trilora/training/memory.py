@@ -1,7 +1,7 @@
 """`trilora train --dry-run`: trainable parameters, adapter file size and peak GPU memory of a run,
 from the model's shapes alone.
 
-Nothing is read but configs: the UNet, text encoder and VAE are built on the meta device from the
+Nothing is read but configs: the UNet, text encoder(s) and VAE are built on the meta device from the
 --base diffusers folder (or, for a single file, --base-config or the family's shipped configs), the
 adapters are added as `setup` adds them, and every figure follows from the tensors' shapes.
 
@@ -55,6 +55,7 @@ from trilora.training.activations import (
     MetaScalars,
     inference_bytes,
     latent_size,
+    meta_condition,
     training_step_bytes,
     vae_bytes,
 )
@@ -76,7 +77,7 @@ class MetaModels:
     """The run's models on the meta device: base weights in the training dtype, adapters added."""
 
     unet: nn.Module
-    text_encoder: nn.Module
+    text_encoders: dict[str, nn.Module]  # by part name: "text_encoder" (and SDXL's "text_encoder_2")
     vae: nn.Module
     config_dir: Path
     family: Family
@@ -134,18 +135,16 @@ def dry_run_report(config: RunConfig) -> str:
     """What `trilora train --dry-run` prints: parameters, adapter file size, the memory table."""
     config.validate()
     models = meta_models(config)
-    return format_report(
-        config, models, estimate_memory(models.unet, models.text_encoder, models.vae, config)
-    )
+    return format_report(config, models, estimate_memory(models, config))
 
 
 def format_report(config: RunConfig, models: MetaModels, estimate: MemoryEstimate) -> str:
-    unet, text_encoder = models.unet, models.text_encoder
+    unet = models.unet
     adapter, data = config.adapter, config.data
-    count = sum(p.numel() for p in trained_parameters(unet, text_encoder))
-    names = {"unet": "UNet", "text_encoder": "text-encoder"}
-    layers = [f"{len(adapter_layers(m))} {names[part]} layers" for part, m in trained_models(unet, text_encoder).items()]  # fmt: skip
-    file_bytes = adapter_file_bytes(unet, text_encoder, config, models.family)
+    count = sum(p.numel() for p in trained_parameters(models))
+    names = {"unet": "UNet", "text_encoder": "text-encoder", "text_encoder_2": "second text-encoder"}
+    layers = [f"{len(adapter_layers(m))} {names[part]} layers" for part, m in trained_models(models).items()]
+    file_bytes = adapter_file_bytes(models, config)
     side = latent_size(models.vae, data.resolution)
     alpha = adapter.resolved_alpha
     convs = [
@@ -171,23 +170,24 @@ def format_report(config: RunConfig, models: MetaModels, estimate: MemoryEstimat
     ])  # fmt: skip
 
 
-def cache_bytes_per_image(config: RunConfig, vae: nn.Module, text_encoder: nn.Module) -> tuple[int, int]:
+def cache_bytes_per_image(config: RunConfig, models: MetaModels) -> tuple[int, int]:
     """Bytes of the training cache per training and per validation image, as setup.py builds it (fp32):
-    the latent, the caption embedding when captions are encoded once (token ids otherwise, for
-    validation), and for validation the fixed noise at each validation timestep."""
+    the latent, the caption's conditioning when captions are encoded once (token ids otherwise, for
+    validation), the size conditioning, and for validation the fixed noise at each validation timestep."""
     data = config.data
-    side = latent_size(vae, data.resolution)
-    latent = vae.config.latent_channels * side * side * 4
-    tokens = text_encoder.config.max_position_embeddings
+    side = latent_size(models.vae, data.resolution)
+    latent = models.vae.config.latent_channels * side * side * 4 + 6 * 4
     per_step = config.adapter.train_text_encoder or data.shuffle_captions or data.caption_dropout > 0
-    embedding = tokens * text_encoder.config.hidden_size * 4
+    with torch.no_grad():
+        embedding = meta_condition(models, 1)[0].numel() * 4
+    tokens = math.prod(models.family.token_shape) * 8
     train = latent + (0 if per_step else embedding)
-    val = latent * (1 + config.validation.val_timesteps) + (tokens * 8 if per_step else embedding)
+    val = latent * (1 + config.validation.val_timesteps) + (tokens if per_step else embedding)
     return train, val
 
 
 def cache_line(config: RunConfig, models: MetaModels) -> str:
-    train, val = cache_bytes_per_image(config, models.vae, models.text_encoder)
+    train, val = cache_bytes_per_image(config, models)
     return (f"cache (not in the table): {train / 1024**2:.2f} MiB per training image, {val / 1024**2:.2f} MiB "
             "per validation image, kept on\nthe GPU when it takes under a tenth of its free memory "
             "(--cache-on-device / --no-cache-on-device)")  # fmt: skip
@@ -248,71 +248,69 @@ def model_config_dir(config: RunConfig) -> tuple[Path, Family]:
     )  # as set-up refuses
     if base.is_dir():
         return base, family
-    check_config_dir(base, config_dir)
+    check_config_dir(base, config_dir, family)
     check_fits(base, found["shapes"], expected_ldm_shapes(base, config_dir, family), config_dir, family)
     return config_dir, family
 
 
 def meta_models(config: RunConfig) -> MetaModels:
-    """The UNet, text encoder and VAE of the run on the meta device, with adapters as `setup` adds them."""
-    # here, not at the top: diffusers (~3 s), which importing this module does not need
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    # here, not at the top: transformers (~1 s), which importing this module does not need
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """The UNet, text encoder(s) and VAE of the run on the meta device, with adapters as `setup` adds them."""
+    # here, not at the top: diffusers (~3 s) and transformers (~1 s), which importing this module does not need
+    from trilora.base.load import models_on_meta
 
     config_dir, family = model_config_dir(config)
     resolve_resolution(config)
     try:
-        with torch.device("meta"):
-            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_dir / "unet"))
-            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir / "vae"))
-            text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(config_dir / "text_encoder"))
+        models = models_on_meta(config_dir, family)
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise UserError(f"cannot build the model from the configs in {config_dir}: {error}") from error
+    unet, vae = models.pop("unet"), models.pop("vae")
     adapter = config.adapter
     weight_dtype = estimated_placement(config).weight_dtype
     # Sigma's initial values change no shape: "identity" spares an SVD per layer.
     with MetaScalars():
         unet.to(weight_dtype)
         if adapter.train_text_encoder:
-            text_encoder.to(weight_dtype)
-        add_run_adapters(unet, text_encoder, adapter, sigma="identity")
-    return MetaModels(unet, text_encoder, vae, config_dir, family)
+            for model in models.values():
+                model.to(weight_dtype)
+        add_run_adapters(unet, models, adapter, sigma="identity")
+    return MetaModels(unet, models, vae, config_dir, family)
 
 
-def trained_models(unet: nn.Module, text_encoder: nn.Module) -> dict[str, nn.Module]:
-    return {"unet": unet} | ({"text_encoder": text_encoder} if adapter_layers(text_encoder) else {})
+def trained_models(models: MetaModels) -> dict[str, nn.Module]:
+    texts = {part: model for part, model in models.text_encoders.items() if adapter_layers(model)}
+    return {"unet": models.unet} | texts
 
 
-def trained_parameters(unet: nn.Module, text_encoder: nn.Module) -> list[nn.Parameter]:
-    return [p for model in trained_models(unet, text_encoder).values() for p in trainable_parameters(model)]
+def trained_parameters(models: MetaModels) -> list[nn.Parameter]:
+    return [p for model in trained_models(models).values() for p in trainable_parameters(model)]
 
 
-def estimate_memory(
-    unet: nn.Module, text_encoder: nn.Module, vae: nn.Module, config: RunConfig
-) -> MemoryEstimate:
+def estimate_memory(models: MetaModels, config: RunConfig) -> MemoryEstimate:
     """Peak GPU memory of each phase of `config`'s run (the module docstring says what each line holds).
 
     The models are `meta_models(config)`'s: base weights in the training dtype, adapters added.
     """
+    unet, vae = models.unet, models.vae
 
     data, adapter, opts, validation = config.data, config.adapter, config.train, config.validation
     place = estimated_placement(config)
     bf16 = place.autocast is not None
     base, what = 0, []
-    for name, model, dtype in [("UNet", unet, place.weight_dtype), ("text encoder", text_encoder, place.text_encoder),
-                               ("VAE", vae, place.vae)]:  # fmt: skip
+    texts = list(models.text_encoders.values())
+    text_name = "text encoders" if len(texts) > 1 else "text encoder"
+    for name, parts, dtype in [("UNet", [unet], place.weight_dtype), (text_name, texts, place.text_encoder),
+                               ("VAE", [vae], place.vae)]:  # fmt: skip
         if dtype is not None:
-            base += frozen_numel(model) * dtype.itemsize
+            base += sum(frozen_numel(model) for model in parts) * dtype.itemsize
             what.append(f"{name} {DTYPE_NAMES[dtype]}")
-    params = trained_parameters(unet, text_encoder)
+    params = trained_parameters(models)
     count = sum(p.numel() for p in params)
     optimizer, optimizer_what = optimizer_state_bytes(params, opts.optimizer)
     side = latent_size(vae, data.resolution)
     step = {
-        checkpointing: training_step_bytes(unet, text_encoder, side, bf16, checkpointing,
-                                           adapter.train_text_encoder, opts.batch_size)
+        checkpointing: training_step_bytes(models, side, bf16, checkpointing, adapter.train_text_encoder,
+                                           opts.batch_size)
         for checkpointing in (False, True)
     }  # fmt: skip
     validates = bool(data.val_data) or data.val_fraction > 0
@@ -326,7 +324,7 @@ def estimate_memory(
         optimizer_what=optimizer_what,
         ema=4 * count if opts.ema else 0,
         activations=step,
-        validation=inference_bytes(unet, text_encoder, side, bf16, validation.val_timesteps)
+        validation=inference_bytes(models, side, bf16, validation.val_timesteps)
         if validates
         else 0,
         sampling=vae_bytes(vae, data.resolution, bf16, decode=True) if validation.sample_prompt else 0,
@@ -351,25 +349,26 @@ def optimizer_state_bytes(params: list[torch.Tensor], optimizer: str) -> tuple[i
     return 8 * sum(p.numel() for p in params), "AdamW: 2 x fp32"
 
 
-def adapter_file_bytes(unet: nn.Module, text_encoder: nn.Module, config: RunConfig, family: Family) -> int:
+def adapter_file_bytes(models: MetaModels, config: RunConfig) -> int:
     """Size of the exported kohya file: per module the LoRA pair in the export dtype (TriLoRA's Sigma
     folds into up, so its file is a LoRA's) and an fp32 alpha, plus the safetensors header."""
 
+    family = models.family
     dtype, itemsize = EXPORT_DTYPES[config.export.export_dtype]
-    header, offset = {}, 0
-    for part, model in trained_models(unet, text_encoder).items():
+    sgm = models.unet.config if family.kohya_sgm else None
+    tensors = {}  # name -> (dtype, shape, bytes per element)
+    for part, model in trained_models(models).items():
         for path, layer in adapter_layers(model).items():
-            name = kohya_name(f"{part}.{path}")
-            tensors = [("lora_down.weight", dtype, layer.down.weight.shape, itemsize),
-                       ("lora_up.weight", dtype, layer.up.weight.shape, itemsize), ("alpha", "F32", (), 4)]  # fmt: skip
-            for suffix, kind, shape, size in tensors:
-                end = offset + math.prod(shape) * size
-                header[f"{name}.{suffix}"] = {
-                    "dtype": kind,
-                    "shape": list(shape),
-                    "data_offsets": [offset, end],
-                }
-                offset = end
+            name = kohya_name(f"{part}.{path}", sgm)
+            tensors[f"{name}.lora_down.weight"] = (dtype, layer.down.weight.shape, itemsize)
+            tensors[f"{name}.lora_up.weight"] = (dtype, layer.up.weight.shape, itemsize)
+            tensors[f"{name}.alpha"] = ("F32", (), 4)
+    # in the file's order (safetensors: the widest dtype first, then by name), so the offsets' digits match
+    header, offset = {}, 0
+    for name, (kind, shape, size) in sorted(tensors.items(), key=lambda item: (-item[1][2], item[0])):
+        end = offset + math.prod(shape) * size
+        header[name] = {"dtype": kind, "shape": list(shape), "data_offsets": [offset, end]}
+        offset = end
     steps = config.train.steps or 1000  # typical values for what only training knows
     family_header = family.header(config.model.prediction_type or "epsilon")  # v adds 3 bytes at most
     header["__metadata__"] = export_metadata(config, family_header, steps, 0.1234567890123456, steps)
@@ -400,7 +399,7 @@ def refuse_absurd_memory(config: RunConfig, device: torch.device) -> None:
         return
     have = device_memory(device)
     models = meta_models(config)
-    needed = estimate_memory(models.unet, models.text_encoder, models.vae, config).allocated(
+    needed = estimate_memory(models, config).allocated(
         config.train.gradient_checkpointing
     )
     if have and needed > GUARD_FACTOR * have:

@@ -101,7 +101,8 @@ def inference_bytes(models, side: int, bf16: bool, batch: int) -> int:
         with torch.no_grad(), LiveBytes() as meter, GpuLike(torch.bfloat16 if bf16 else None):
             latents = torch.empty(batch, unet.config.in_channels, side, side, device="meta")  # (B, C, h, w)
             condition = torch.empty(batch, *cached.shape[1:], device="meta")
-            timesteps, sizes = torch.zeros(batch, dtype=torch.long, device="meta"), torch.zeros(batch, 6, device="meta")
+            timesteps = torch.zeros(batch, dtype=torch.long, device="meta")
+            sizes = torch.zeros(batch, 6, device="meta")
             models.family.denoise(unet, latents, timesteps, condition, sizes)
     finally:
         unet.train(was_training)

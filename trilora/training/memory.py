@@ -324,9 +324,7 @@ def estimate_memory(models: MetaModels, config: RunConfig) -> MemoryEstimate:
         optimizer_what=optimizer_what,
         ema=4 * count if opts.ema else 0,
         activations=step,
-        validation=inference_bytes(models, side, bf16, validation.val_timesteps)
-        if validates
-        else 0,
+        validation=inference_bytes(models, side, bf16, validation.val_timesteps) if validates else 0,
         sampling=vae_bytes(vae, data.resolution, bf16, decode=True) if validation.sample_prompt else 0,
         latent_caching=frozen_numel(vae) * 4 + vae_bytes(vae, data.resolution, False, False, encode_batch),
         checkpointing=opts.gradient_checkpointing,
@@ -399,9 +397,7 @@ def refuse_absurd_memory(config: RunConfig, device: torch.device) -> None:
         return
     have = device_memory(device)
     models = meta_models(config)
-    needed = estimate_memory(models, config).allocated(
-        config.train.gradient_checkpointing
-    )
+    needed = estimate_memory(models, config).allocated(config.train.gradient_checkpointing)
     if have and needed > GUARD_FACTOR * have:
         raise UserError(f"this run needs about {needed / 2**30:.0f} GiB on {device} (--batch-size "
                         f"{config.train.batch_size} at --resolution {config.data.resolution}), far more than its "

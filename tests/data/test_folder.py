@@ -330,3 +330,34 @@ def test_bucketed_loading_keeps_the_aspect_ratio(tmp_path):
     assert shapes["wide.png"][2] > shapes["wide.png"][1] and shapes["tall.png"][1] > shapes["tall.png"][2]
     for _, h, w in shapes.values():
         assert h % 8 == 0 and w % 8 == 0 and h * w <= 32 * 32
+
+
+def test_size_conditioning_describes_the_real_resize_and_crop(tmp_path):
+    """SDXL's time_ids of a cropped, bucketed image: original (height, width), the crop's (top, left)
+    in the resized image, the bucket's (height, width). The crop is measured on the pixels: a dark
+    left part and a dark top band end at known places of the original, and where those edges land
+    in the output says where the crop began."""
+    from trilora.data.buckets import make_buckets
+    from trilora.training.setup import size_condition
+
+    wide, tall = Image.new("RGB", (540, 240), "white"), Image.new("RGB", (240, 600), "white")
+    wide.paste((0, 0, 0), (0, 0, 200, 240))  # dark up to x = 200 of 540
+    tall.paste((0, 0, 0), (0, 0, 240, 250))  # dark down to y = 250 of 600
+    wide.save(tmp_path / "wide.png")
+    tall.save(tmp_path / "tall.png")
+    kept, pixels = load_images(scan(tmp_path), 256, make_buckets(256, 32))
+    rows = dict(zip((item.image.name for item in kept), size_condition(kept, pixels).tolist(), strict=True))
+    images = dict(zip((item.image.name for item in kept), pixels, strict=True))
+    for name, (size, edge, axis) in {
+        "wide.png": ((240, 540), 200, 1),
+        "tall.png": ((600, 240), 250, 0),
+    }.items():
+        height, width, top, left, target_h, target_w = rows[name]
+        assert (height, width) == size and (target_h, target_w) == tuple(images[name].shape[1:])
+        assert (target_w % 32, target_h % 32) == (0, 0) and (top == 0 or left == 0)
+        scale = max(target_w / width, target_h / height)
+        profile = images[name].mean(dim=(0, 1 + (1 - axis)))  # mean along the other axis
+        landed = int((profile < 0).sum())  # dark rows/columns in the output
+        crop = left if axis == 1 else top
+        assert abs(edge * scale - crop - landed) <= 1.5, (name, crop, landed)
+        assert crop > 0  # these two are cropped along that axis

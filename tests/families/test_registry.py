@@ -6,12 +6,10 @@ import shutil
 
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from trilora.adapters.inject import text_encoder_targets, unet_targets
-from trilora.base.load import load_base
+from trilora.base.load import load_base, models_on_meta
 from trilora.base.tiny import save_tiny_pipeline
 from trilora.errors import UserError
 from trilora.families import FAMILY_CHOICES, NAMES
@@ -41,17 +39,18 @@ def test_the_registry_lists_every_family_once():
     versions = [v for family in FAMILIES.values() for v in family.base_versions]
     assert len(versions) == len(set(versions))  # an adapter's header names one family
     assert adapter_family({"ss_base_model_version": "sd_v2_v"}) is FAMILIES["sd2"]
-    assert adapter_family({"ss_base_model_version": "sdxl_base_v1-0"}) is None and adapter_family({}) is None
+    assert adapter_family({"ss_base_model_version": "sdxl_base_v1-0"}) is FAMILIES["sdxl"]
+    assert adapter_family({"ss_base_model_version": "flux1"}) is None and adapter_family({}) is None
 
 
 def test_a_folder_of_no_family_is_one_line(tmp_path, tiny_model_dir):
-    folder = tmp_path / "xl"
+    folder = tmp_path / "sd3"
     shutil.copytree(tiny_model_dir, folder)
     index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps(index | {"_class_name": "StableDiffusionXLPipeline"}))
+    (folder / "model_index.json").write_text(json.dumps(index | {"_class_name": "StableDiffusion3Pipeline"}))
     with pytest.raises(UserError) as error:
         load_base(folder)
-    assert "StableDiffusionXLPipeline" in one_line(error) and "fits no model family" in str(error.value)
+    assert "StableDiffusion3Pipeline" in one_line(error) and "fits no model family" in str(error.value)
 
 
 def test_an_sd2_file_needs_its_prediction_type_said_before_anything_loads(sd2, tmp_path):
@@ -91,19 +90,25 @@ def test_zero_terminal_snr_needs_v_prediction(sd2, tiny_model_dir):
     assert "--zero-terminal-snr needs v prediction" in one_line(error)
 
 
-@pytest.mark.parametrize("name, te_layers, te_targets", [("sd1", 12, 72), ("sd2", 23, 138)])
+@pytest.mark.parametrize("name, te_layers, te_targets", [("sd1", (12,), (72,)), ("sd2", (23,), (138,)),
+                                                        ("sdxl", (12, 32), (72, 192))])  # fmt: skip
 def test_the_shipped_full_size_configs(name, te_layers, te_targets):
-    """SD 1.5's and SD 2.1 768-v's configs: kohya's 192 UNet targets each, 6 per text-encoder layer
-    (SD 2.x uses 23 of OpenCLIP's 24 blocks), and SD 2.1's attention computed in fp32."""
-    configs = FAMILIES[name].configs
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet"))
-        text = CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder"))
-    assert len(unet_targets(unet)) == 192 and len(text_encoder_targets(text)) == te_targets
-    assert text.config.num_hidden_layers == te_layers
-    assert unet.config.upcast_attention == (name == "sd2") and unet.config.use_linear_projection == (
-        name == "sd2"
-    )
+    """SD 1.5's, SD 2.1 768-v's and SDXL base's configs: kohya's default UNet targets (192; SDXL's
+    722), 6 per text-encoder layer (SD 2.x uses 23 of OpenCLIP's 24 blocks; SDXL's second encoder is
+    bigG's 32 with its projection), and SD 2.1's attention computed in fp32."""
+    family = FAMILIES[name]
+    models = models_on_meta(family.configs, family)
+    unet, texts = models["unet"], [models[part] for part in family.text_encoders]
+    assert len(unet_targets(unet)) == (722 if name == "sdxl" else 192)
+    assert tuple(len(text_encoder_targets(text)) for text in texts) == te_targets
+    assert tuple(text.config.num_hidden_layers for text in texts) == te_layers
+    assert bool(unet.config.upcast_attention) == (name == "sd2")
+    assert unet.config.use_linear_projection == (name != "sd1")
+    if name == "sdxl":  # the widths the conditioning adds up: 768 + 1280 tokens, 6 x 256 + 1280 pooled
+        assert unet.config.cross_attention_dim == sum(text.config.hidden_size for text in texts) == 2048
+        assert unet.config.projection_class_embeddings_input_dim == 6 * 256 + texts[1].config.projection_dim
+        assert type(texts[1]).__name__ == "CLIPTextModelWithProjection"
+        assert models["vae"].config.scaling_factor == 0.13025 and models["vae"].config.force_upcast
 
 
 def test_the_default_resolution_is_the_familys(sd2, tiny_model_dir, tmp_path, capsys):

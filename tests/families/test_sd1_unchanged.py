@@ -4,7 +4,7 @@ The digests below were taken from the code before `trilora/families/` (commit 6e
 run this test makes: a fixed-seed tiny TriLoRA run, text encoder and LoCon convs included. Every
 tensor of both exports (name, dtype, shape, bytes) and every header entry must be as they were;
 only what differs between any two runs is left out (the date, the installed version) and, from
-the recorded run config, model options added since (they are recorded, so they cannot be equal).
+the recorded run config, options added since (they are recorded, so they cannot be equal).
 """
 
 import hashlib
@@ -23,6 +23,7 @@ BEFORE = {
     "diffusers": "81666f1bfc512865971d1c57c31da02e45a05022cc01748929327e42f561286e",
 }
 MODEL_KEYS_BEFORE = {"base", "base_config"}
+TRAIN_KEYS_ADDED = {"lr_text_encoder_2"}  # SDXL's second text encoder's learning rate
 CHANGES_EVERY_RUN = {"modelspec.date", "trilora_version"}
 
 
@@ -38,6 +39,7 @@ def export_digest(path, folders: dict[str, str]) -> str:
             digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
     config = json.loads(metadata["trilora_config"])
     config["model"] = {k: v for k, v in config["model"].items() if k in MODEL_KEYS_BEFORE}
+    config["train"] = {k: v for k, v in config["train"].items() if k not in TRAIN_KEYS_ADDED}
     metadata["trilora_config"] = json.dumps(config, sort_keys=True)
     for key in sorted(set(metadata) - CHANGES_EVERY_RUN):
         value = metadata[key]

@@ -186,3 +186,24 @@ def test_a_v_prediction_model_trains(tmp_path, tiny_model_dir, shapes):
         val = {int(r["step"]): float(r["val_loss"]) for r in csv.DictReader(f) if r["val_loss"]}
     assert min(val[30], val[40]) < val[0] * 0.9, val
     assert summary["exported"] and summary["best_step"] == min(val, key=val.get)
+
+
+def test_a_nan_latent_stops_set_up_naming_the_image(tmp_path, tiny_model_dir, shapes, capsys):
+    """A VAE that overflows (SDXL's in fp16 does) gives NaN latents; training on them gives NaN losses
+    without a word. Set-up checks what it caches and names the image, before any step."""
+    from safetensors.torch import load_file, save_file
+
+    from trilora.cli import main
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    weights = model / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    state["quant_conv.bias"] = torch.full_like(state["quant_conv.bias"], float("nan"))
+    save_file(state, str(weights))
+    output = tmp_path / "run"
+    args = ["train", "--base", str(model), "--data", str(shapes), "--output", str(output), "--resolution", "32",
+            "--steps", "2", "--val-fraction", "0"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("trilora: error:") and "NaN" in err and str(shapes) in err and ".png" in err
+    assert not output.exists()

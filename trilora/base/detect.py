@@ -41,13 +41,29 @@ def detect_family(path: Path, base_config, family: str = "auto") -> tuple[Family
             return chosen, {}
         return family_of_folder(index, text, str(path)), {}
     shapes = read_tensor_shapes(path)
-    markers = {marker: marker in shapes for marker in (V_MARKER, ZTSNR_MARKER)}
+    found = {marker: marker in shapes for marker in (V_MARKER, ZTSNR_MARKER)}
+    found |= {"shapes": shapes, "dtype": half_dtype(path)}
     if family == "auto":
-        return family_of_file(shapes, str(path)), markers | {"shapes": shapes}
+        return family_of_file(shapes, str(path)), found
     chosen, actual = named(family), [f for f in FAMILIES.values() if f.is_file(shapes)]
     if actual and actual[0] is not chosen:
         refuse_named_family(path, chosen, actual[0])
-    return chosen, markers | {"shapes": shapes}
+    return chosen, found
+
+
+HALF_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def half_dtype(path: Path) -> torch.dtype | None:
+    """fp16 or bf16 when every floating-point tensor of a .safetensors file is of that one dtype (as
+    released checkpoints are), else None: such a file loads at its own precision and is then cast,
+    which is exact and needs half the memory of converting it to fp32 on the way."""
+    if path.suffix != ".safetensors":
+        return None
+    with safe_open(path, framework="pt") as file:
+        dtypes = {file.get_slice(name).get_dtype() for name in file.keys()}
+    floating = {dtype for dtype in dtypes if dtype.startswith(("F", "BF"))}
+    return HALF_DTYPES.get(floating.pop()) if len(floating) == 1 else None
 
 
 def refuse_named_family(path: Path, chosen: Family, actual: Family | None) -> None:

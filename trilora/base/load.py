@@ -68,7 +68,8 @@ def load_base(
     if path.is_dir():
         pipe = load_diffusers_folder(path, found, dtype)
     else:
-        pipe = load_single_file(path, config_dir, found, dtype, where["shapes"])
+        pipe = load_single_file(path, config_dir, found, where.get("dtype") or dtype, where["shapes"])
+        pipe.to(dtype=dtype)  # exact: from a file's own half precision, or nothing to do
     if prediction_type != pipe.scheduler.config.prediction_type or zero_terminal_snr:
         pipe.scheduler = scheduler_for(pipe.scheduler, prediction_type, zero_terminal_snr)
     log.info("base model: %s, predicting %s (%s)%s", found, prediction_type, source,
@@ -147,13 +148,14 @@ def expected_ldm_shapes(path: Path, config_dir: Path, family: Family) -> dict[st
     return {name: tuple(tensor.shape) for name, tensor in state_dict.items()}
 
 
-def models_on_meta(config_dir: Path, family: Family) -> dict[str, torch.nn.Module]:
+def models_on_meta(config_dir: Path, family: Family, device: str = "meta") -> dict[str, torch.nn.Module]:
     """{"unet", "vae", then each text encoder: the model} built from the configs in `config_dir` on
-    the meta device (no memory, no weights); OSError/ValueError/TypeError/KeyError for bad configs."""
+    the meta device (no memory, no weights; or `device`, randomly initialised);
+    OSError/ValueError/TypeError/KeyError for bad configs."""
     unet_config = UNet2DConditionModel.load_config(config_dir / "unet")
     vae_config = AutoencoderKL.load_config(config_dir / "vae")
     text_configs = {part: CLIPTextConfig.from_pretrained(config_dir / part) for part in family.text_encoders}
-    with torch.device("meta"):
+    with torch.device(device):
         models = {
             "unet": UNet2DConditionModel.from_config(unet_config),
             "vae": AutoencoderKL.from_config(vae_config),

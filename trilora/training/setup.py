@@ -82,6 +82,9 @@ def setup(config: RunConfig, dist: Distributed | None = None, find_scorer: FindS
                         "the repeats (N_name folders, or repeats in a --dataset-config)")  # fmt: skip
     base = load_model(config.model)
     pipe = base.pipe
+    if opts.lr_text_encoder_2 is not None and "text_encoder_2" not in base.family.text_encoders:
+        raise UserError(f"--lr-text-encoder-2 is the learning rate of SDXL's second text encoder, which "
+                        f"{base.family} has not: drop it (--lr-text-encoder sets the text encoder's)")  # fmt: skip
     # the stopping signal's scorer before any long work, so that a wrong --clip-model stops here
     stop_on, signal = generation_signal(config, pipe, [i.caption for i in val_items], device, find_scorer) if val_items else (
         "val_loss", None)  # fmt: skip

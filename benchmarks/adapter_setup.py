@@ -1,11 +1,11 @@
-"""Time to add adapters to full-size SD 1.5's UNet (random weights): LoRA, TriLoRA as it was
-(every singular value of each target weight with torch.linalg.svdvals) and TriLoRA now
-(trilora.adapters.math.top_singular_values: only s_1..s_r), measured side by side in one run.
+"""Time to add adapters to a full-size UNet (random weights; SD 1.5's, or SDXL's with --family sdxl):
+LoRA, TriLoRA as it was (every singular value of each target weight with torch.linalg.svdvals) and
+TriLoRA now (trilora.adapters.math.top_singular_values: only s_1..s_r), measured side by side in one run.
 
-    python benchmarks/adapter_setup.py [--rank 16] [--device cpu] [--repeats 2]
+    python benchmarks/adapter_setup.py [--rank 16] [--device cpu] [--repeats 2] [--family sd1|sdxl]
 
-Each variant wraps the same 192 target layers (nothing is modified in the model); the figure is
-the best of --repeats passes. Also prints the largest difference in Sigma_0 = diag(s)/s_1 between
+Each variant wraps the same target layers (kohya's defaults: 192 on SD 1.5, 722 on SDXL; nothing is
+modified in the model); the figure is the best of --repeats passes. Also prints the largest difference in Sigma_0 = diag(s)/s_1 between
 the old and the new route over all targets (random weights have a flat spectrum: the worst case).
 """
 
@@ -20,7 +20,7 @@ from trilora.adapters.inject import unet_targets
 from trilora.adapters.layers import AdapterLayer
 from trilora.adapters.math import flat
 from trilora.device import resolve_device
-from trilora.families.sd1 import CONFIGS as SD15_DIR
+from trilora.families.registry import FAMILIES
 
 
 def sigma_init_all_values(weight: torch.Tensor, rank: int) -> torch.Tensor:
@@ -43,10 +43,12 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--family", default="sd1", choices=list(FAMILIES), help="whose shipped UNet config")
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15_DIR / "unet")).to(device)
+    configs = FAMILIES[args.family].configs
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet")).to(device)
     unet.requires_grad_(False)
     names = unet_targets(unet)
     new_sigma = layers.sigma_init
@@ -60,7 +62,7 @@ def main() -> None:
         seconds, new = wrap_all(unet, names, "trilora", args.rank)
         times["trilora (top r)"].append(seconds)
     error = max(float((a.mid - b.mid).detach().abs().max()) for a, b in zip(old, new, strict=True))
-    print(f"full-size SD 1.5 UNet, {len(names)} target layers, rank {args.rank}, {device}, "
+    print(f"full-size {FAMILIES[args.family].title} UNet, {len(names)} target layers, rank {args.rank}, {device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
     for name, values in times.items():
         print(f"  {name:32s} {min(values):8.2f} s")

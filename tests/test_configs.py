@@ -9,12 +9,13 @@ from trilora.config import from_dict, load_toml
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
 
 
-def test_there_are_the_four_examples():
+def test_there_are_the_five_examples():
     assert [p.name for p in CONFIGS] == [
         "sd15-dreambooth-prior.toml",
         "sd15-style-lora.toml",
         "sd15-style-trilora.toml",
         "sd21-768v-style-trilora.toml",
+        "sdxl-style-trilora.toml",
     ]
 
 
@@ -22,7 +23,9 @@ def test_there_are_the_four_examples():
 def test_example_config_loads_and_validates(path, tiny_model_dir, tmp_path):
     data = load_toml(path)
     config = from_dict(data, source=str(path))  # unknown keys or wrong types would raise here
-    assert config.model.base.endswith(("v1-5-pruned-emaonly.safetensors", "v2-1_768-ema-pruned.safetensors"))
+    assert config.model.base.endswith(
+        ("v1-5-pruned-emaonly.safetensors", "v2-1_768-ema-pruned.safetensors", "sd_xl_base_1.0.safetensors")
+    )
     # with the placeholder paths pointed at real ones, the run is valid as written
     data["model"]["base"] = str(tiny_model_dir)
     data["data"]["data"] = str(tmp_path)

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from trilora.data.cache import encode_latents
+from trilora.data.cache import encode_latents, latent_batch
 from trilora.data.folder import Item
 from trilora.files import hash_file, save_safetensors
 
@@ -121,14 +121,15 @@ def cached_encode(
     resolution: int,
     buckets: list[Bucket] | None,
     device: torch.device,
-    batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> list[torch.Tensor]:
     """The latent of each item (4, h, w) on the CPU: read from `cache`, or encoded and stored when missing.
 
     `buckets[i]` is the (width, height) item i is trained at (None: every item at resolution x
     resolution). `pixels_fn(item, bucket)` gives its pixels (3, height, width) in [-1, 1]; it is
     called only for misses, so a cached image is not even read. Misses are encoded with
-    `encode_latents`, `batch_size` images of one bucket at a time, and each batch is stored as soon
+    `encode_latents`, `batch_size` images of one bucket at a time (default: as many as `latent_batch`
+    allows for the bucket's size), and each batch is stored as soon
     as it is encoded. An item listed twice (same image and bucket) is encoded once. Errors of
     `pixels_fn` (such as `BadImage`) propagate.
     """
@@ -154,14 +155,15 @@ def cached_encode(
     for bucket, todo in missing.items():
         width, height = bucket
         todo = list(todo.items())
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
+        per_batch = batch_size or latent_batch(width * height)
+        for start in range(0, len(todo), per_batch):
+            chunk = todo[start : start + per_batch]
             pixels = torch.stack([pixels_fn(item, bucket) for _, item in chunk])  # (B, 3, H, W)
             if pixels.shape[1:] != (3, height, width):
                 raise ValueError(
                     f"pixels_fn gave {tuple(pixels.shape[1:])} for bucket {bucket}, want (3, {height}, {width})"
                 )
-            encoded = encode_latents(vae, pixels, device, batch_size)  # (B, 4, H/f, W/f)
+            encoded = encode_latents(vae, pixels, device, per_batch)  # (B, 4, H/f, W/f)
             for (key, item), latent in zip(chunk, encoded, strict=True):
                 metadata = {"image": str(item.image), "resolution": str(resolution), "bucket": str(bucket)}
                 cache._write(key, latent, metadata)

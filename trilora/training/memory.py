@@ -20,8 +20,8 @@ What is on the GPU, line by line:
 - activations: measured on meta tensors at the run's sizes (trilora/training/activations.py): a
   training step with gradient checkpointing off and on; validation, the UNet without gradients on
   one image at --val-timesteps timesteps; sampling, the VAE decoding an image (the UNet's batch of
-  2 is below validation's); and, before training, the fp32 VAE encoding 8 images at a time with
-  nothing else on the GPU. The run's peak is the largest of these phases.
+  2 is below validation's); and, before training, the fp32 VAE encoding as many images at a time as
+  `latent_batch` allows (8 at 512 px, 2 at 1024 px) with nothing else on the GPU. The run's peak is the largest of these phases.
 - CUDA context and allocator slack: 0.5 GiB (the context with cuBLAS/cuDNN workspaces, 0.3-0.6 GiB
   on recent GPUs) plus 10 % of the peak for the caching allocator's rounding and fragmentation.
 
@@ -33,7 +33,6 @@ Unverified against a GPU: no GPU was available when this was written. Compare th
 them in benchmarks/README.md ("Memory estimate").
 """
 
-import inspect
 import json
 import logging
 import math
@@ -47,7 +46,7 @@ from torch import nn
 from trilora.adapters.inject import adapter_layers, add_run_adapters, trainable_parameters
 from trilora.base.detect import detect_family, resolve_prediction
 from trilora.config import RunConfig
-from trilora.data.cache import encode_latents
+from trilora.data.cache import latent_batch
 from trilora.errors import UserError
 from trilora.families.family import Family
 from trilora.formats.kohya import kohya_name
@@ -314,7 +313,7 @@ def estimate_memory(models: MetaModels, config: RunConfig) -> MemoryEstimate:
         for checkpointing in (False, True)
     }  # fmt: skip
     validates = bool(data.val_data) or data.val_fraction > 0
-    encode_batch = inspect.signature(encode_latents).parameters["batch_size"].default
+    encode_batch = latent_batch(data.resolution**2)
     return MemoryEstimate(
         base_weights=base,
         base_weights_what=" + ".join(what),

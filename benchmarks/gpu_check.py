@@ -1,4 +1,4 @@
-"""The one device check: trilora's training step on full-size SD 1.5 (random weights) on a GPU.
+"""The one device check: trilora's training step on full-size SD 1.5 and SDXL (random weights) on a GPU.
 
 Measures, in one run, and prints one Markdown table (also written as JSON with --out):
 - seconds per step at batch 1, 4 and 8 at 512 px, eager and with the fast path (--compile
@@ -15,7 +15,11 @@ Measures, in one run, and prints one Markdown table (also written as JSON with -
 - peak memory (torch.cuda.max_memory_allocated) against the `--dry-run` estimate, for batch 1 with
   and without gradient checkpointing and batch 4;
 - a bf16 sanity run: finite, falling loss on one repeated image, and the exported file loading in
-  diffusers' load_lora_weights.
+  diffusers' load_lora_weights;
+- then SDXL base (random bf16 weights) at 1024 px: batch 1 and 4, eager and fast, batch 1 with
+  gradient checkpointing, MFU from SDXL's FLOP count (about 14.5 TFLOP per image per step, 19.5
+  with checkpointing; issue 21), peak memory against `--dry-run`; with --diffusers-sdxl-script FILE,
+  diffusers' train_text_to_image_lora_sdxl.py beside it at batch 4. --no-sdxl leaves SDXL out.
 
     benchmarks/gpu_check.sh            # on the GPU machine (about 5 minutes on an H200)
     benchmarks/gpu_check.sh --smoke    # the same code on the CPU with the tiny model (the test suite)
@@ -49,7 +53,9 @@ from trilora.training.loop import train  # noqa: E402
 from trilora.training.memory import estimate_memory, meta_models  # noqa: E402
 from trilora.training.metrics import read_metrics  # noqa: E402
 
-GFLOP_PER_IMAGE = {False: 1725.0, True: 2317.0}  # LoRA r16 at 512 px, gradient checkpointing off/on
+# a step's GFLOP per image, gradient checkpointing off/on: SD 1.5 LoRA r16 at 512 px (issue 13), SDXL
+# at 1024 px (issue 21); the tiny models of --smoke get no MFU
+GFLOP_PER_IMAGE = {"sd1": {False: 1725.0, True: 2317.0}, "sdxl": {False: 14_500.0, True: 19_500.0}}
 PEAK_TFLOPS = 790.0  # bf16 dense matrix products measured on this workplace's H200 (device KINDS.md)
 
 
@@ -68,7 +74,9 @@ def step_seconds(out: Path, warmup: int) -> float:
     return statistics.median([b - a for a, b in zip(elapsed, elapsed[1:], strict=False)][warmup:])
 
 
-def timed_run(tmp: Path, name: str, base, data, resolution, batch, steps, warmup, **options) -> dict:
+def timed_run(
+    tmp: Path, name: str, base, data, resolution, batch, steps, warmup, family="sd1", **options
+) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -83,7 +91,9 @@ def timed_run(tmp: Path, name: str, base, data, resolution, batch, steps, warmup
         estimate = estimate_memory(models, config)
         row["estimate_bytes"] = estimate.phases(config.train.gradient_checkpointing)["training step"]
     checkpointing = bool(options.get("gradient_checkpointing"))
-    row["mfu"] = GFLOP_PER_IMAGE[checkpointing] * 1e9 * batch / row["s_per_step"] / (PEAK_TFLOPS * 1e12)
+    row["mfu"] = (
+        GFLOP_PER_IMAGE[family][checkpointing] * 1e9 * batch / row["s_per_step"] / (PEAK_TFLOPS * 1e12)
+    )
     return row
 
 
@@ -140,7 +150,8 @@ def bf16_sanity(tmp: Path, base: Path, resolution: int, steps: int) -> dict:
 
 
 def table(rows: list[dict], bare: dict, sanity: dict | None, syncs: float | None, device: str) -> str:
-    lines = [f"device: {device}; trilora train, TriLoRA rank 16; MFU against {PEAK_TFLOPS:g} TFLOP/s bf16", "",
+    lines = [f"device: {device}; trilora train, TriLoRA rank 16 (SD 1.5 at 512 px, SDXL at 1024 px in bf16); "
+             f"MFU against {PEAK_TFLOPS:g} TFLOP/s bf16", "",
              "| run | batch | s/step | MFU | peak memory | --dry-run estimate | estimate off by |",
              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in rows:
@@ -153,7 +164,9 @@ def table(rows: list[dict], bare: dict, sanity: dict | None, syncs: float | None
             if peak
             else ("–",) * 3
         )
-        mfu = f"{r['mfu']:.1%}" if peak else "–"  # the FLOP count is SD 1.5's: meaningless for the tiny model
+        mfu = (
+            f"{r['mfu']:.1%}" if peak else "–"
+        )  # the FLOP counts are the full-size models': not the tiny ones'
         lines.append(
             f"| {r['name']} | {r['batch']} | {r['s_per_step'] * 1000:.1f} ms | {mfu} | "
             + " | ".join(memory)
@@ -187,15 +200,69 @@ def script_ratios(rows: list[dict]) -> list[str]:
     timed = {r["name"]: r["s_per_step"] for r in rows if "error" not in r}
     lines = []
     for r in rows:
-        if r["name"].startswith("diffusers script") and "error" not in r:
+        prefix = "sdxl " if r["name"].startswith("sdxl ") else ""
+        if r["name"].startswith(f"{prefix}diffusers script") and "error" not in r:
             ours = []
             for kind in ("eager", "fast"):
-                mine = timed.get(f"{kind} b{r['batch']}")
+                mine = timed.get(f"{prefix}{kind} b{r['batch']}")
                 if mine:
                     ours.append(f"{kind} {r['s_per_step'] / mine:.2f}x")
-            lines += ["", f"throughput against diffusers' script at batch {r['batch']}: "
+            lines += ["", f"{prefix or 'sd1 '}throughput against diffusers' script at batch {r['batch']}: "
                       f"{', '.join(ours) or '-'} (goal: >= 1.3x)"]  # fmt: skip
     return lines
+
+
+def save_sdxl_random(path: Path, device: torch.device) -> Path:
+    """Full-size SDXL base with random bf16 weights (built on `device`) as a diffusers folder."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    from trilora.base.load import models_on_meta
+    from trilora.families.registry import FAMILIES
+    from trilora.families.tiny import scheduler_of
+
+    configs = FAMILIES["sdxl"].configs
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        models = models_on_meta(configs, FAMILIES["sdxl"], device=device.type)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    tokenizers = {
+        name: CLIPTokenizer.from_pretrained(configs / name) for name in ("tokenizer", "tokenizer_2")
+    }
+    pipe = StableDiffusionXLPipeline(**models, **tokenizers, scheduler=scheduler_of(configs))
+    pipe.to(dtype=torch.bfloat16).save_pretrained(path)
+    return path
+
+
+def sdxl_rows(tmp: Path, smoke: bool, device: torch.device, steps: int, warmup: int, fast: dict, measured,
+              script: Path | None) -> None:  # fmt: skip
+    """SDXL's rows, cheap ones first: eager at batch 1 and 4 and with checkpointing, diffusers' SDXL
+    script beside it, then the compiled fast path."""
+    base, resolution = (
+        (save_tiny_pipeline(tmp / "sdxl", family="sdxl"), TINY_RESOLUTION)
+        if smoke
+        else (save_sdxl_random(tmp / "sdxl", device), 1024)
+    )
+    batches = (2,) if smoke else (1, 4)
+    data = make_shapes_dataset(tmp / "sdxl-data", count=max(batches), size=resolution)
+    common = dict(family="sdxl", mixed_precision="bf16")
+
+    def run(name, batch, **options):
+        return lambda: timed_run(tmp, name, base, data, resolution, batch, steps, warmup, **common, **options)
+
+    for batch in batches:
+        measured("rows", run(f"sdxl eager b{batch}", batch)())
+    name = "sdxl eager b1 checkpointing"
+    measured("rows", guarded(run(name, 1, gradient_checkpointing=True), name, 1))
+    if script:
+        b, label = max(batches), f"sdxl diffusers script b{max(batches)}"
+        lengths = (2, 4) if smoke else (5, 25)
+        measured("rows", guarded(lambda: script_row(script.resolve(), base, data, tmp / "sdxl-script", resolution, b,
+                                                    16, lengths, device.type == "cuda"), label, b))  # fmt: skip
+    for batch in sorted(batches, key=lambda b: (b != max(batches), b)):
+        measured("rows", guarded(run(f"sdxl fast b{batch}", batch, **fast), f"sdxl fast b{batch}", batch))
 
 
 def main() -> None:
@@ -204,14 +271,29 @@ def main() -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="The tiny model on the CPU, few steps (tests).")
     parser.add_argument("--out", type=Path, help="Also write the results as JSON here.")
-    parser.add_argument("--diffusers-script", type=Path, metavar="FILE",
-                        help="diffusers' examples/text_to_image/train_text_to_image_lora.py, to time beside trilora.")  # fmt: skip
+    parser.add_argument(
+        "--diffusers-script",
+        type=Path,
+        metavar="FILE",
+        help="diffusers' examples/text_to_image/train_text_to_image_lora.py, to time beside trilora.",
+    )
+    parser.add_argument(
+        "--diffusers-sdxl-script",
+        type=Path,
+        metavar="FILE",
+        help="diffusers' examples/text_to_image/train_text_to_image_lora_sdxl.py, beside trilora on SDXL.",
+    )
+    parser.add_argument("--no-sdxl", action="store_true", help="Leave the SDXL rows out.")  # fmt: skip
     args = parser.parse_args()
     smoke = args.smoke
     if not smoke and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device; use --smoke on a CPU")
-    if args.diffusers_script and not args.diffusers_script.is_file():
-        raise SystemExit(f"gpu_check: --diffusers-script {args.diffusers_script} is not a file")
+    for flag, script in (
+        ("--diffusers-script", args.diffusers_script),
+        ("--diffusers-sdxl-script", args.diffusers_sdxl_script),
+    ):
+        if script and not script.is_file():
+            raise SystemExit(f"gpu_check: {flag} {script} is not a file")  # fmt: skip
     steps, warmup = (3, 1) if smoke else (25, 5)
     batches = (2,) if smoke else (1, 4, 8)
     # on the CPU the compiled path is checked by tests/training/test_fast.py; here it would take minutes
@@ -265,6 +347,8 @@ def main() -> None:
             graphs = fast | {"cuda_graphs": True}
             measured("rows", guarded(lambda: timed_run(tmp, "fast + CUDA graphs b1", base, data, resolution, 1, steps,
                                                        warmup, **graphs), "fast + CUDA graphs b1", 1))  # fmt: skip
+        if not args.no_sdxl:
+            sdxl_rows(tmp, smoke, device, steps, warmup, fast, measured, args.diffusers_sdxl_script)
     shown = f"{name}, torch {torch.__version__}"
     print(table(found["rows"], found["bare"], found["bf16"], found["syncs_per_step"], shown))
     print("\n".join(["", *fast_path.lines]))

@@ -157,6 +157,7 @@ def setup(config: RunConfig, dist: Distributed | None = None, find_scorer: FindS
     if cache_on_device(opts.cache_on_device, device, cached):
         log.info("the cache (%.1f MiB) stays on %s", sum(t.nbytes for t in cached) / 2**20, device)
         train_latents = [latent.to(device) for latent in train_latents]
+        train_sizes = train_sizes.to(device)
         train_condition = train_condition.to(device) if train_condition is not None else None
         validation = validation_on(validation, device) if validation else None
     shapes = [tuple(latent.shape) for latent in train_latents]

@@ -260,7 +260,7 @@ def sdxl_rows(tmp: Path, smoke: bool, device: torch.device, steps: int, warmup: 
         b, label = max(batches), f"sdxl diffusers script b{max(batches)}"
         lengths = (2, 4) if smoke else (5, 25)
         measured("rows", guarded(lambda: script_row(script.resolve(), base, data, tmp / "sdxl-script", resolution, b,
-                                                    16, lengths, device.type == "cuda"), label, b))  # fmt: skip
+                                                    16, lengths, device.type == "cuda") | {"name": label}, label, b))  # fmt: skip
     for batch in sorted(batches, key=lambda b: (b != max(batches), b)):
         measured("rows", guarded(run(f"sdxl fast b{batch}", batch, **fast), f"sdxl fast b{batch}", batch))
 

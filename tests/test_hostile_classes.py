@@ -493,7 +493,7 @@ def test_a_cache_is_an_evaluations_cache_or_new(tiny_model_dir, shapes, lora_fil
 
 
 @pytest.mark.parametrize("case", ["empty data", "sd2 file, prediction unsaid", "zero terminal snr with epsilon",
-                                  "images unreadable"])  # fmt: skip
+                                  "a second text encoder's lr off SDXL", "images unreadable"])  # fmt: skip
 @pytest.mark.parametrize("output_exists", [False, True])
 def test_a_start_refused_in_set_up_leaves_no_folder_and_no_lock(
     tmp_path, tiny_model_dir, case, output_exists
@@ -517,6 +517,8 @@ def test_a_start_refused_in_set_up_leaves_no_folder_and_no_lock(
         )
     elif case == "zero terminal snr with epsilon":
         extra = ["--zero-terminal-snr"]
+    elif case == "a second text encoder's lr off SDXL":
+        extra = ["--lr-text-encoder-2", "1e-4"]
     else:
         for image in data.glob("*.png"):
             image.write_bytes(b"not a png")

@@ -30,10 +30,7 @@ MAX_VALUE_CHARS = 100
 
 def describe(path: str | Path) -> dict:
     """Format, method, rank(s) and alpha(s) (k x k convs apart), module counts per part, dtype, metadata."""
-    path = Path(path)
-    if path.is_dir() and (path / WEIGHT_NAME).is_file():
-        path = path / WEIGHT_NAME
-    check_regular_file(path, "adapter file")
+    path = adapter_file(path)
     try:
         with safe_open(str(path), "pt") as f:
             keys = list(f.keys())
@@ -212,10 +209,7 @@ def adapter_shapes(
     """({module key `<part>.<path>`: (down shape, up shape)}, header metadata) of a kohya or
     diffusers-layout LoRA file, from its header only; other files give no shapes. SDXL's kohya
     (SGM) UNet names are read with `unet_config`, the UNet's they are to load into."""
-    path = Path(path)
-    if path.is_dir() and (path / WEIGHT_NAME).is_file():
-        path = path / WEIGHT_NAME
-    check_regular_file(path, "adapter file")
+    path = adapter_file(path)
     try:
         with safe_open(str(path), "pt") as f:
             keys, metadata = list(f.keys()), dict(f.metadata() or {})
@@ -237,12 +231,18 @@ def adapter_shapes(
     return shapes, metadata
 
 
-def adapter_metadata(path: str | Path) -> dict[str, str]:
-    """The header metadata of an adapter file (or a diffusers LoRA folder's file)."""
+def adapter_file(path: str | Path) -> Path:
+    """The adapter file itself: a diffusers LoRA folder's weights file, or the file, checked to be one."""
     path = Path(path)
     if path.is_dir() and (path / WEIGHT_NAME).is_file():
         path = path / WEIGHT_NAME
     check_regular_file(path, "adapter file")
+    return path
+
+
+def adapter_metadata(path: str | Path) -> dict[str, str]:
+    """The header metadata of an adapter file (or a diffusers LoRA folder's file)."""
+    path = adapter_file(path)
     try:
         with safe_open(str(path), "pt") as f:
             return dict(f.metadata() or {})

@@ -9,6 +9,8 @@ autocast is applied when asked, and the UNet's train/eval mode is what it was be
 
 import torch
 
+from trilora.formats.ldm import text_encoders
+
 DEFAULT_BATCH = 8  # images per denoising batch
 
 
@@ -33,9 +35,8 @@ def sample_images(
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     unet_training = pipe.unet.training
     if device is not None:
-        for model in (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
-            if model is not None:
-                model.to(device)
+        for model in (pipe.vae, *text_encoders(pipe)):
+            model.to(device)
     device_type = (device or pipe.unet.device).type
     pipe.set_progress_bar_config(disable=not progress)
     options = {} if guidance is None else {"guidance_scale": guidance}

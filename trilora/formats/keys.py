@@ -3,7 +3,8 @@ place of that rule, for every format.
 
 Both the kohya and the diffusers layout name the text encoders' modules as transformers' older
 `CLIPTextModel` did, under `text_model.`; transformers 5's `CLIPTextModel` has no such level, its
-`CLIPTextModelWithProjection` (SDXL's second encoder) has, so our keys leave it out for both.
+`CLIPTextModelWithProjection` (SDXL's second encoder) has. Keys read from files leave it out
+(`our_key`); `model_path` puts it back for a model that has that level.
 """
 
 PARTS = ("unet", "text_encoder", "text_encoder_2")

@@ -144,6 +144,14 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(format_description(describe(args.file)))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    # here, not at the top: torch (~1.5 s), which importing this module does not need
+    from trilora.training.export import export_step
+
+    files = export_step(Path(args.run), args.step)
+    print(f"exported the adapter of step {args.step}: {', '.join(map(str, files.values()))}")
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     # here, not at the top: torch (~1.5 s), which importing this module does not need
     from trilora.inference.generate import generate_command
@@ -220,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="Describe an adapter file.")
     inspect.add_argument("file")
     inspect.set_defaults(handler=cmd_inspect)
+    export = sub.add_parser(
+        "export", help="Export the kept adapter of any validated step of a run, in both layouts."
+    )
+    export.add_argument("run", metavar="RUN", help="a `trilora train` --output folder")
+    export.add_argument(
+        "--step", type=int, required=True, help="the validated step (its adapter in RUN/adapters/)"
+    )
+    export.set_defaults(handler=cmd_export)
     return parser
 
 

@@ -263,6 +263,13 @@ class CheckpointConfig:
     keep_checkpoints: int = opt(
         2, "How many checkpoints to keep (older ones are deleted).", resumable=True, low=1, high=1000
     )
+    keep_adapters: str = opt(
+        "all",
+        "Keep the adapter of every validated step in OUTPUT/adapters/ (all), or of the last N and the best; "
+        "`trilora export OUTPUT --step S` exports any kept one.",
+        resumable=True,
+        metavar="N|all",
+    )
     resume: str | None = opt(
         None,
         "Resume from OUTPUT (its latest checkpoint) or OUTPUT/checkpoints/step-N; the run continues in "
@@ -339,6 +346,14 @@ class RunConfig:
             ),
             (self.checkpoint.checkpoint_every >= 0, "--checkpoint-every must be 0 or more"),
             (self.checkpoint.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
+            (
+                self.checkpoint.keep_adapters == "all"
+                or (
+                    self.checkpoint.keep_adapters.isdigit()
+                    and 1 <= int(self.checkpoint.keep_adapters) <= 10**6
+                ),
+                f"--keep-adapters must be all or a number from 1 to 1000000, got {self.checkpoint.keep_adapters!r}",
+            ),
             (
                 not (self.checkpoint.overwrite and self.checkpoint.resume),
                 "--overwrite and --resume contradict each other: resume keeps the run, overwrite deletes it",

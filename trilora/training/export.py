@@ -1,5 +1,6 @@
 """What a run writes besides metrics: adapter checkpoints, the shared files, sample images."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -7,16 +8,20 @@ import torch
 
 from trilora.adapters.inject import adapter_layers, lora_pairs, with_part
 from trilora.base.detect import Base
-from trilora.config import SETTINGS_FILE, RunConfig, ValidationConfig, to_dict
-from trilora.files import save_image, write_text
+from trilora.config import SETTINGS_FILE, RunConfig, ValidationConfig, from_dict, to_dict
+from trilora.errors import UserError
+from trilora.families.registry import FAMILIES
+from trilora.files import save_image, write_json, write_text
 from trilora.formats.diffusers_lora import save_diffusers
 from trilora.formats.kohya import conv_network_args, save_kohya
 from trilora.formats.metadata import kohya_metadata
-from trilora.formats.native import save_adapter
+from trilora.formats.native import load_adapter, native_pairs, save_adapter
+from trilora.run_folder import refuse_if_in_use
 from trilora.sampling import sample_images
 
 log = logging.getLogger("trilora")
 RUN_FILES = (
+    "adapters",
     "config.json",
     SETTINGS_FILE,
     "metrics.csv",
@@ -44,8 +49,11 @@ def run_files(folder: Path) -> list[Path]:
     return found
 
 
-def write_adapter(path: Path, state: dict, config: RunConfig, step: int, val_loss: float | None) -> None:
-    """Our checkpoint of the factors as trained (TriLoRA keeps U, Sigma, V^T)."""
+def write_adapter(
+    path: Path, state: dict, config: RunConfig, step: int, val_loss: float | None, **scores
+) -> None:
+    """Our checkpoint of the factors as trained (TriLoRA keeps U, Sigma, V^T); `scores` (the
+    generation signal, the base model's family and prediction type) are recorded beside them."""
     metadata = {
         "method": config.adapter.method,
         "rank": config.adapter.rank,
@@ -53,6 +61,7 @@ def write_adapter(path: Path, state: dict, config: RunConfig, step: int, val_los
         "step": step,
         "val_loss": val_loss,
         "config": to_dict(config),
+        **scores,
     }
     if config.adapter.conv_rank is not None:
         metadata |= {"conv_rank": config.adapter.conv_rank, "conv_alpha": config.adapter.resolved_conv_alpha}
@@ -61,6 +70,30 @@ def write_adapter(path: Path, state: dict, config: RunConfig, step: int, val_los
 
 def export_name(config: RunConfig, output: Path) -> str:
     return config.export.name or output.resolve().name
+
+
+KEPT = "adapters"  # OUTPUT/adapters/step-NNNNNN.safetensors: the adapter of each validated step
+
+
+def kept_adapter(output: Path, step: int) -> Path:
+    return output / KEPT / f"step-{step:06d}.safetensors"
+
+
+def kept_steps(output: Path) -> list[int]:
+    names = (p.name for p in (output / KEPT).glob("step-*.safetensors"))
+    return sorted(
+        int(n[5:11]) for n in names if n[5:11].isdigit() and len(n) == len("step-000000.safetensors")
+    )
+
+
+def prune_kept(output: Path, keep: str, best_step: int | None) -> None:
+    """Delete kept adapters beyond --keep-adapters N (the newest N and the best stay)."""
+    if keep == "all":
+        return
+    steps = kept_steps(output)
+    for step in steps[: -int(keep)]:
+        if step != best_step:
+            kept_adapter(output, step).unlink(missing_ok=True)
 
 
 def export_metadata(
@@ -91,19 +124,24 @@ def export_adapters(
     base: Base, config: RunConfig, output: Path, step: int, val_loss: float | None, steps_run: int
 ) -> dict:
     """The files users share, from the adapters currently in the pipeline: kohya layout and diffusers layout."""
-    name = export_name(config, output)
     pairs, alphas = {}, {}  # alphas: each layer's own, --alpha or (LoCon's 3x3 convs) --conv-alpha
     for part in base.family.parts:
         model = getattr(base.pipe, part)
         pairs |= with_part(part, lora_pairs(model))
         alphas |= with_part(part, {k: layer.alpha for k, layer in adapter_layers(model).items()})
+    metadata = export_metadata(config, base.family.header(base.prediction_type), step, val_loss, steps_run)
+    sgm = base.pipe.unet.config if base.family.kohya_sgm else None
+    return write_exports(output, export_name(config, output), pairs, alphas, metadata, config, sgm, step)
+
+
+def write_exports(
+    output: Path, name: str, pairs: dict, alphas: dict, metadata: dict, config: RunConfig, sgm, step: int
+) -> dict:
+    """NAME.safetensors (kohya layout; `sgm`: SDXL's UNet config, for the original layout's names,
+    the only ones every loader reads) and NAME-diffusers/ in `output`."""
     dtype = DTYPES[config.export.export_dtype]
     kohya_file = output / f"{name}.safetensors"
-    metadata = export_metadata(config, base.family.header(base.prediction_type), step, val_loss, steps_run)
-    # SDXL: the original layout's names, the only ones every loader reads (formats/kohya.py)
-    save_kohya(
-        kohya_file, pairs, alphas, metadata, dtype, base.pipe.unet.config if base.family.kohya_sgm else None
-    )
+    save_kohya(kohya_file, pairs, alphas, metadata, dtype, sgm)
     diffusers_dir = output / f"{name}-diffusers"
     rank = config.adapter.rank if config.adapter.conv_rank is None else None  # LoCon: ranks per module
     save_diffusers(diffusers_dir, pairs, rank, alphas, dtype, metadata=metadata)
@@ -127,3 +165,60 @@ def save_samples(
     for i, image in enumerate(images):
         save_image(image, folder / f"{i:02d}.png")
     write_text(folder / "prompts.txt", "\n".join(opts.sample_prompt) + "\n")
+
+
+def export_step(run: Path, step: int) -> dict:
+    """`trilora export RUN --step N`: the kept adapter of step N of a run, in both layouts, written
+    into the run folder as NAME-step-NNNNNN(.safetensors, -diffusers/); summary.json lists it."""
+    run = Path(run)
+    if not (run / "config.json").is_file():
+        raise UserError(f"{run} is not a trilora run folder (it has no config.json): give the --output folder "
+                        "of a `trilora train` run")  # fmt: skip
+    refuse_if_in_use(run)
+    steps = kept_steps(run)
+    if step not in steps:
+        kept = (
+            ", ".join(map(str, steps))
+            if steps
+            else "none (a run without validation, or from before kept adapters)"
+        )
+        raise UserError(f"{run} kept no adapter of step {step}: its kept steps are {kept}; --keep-adapters "
+                        "decides which validated steps are kept")  # fmt: skip
+    source = kept_adapter(run, step)
+    _, info = load_adapter(source)
+    config = from_dict(read_json_file(run / "config.json"), str(run / "config.json"))
+    family = FAMILIES.get(info.get("family", "sd1"))
+    if family is None:
+        raise UserError(
+            f"{source} names the model family {info.get('family')!r}, which this trilora does not know"
+        )
+    pairs, alphas = native_pairs(source)
+    sgm = unet_config(config, family) if family.kohya_sgm else None
+    header = family.header(info.get("prediction_type") or "epsilon")
+    metadata = export_metadata(config, header, step, info.get("val_loss"), step)
+    name = f"{export_name(config, run)}-step-{step:06d}"
+    files = write_exports(run, name, pairs, alphas, metadata, config, sgm, step)
+    summary_file = run / "summary.json"
+    summary = read_json_file(summary_file) if summary_file.is_file() else {}
+    summary.setdefault("step_exports", {})[str(step)] = {k: str(v) for k, v in files.items()}
+    write_json(summary_file, summary)
+    return files
+
+
+def unet_config(config: RunConfig, family) -> dict:
+    """The UNet config of a run's base model (its folder's, its --base-config's, or the family's
+    shipped one when those are gone): what SDXL's original-layout names are computed from."""
+    base, base_config = Path(config.model.base), config.model.base_config
+    folder = base if base.is_dir() else Path(base_config) if base_config else family.configs
+    file = folder / "unet" / "config.json"
+    return read_json_file(file if file.is_file() else family.configs / "unet" / "config.json")
+
+
+def read_json_file(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"cannot read {path}: it holds no JSON object")
+    return value

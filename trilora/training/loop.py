@@ -22,7 +22,7 @@ from trilora.data.captions import transform_caption
 from trilora.data.order import BatchOrder
 from trilora.device import resolve_device
 from trilora.errors import Interrupted, UserError, signal_name
-from trilora.files import write_json, write_text
+from trilora.files import atomic_path, write_json, write_text
 from trilora.run_folder import LOCK_NAME, FolderLock, claim
 from trilora.seeds import derive_seed
 from trilora.training.checkpoint import (
@@ -38,6 +38,9 @@ from trilora.training.distributed import Distributed, init_distributed
 from trilora.training.ema import EMA
 from trilora.training.export import (
     export_adapters,
+    kept_adapter,
+    kept_steps,
+    prune_kept,
     run_files,
     save_samples,
     write_adapter,
@@ -296,8 +299,9 @@ def learning_rate(r: Run, step: int) -> float:
 
 
 def restore(r: Run, state: TrainingState, resume: dict, source: Path, in_place: bool) -> None:
-    """Continue from a checkpoint: in its own folder (later checkpoints of an abandoned continuation
-    go), or in a new folder (the metrics rows and the best adapter so far are copied there)."""
+    """Continue from a checkpoint: in its own folder (later checkpoints and kept adapters of an
+    abandoned continuation go), or in a new folder (the metrics rows, the best adapter and the kept
+    adapters so far are copied there)."""
     state.load_state_dict(resume)
     rows = resume.get("metrics")
     if rows is None:  # checkpoints written before the rows were kept in them
@@ -310,9 +314,16 @@ def restore(r: Run, state: TrainingState, resume: dict, source: Path, in_place: 
         ]:
             log.warning("removing %s: it continues the run past the checkpoint resumed from", later)
             shutil.rmtree(later, ignore_errors=True)
+        for later in [kept_adapter(r.output, step) for step in kept_steps(r.output) if step > state.step]:
+            later.unlink(missing_ok=True)  # kept adapters of the abandoned continuation
     if r.dist.main and not in_place and state.best_state is not None:
         write_adapter(r.output / "best" / "adapter.safetensors", state.best_state, r.config, state.stopper.best_step,
                       state.stopper.best_val_loss)  # fmt: skip
+    if r.dist.main and not in_place:  # the kept adapters up to here, so the new run's steps are all browsable
+        earlier = run_folder_of(source)
+        for step in (step for step in kept_steps(earlier) if step <= state.step):
+            with atomic_path(kept_adapter(r.output, step)) as temporary:
+                shutil.copyfile(kept_adapter(earlier, step), temporary)
     log.info("resumed from step %d (%s) into %s", state.step, source, r.output)
 
 
@@ -464,6 +475,11 @@ def evaluate(r: Run, state: TrainingState, progress: Progress) -> dict:
                     state.step,
                     val_loss,
                 )
+        if r.dist.main:  # every validated step's adapter, with its scores, for `trilora export --step`
+            base = r.setup.base
+            write_adapter(kept_adapter(r.output, state.step), state.adapter_state(), r.config, state.step, val_loss,
+                          signal=signal, family=base.family.name, prediction_type=base.prediction_type)  # fmt: skip
+            prune_kept(r.output, r.config.checkpoint.keep_adapters, stopper.best_step)
     shown = "" if signal is None else f", signal {signal:.3f}"
     progress.note(f"step {state.step}: val_loss {val_loss:.5f} ± {val_se:.5f}{shown} "
                   f"(best step {stopper.best_step}: val_loss {stopper.best_val_loss:.5f})")  # fmt: skip

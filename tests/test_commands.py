@@ -149,7 +149,11 @@ def test_saved_settings_leave_out_how_a_command_was_started():
     tree = tree_from_dict({"evaluate": {"overwrite": True}, "checkpoint": {"resume": "x", "overwrite": True}},
                           "test", "train")  # fmt: skip
     assert "overwrite" not in command_settings(tree, "evaluate")["evaluate"]
-    assert set(command_settings(tree, "train")["checkpoint"]) == {"checkpoint_every", "keep_checkpoints"}
+    assert set(command_settings(tree, "train")["checkpoint"]) == {
+        "checkpoint_every",
+        "keep_checkpoints",
+        "keep_adapters",
+    }
 
 
 def test_flags_are_unique_within_each_command():

@@ -23,7 +23,8 @@ BEFORE = {
     "diffusers": "81666f1bfc512865971d1c57c31da02e45a05022cc01748929327e42f561286e",
 }
 MODEL_KEYS_BEFORE = {"base", "base_config"}
-TRAIN_KEYS_ADDED = {"lr_text_encoder_2"}  # SDXL's second text encoder's learning rate
+# options added since, per section: SDXL's second text encoder's learning rate, the kept adapters
+KEYS_ADDED = {"train": {"lr_text_encoder_2"}, "checkpoint": {"keep_adapters"}}
 CHANGES_EVERY_RUN = {"modelspec.date", "trilora_version"}
 
 
@@ -39,7 +40,8 @@ def export_digest(path, folders: dict[str, str]) -> str:
             digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
     config = json.loads(metadata["trilora_config"])
     config["model"] = {k: v for k, v in config["model"].items() if k in MODEL_KEYS_BEFORE}
-    config["train"] = {k: v for k, v in config["train"].items() if k not in TRAIN_KEYS_ADDED}
+    for section, added in KEYS_ADDED.items():
+        config[section] = {k: v for k, v in config[section].items() if k not in added}
     metadata["trilora_config"] = json.dumps(config, sort_keys=True)
     for key in sorted(set(metadata) - CHANGES_EVERY_RUN):
         value = metadata[key]

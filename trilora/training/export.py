@@ -1,13 +1,12 @@
 """What a run writes besides metrics: adapter checkpoints, the shared files, sample images."""
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 
 from trilora.adapters.inject import adapter_layers, lora_pairs, with_part
-from trilora.base.detect import Base
+from trilora.base.detect import Base, read_json
 from trilora.config import SETTINGS_FILE, RunConfig, ValidationConfig, from_dict, to_dict
 from trilora.errors import UserError
 from trilora.families.registry import FAMILIES
@@ -186,7 +185,7 @@ def export_step(run: Path, step: int) -> dict:
                         "decides which validated steps are kept")  # fmt: skip
     source = kept_adapter(run, step)
     _, info = load_adapter(source)
-    config = from_dict(read_json_file(run / "config.json"), str(run / "config.json"))
+    config = from_dict(read_json(run / "config.json"), str(run / "config.json"))
     family = FAMILIES.get(info.get("family", "sd1"))
     if family is None:
         raise UserError(
@@ -199,7 +198,7 @@ def export_step(run: Path, step: int) -> dict:
     name = f"{export_name(config, run)}-step-{step:06d}"
     files = write_exports(run, name, pairs, alphas, metadata, config, sgm, step)
     summary_file = run / "summary.json"
-    summary = read_json_file(summary_file) if summary_file.is_file() else {}
+    summary = read_json(summary_file)
     summary.setdefault("step_exports", {})[str(step)] = {k: str(v) for k, v in files.items()}
     write_json(summary_file, summary)
     return files
@@ -211,14 +210,4 @@ def unet_config(config: RunConfig, family) -> dict:
     base, base_config = Path(config.model.base), config.model.base_config
     folder = base if base.is_dir() else Path(base_config) if base_config else family.configs
     file = folder / "unet" / "config.json"
-    return read_json_file(file if file.is_file() else family.configs / "unet" / "config.json")
-
-
-def read_json_file(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read {path}: {error}") from None
-    if not isinstance(value, dict):
-        raise UserError(f"cannot read {path}: it holds no JSON object")
-    return value
+    return read_json(file if file.is_file() else family.configs / "unet" / "config.json")

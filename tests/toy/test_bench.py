@@ -170,7 +170,7 @@ def test_mean_std_has_no_spread_for_one_seed():
     assert mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2))}
 
 
-def test_replayed_signals_stop_where_their_rules_say():
+def test_replayed_rules_stop_where_their_rules_say():
     from trilora.toy.stopping import replay
 
     points = [(0, 1.0, 0.1), (10, 0.5, 0.1), (20, 0.55, 0.1), (30, 0.58, 0.1), (40, 0.7, 0.1)]
@@ -178,32 +178,85 @@ def test_replayed_signals_stop_where_their_rules_say():
     assert replay(points, 2, margin=True) == (None, 10)  # only step 40 rose by more than its error
     assert replay(points, 0) == (None, 10)  # patience 0 never stops
     assert replay([(0, 0.1, 0), (10, 0.5, 0), (20, 0.4, 0)], 1, higher_is_better=True) == (20, 10)
+    # a lucky spike wins the raw signal; the mean of three follows the plateau after it
+    spiky = [
+        (s, v, 0) for s, v in [(0, 0.0), (10, 1.0), (20, 0.6), (30, 0.8), (40, 0.9), (50, 0.9), (60, 0.5)]
+    ]
+    assert replay(spiky, 3, higher_is_better=True) == (40, 10)
+    # (0.8 + 0.9 + 0.9) / 3 is the best
+    assert replay(spiky, 3, higher_is_better=True, window=3) == (None, 50)
 
 
-def test_signals_are_judged_by_the_quality_of_what_they_export():
-    from trilora.toy.stopping import compare_signals, signals_summary
+def test_the_ground_truth_is_the_joint_hit_with_paired_bootstrap_intervals():
+    from trilora.toy.truth import hit_probability, joint, prompt_hits, run_truth
+    from trilora.toy.world import Attributes
 
-    run = {
-        "validations": [{"step": s, "val_loss": v, "val_loss_se": 0.01, "val_loss_by_t": {125: v, 375: m, 625: m}}
-                        for s, v, m in [(0, 0.9, 0.9), (10, 0.5, 0.6), (20, 0.4, 0.7), (30, 0.45, 0.8)]],
-        "checkpoints": [{"step": s, "fid": f, "fidelity_unseen": u, "signal": {"all": a}}
-                        for s, f, u, a in [(0, 100, 0.5, 0.0), (10, 50, 0.5, 0.5), (20, 60, 0.3, 0.4), (30, 70, 0.2, 0.3)]],
-    }  # fmt: skip
-    found = compare_signals(run, patience=1)
-    assert found["val_loss"]["chosen_step"] == 20 and found["val_loss"]["stop_step"] == 30
-    assert found["val_loss_mid"]["chosen_step"] == 10 and found["val_loss_mid"]["fid_within_5pct"]
-    assert found["generation"]["chosen_step"] == 10 and found["generation"]["wasted"] == 10
-    assert not found["val_loss"]["fid_within_5pct"] and not found["val_loss"]["unseen_within_5pct"]
-    assert found["none"]["chosen_step"] == 30 and found["none"]["stop_step"] is None  # train to the end
-    summary = signals_summary([{"signals": found}])
-    assert summary["val_loss_mid"]["fid_within_5pct"] == 1 and summary["val_loss"]["fid_within_5pct"] == 0
+    wanted = [Attributes("onion", "red", 2, "day"), Attributes("onion", "blue", 3, "night")]
+    seen = [Attributes("onion", "red", 2, "day"), Attributes("onion", "green", 3, "night")]
+    hits = prompt_hits(seen, wanted)
+    assert hits == {"style": [1, 1], "fidelity": [1, 0]} and joint(hits) == 0.5
+    n = 200  # checkpoint 1 is right on 90 % of prompts, 2 on 88 % (nearly as good), 0 on 10 %
+    checkpoints = [{"style": [1] * n, "fidelity": [int(i < k) for i in range(n)]} for k in (20, 180, 176)]
+    truth = run_truth(checkpoints, [0, 10, 20], draws=200)
+    assert truth["best_step"] == 10 and truth["best"] == pytest.approx(0.9)
+    assert all(lo <= v <= hi for lo, v, hi in zip(truth["low"], truth["joint"], truth["high"], strict=True))
+    assert truth["high"][0] < 0.2 and 0.8 < truth["low"][1]  # the intervals shrink as 1/sqrt(prompts)
+    assert truth["best_stable"] == 1.0  # paired: a draw resamples both alike, so 2 never overtakes 1
+    assert hit_probability(truth, 20) > 0.95 and hit_probability(truth, 0) == 0.0
+
+
+def synthetic_run(seed: int, joints: list[float]) -> dict:
+    """A run whose generation signal and truth peak at step 20 of 0..40 (validation loss at step 10)."""
+    steps = [0, 10, 20, 30, 40]
+    n = 20
+    checkpoints = []
+    for s, j in zip(steps, joints, strict=True):
+        hits = {"style": [1] * n, "fidelity": [int(i < round(j * n)) for i in range(n)]}
+        signal = {"all": j, "style": 1.0, "fidelity": j}
+        checkpoints.append({"step": s, "fid": 100 - 100 * j, "fidelity_unseen": j, "signal": signal, "wide": signal,
+                            "kid": 1 - j, "truth": hits})  # fmt: skip
+    from trilora.toy.truth import run_truth
+
+    validations = [{"step": s, "val_loss": v, "val_loss_se": 0.01, "val_loss_by_t": {375: v}}
+                   for s, v in zip(steps, [0.9, 0.5, 0.6, 0.7, 0.8], strict=True)]  # fmt: skip
+    run = {"seed": seed, "validations": validations, "checkpoints": checkpoints}
+    run["truth"] = run_truth([c.pop("truth") for c in checkpoints], steps, draws=50)
+    return run
+
+
+def test_rules_are_judged_by_the_ground_truth_and_costed_in_unet_passes():
+    from trilora.toy.stopping import compare_rules, rules_summary
+
+    settings = {"patience": 1, "eval_every": 10, "batch_size": 4, "val_images": 10, "val_timesteps": 8,
+                "signal_prompts": 16, "sample_steps": 20, "guidance": 3.0}  # fmt: skip
+    runs = [synthetic_run(seed, [0.0, 0.5, 0.9, 0.6, 0.4]) for seed in (0, 1)]
+    runs.append(synthetic_run(2, [0.0, 0.9, 0.5, 0.95, 0.4]))  # a held-out run whose best is later
+    for run in runs:
+        run["rules"] = compare_rules(run, settings)
+    first = runs[0]["rules"]
+    loss = first["val_loss, patience 1"]
+    assert (loss["stop_step"], loss["chosen_step"], loss["hit"]) == (20, 10, False)  # 0.5 < 0.95 x 0.9
+    assert loss["unet_passes"] == 20 * 12 + 3 * 80 and loss["cost"] == pytest.approx(1 + 240 / 240)
+    generation = first["generation, patience 1"]
+    assert (generation["stop_step"], generation["chosen_step"], generation["hit"]) == (30, 20, True)
+    assert generation["unet_passes"] == 30 * 12 + 4 * (80 + 16 * 20 * 2)
+    assert first["kid, patience 1"]["chosen_step"] == 20  # lower is better
+    assert (
+        first["none, to the end"]["chosen_step"] == 40 and first["none, to the end"]["unet_passes"] == 40 * 12
+    )
+    summary = rules_summary(runs, tune_seeds=2)
+    g = summary["rules"]["generation, patience 1"]
+    assert (g["tune"]["hits"], g["held_out"]["hits"]) == (2, 0)  # stopped at 20 before the later best
+    assert summary["rules"]["generation, to the end, mean of 3"]["held_out"]["hits"] == 1  # the mean finds 30
+    assert summary["default"] in {n for n, s in summary["rules"].items() if s["tune"]["hits"] == 2}
+    assert "held_out" not in rules_summary(runs, tune_seeds=0)["rules"]["val_loss, patience 1"]  # no split
 
 
 @pytest.mark.slow  # ~60 s: the long-run setting, reduced, and its resume
 def test_long_setting_scores_unseen_colours_signals_and_strengths_and_resumes(tmp_path):
     build_toy_pipeline(0).save_pretrained(tmp_path / "base")
     args = ["bench", "toy", "--methods", "trilora", "--ranks", "2", "--seeds", "1", "--steps", "4", "--eval-every", "2",
-            "--prompts", "4", "--train-images", "6", "--train-colours", "2", "--signal-prompts", "2",
+            "--prompts", "4", "--truth-prompts", "6", "--train-images", "6", "--train-colours", "2", "--signal-prompts", "2",
             "--strengths", "1.5", "--output", str(tmp_path / "out"), "--base", str(tmp_path / "base")]  # fmt: skip
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -211,15 +264,21 @@ def test_long_setting_scores_unseen_colours_signals_and_strengths_and_resumes(tm
         assert main(args) == 0
         first = json.loads((tmp_path / "out" / "results.json").read_text())
         run = first["runs"][0]
-        assert all("fidelity_unseen" in c and "signal" in c for c in run["checkpoints"])
-        assert set(run["signals"]) == {"val_loss", "val_loss_mid", "val_loss_se", "generation", "none"}
+        assert all("fidelity_unseen" in c and {"signal", "wide", "kid"} <= set(c) for c in run["checkpoints"])
+        assert (
+            len(run["truth"]["joint"]) == len(run["checkpoints"]) == 3
+            and first["settings"]["truth_prompts"] == 6
+        )
+        assert {r["signal"] for r in run["rules"].values()} == {"val_loss", "val_loss_mid", "val_loss_se", "generation",
+                                                                "generation_split", "wide", "wide_split", "kid", "none"}  # fmt: skip
         assert [p["strength"] for p in run["strengths"]["last"]] == [1.5]
         assert first["settings"]["train_colours"] == ["red", "blue"]
-        assert "## Stopping signals" in (tmp_path / "out" / "report.md").read_text()
+        report = (tmp_path / "out" / "report.md").read_text()
+        assert "## Stopping rules" in report and "## Ground truth" in report
         assert main(args) == 2  # a second start is refused; --resume continues, reusing runs and scores
         assert main([*args, "--resume"]) == 0
         again = json.loads((tmp_path / "out" / "results.json").read_text())
-        assert again["runs"][0]["checkpoints"] == run["checkpoints"] and again["signals"] == first["signals"]
+        assert again["runs"][0]["checkpoints"] == run["checkpoints"] and again["rules"] == first["rules"]
         assert again["runs"][0]["strengths"] == run["strengths"]  # read back from strengths.json
         assert list((tmp_path / "out").glob("runs/*/checkpoints/step-*/strengths.json"))
         assert main([*args[:-4], "--steps", "6", "--output", str(tmp_path / "out"), "--resume"]) == 2

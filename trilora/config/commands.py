@@ -165,6 +165,11 @@ class BenchConfig:
                              "test prompts ask for all eight, fidelity is also scored on the unseen ones.", low=1, high=3)  # fmt: skip
     signal_prompts: int = opt(0, "Held-out prompts (not the test prompts) scored at every checkpoint: the "
                               "generation signal for stopping (0 = none).", low=0, high=100000)  # fmt: skip
+    truth_prompts: int = opt(0, "Ground-truth prompts scored at every checkpoint (the test prompts, extended; "
+                             "0 = --prompts): the joint hit that stopping rules are judged by, with bootstrap "
+                             "intervals.", low=0, high=100000)  # fmt: skip
+    tune_seeds: int = opt(0, "Seeds 0..N-1 tune the stopping rules (the default is chosen on them), the others "
+                          "are held out to report them (0 = no split).", low=0, high=1000)  # fmt: skip
     strengths: list[float] = opt([], "Also score each run's best and last adapter at these strengths "
                                  "(the strength-control curve), comma-separated.", comma=True, low=0, high=10)  # fmt: skip
 
@@ -183,6 +188,8 @@ class BenchConfig:
             (self.train_images >= 2, f"--train-images must be at least 2, got {self.train_images}"),
             (1 <= self.train_colours <= 3, f"--train-colours must be 1, 2 or 3, got {self.train_colours}"),
             (self.signal_prompts == 0 or self.signal_prompts >= 2, "--signal-prompts must be 0 or at least 2"),
+            (self.tune_seeds < self.seeds, f"--tune-seeds ({self.tune_seeds}) must be below --seeds ({self.seeds}) "
+             "so that some seeds are held out (0: no split)"),
             (all(s >= 0 for s in self.strengths), "--strengths must be 0 or more"),
             (not (self.resume and self.overwrite), "--resume and --overwrite contradict each other"),
         ])  # fmt: skip

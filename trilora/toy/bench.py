@@ -29,6 +29,7 @@ from PIL import Image
 from trilora.adapters.inject import add_run_adapters, load_adapter_state_dict, set_multiplier
 from trilora.config import SETTINGS_FILE, BenchConfig, RunConfig, Tree, from_dict, settings_toml
 from trilora.errors import UserError
+from trilora.evaluation.kid import mmd2_unbiased
 from trilora.files import write_text
 from trilora.run_folder import claim
 from trilora.toy.evaluate import (
@@ -46,7 +47,9 @@ from trilora.toy.evaluate import (
 from trilora.toy.judge import load_judge
 from trilora.toy.metrics import nfid
 from trilora.toy.report import analyse_run, summarise, write_report
-from trilora.toy.stopping import compare_signals, signals_summary
+from trilora.toy.stopping import WIDE_FACTOR, WIDE_STEPS, compare_rules, rules_summary
+from trilora.toy.truth import prompt_hits, run_truth
+from trilora.toy.world import parse_caption
 from trilora.training.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint
 from trilora.training.loop import train
 from trilora.training.metrics import read_metrics
@@ -134,27 +137,31 @@ def bench_locked(output: Path, settings: BenchConfig, base: Path) -> dict:
         for run in [r for r in runs if (r["method"], r["rank"]) == (method, rank)]:
             scorer.score_run(run, config)
     runs = [analyse_run(run, s.patience) for run in runs]
-    for run in runs:
-        run["signals"] = compare_signals(run, s.patience)
-    if s.strengths:
-        for (method, rank), config in configs.items():
-            for run in [r for r in runs if (r["method"], r["rank"]) == (method, rank)]:
-                scorer.strength_curves(run, config, s.strengths)
-    evaluated = time.perf_counter()
     recorded = dict(
         methods=s.methods, ranks=s.ranks, seeds=s.seeds, steps=s.steps, eval_every=s.eval_every, prompts=s.prompts,
         base=str(base), lr=s.lr, patience=s.patience, batch_size=BATCH_SIZE, train_images=s.train_images,
         val_images=VAL_IMAGES, val_timesteps=VAL_TIMESTEPS, style=ADAPTER_STYLE, train_colours=list(train_colours(s)),
         signal_prompts=s.signal_prompts, strengths=s.strengths, prompt_seed=PROMPT_SEED, signal_seed=SIGNAL_SEED,
-        image_seed=IMAGE_SEED, sample_steps=STEPS, guidance=GUIDANCE,
+        image_seed=IMAGE_SEED, sample_steps=STEPS, guidance=GUIDANCE, truth_prompts=scorer.truth_count,
+        tune_seeds=s.tune_seeds, wide_steps=WIDE_STEPS,
     )  # fmt: skip
+    for run in runs:
+        hits = [c.pop("truth") for c in run["checkpoints"]]
+        run["truth"] = run_truth(hits, [c["step"] for c in run["checkpoints"]])
+        run["rules"] = compare_rules(run, recorded)
+        del run["truth"]["draws"]  # 1000 per checkpoint: measured, not kept
+    if s.strengths:
+        for (method, rank), config in configs.items():
+            for run in [r for r in runs if (r["method"], r["rank"]) == (method, rank)]:
+                scorer.strength_curves(run, config, s.strengths)
+    evaluated = time.perf_counter()
     results = {
         "command": command_line(output, recorded),
         "settings": recorded,
-        "base": base_scores,
+        "base": {k: v for k, v in base_scores.items() if k != "truth"},  # its truth is each run's step 0
         "runs": runs,
         "summary": summarise(runs),
-        "signals": signals_summary(runs),
+        "rules": rules_summary(runs, s.tune_seeds),
         "seconds": {"train": trained - started, "evaluate": evaluated - trained},
     }
     results["seconds"]["total"] = time.perf_counter() - started
@@ -243,28 +250,46 @@ class Scorer:
         self.pipe = load_pipeline(base)
         self.pipe.set_progress_bar_config(disable=True)
         self.judge, self.settings, self.base_unet = load_judge(), settings, self.pipe.unet
-        self.wanted = prompt_set(settings.prompts, (ADAPTER_STYLE,), seed=PROMPT_SEED)
+        # the truth prompts extend the test prompts (the same seed draws the same first ones)
+        self.truth_count = max(settings.prompts, settings.truth_prompts)
+        self.truth = prompt_set(self.truth_count, (ADAPTER_STYLE,), seed=PROMPT_SEED)
+        self.wanted = self.truth[: settings.prompts]
         self.signal = prompt_set(settings.signal_prompts, (ADAPTER_STYLE,), seed=SIGNAL_SEED)
+        self.wide = prompt_set(WIDE_FACTOR * settings.signal_prompts, (ADAPTER_STYLE,), seed=SIGNAL_SEED)
+        val = sorted((output / "data" / "val").glob("*.png"))
+        self.val_wanted = [
+            parse_caption(p.with_suffix(".txt").read_text()) for p in val
+        ] * 2  # two images each
+        self.val_features = (
+            None if not val else self.judge.features([Image.open(p).convert("RGB") for p in val])
+        )
         self.reference = reference_renders(self.wanted, seed=IMAGE_SEED)
         self.training = [
             Image.open(p).convert("RGB") for p in sorted((output / "data" / "train").glob("*.png"))
         ]
         self.output, self.shaped = output, None
         self.key = {"prompts": settings.prompts, "signal_prompts": settings.signal_prompts,
-                    "train_colours": settings.train_colours, "train_images": settings.train_images}  # fmt: skip
+                    "train_colours": settings.train_colours, "train_images": settings.train_images,
+                    "truth_prompts": self.truth_count, "signals": 2}  # fmt: skip
         self.base_scores = self.measure("base model", signal=True)
         self.base_scores["nfid"] = nfid(self.base_scores["fid"], self.base_scores["fid"])
 
     def measure(self, what: str, signal: bool = False) -> dict:
         started = time.perf_counter()
-        images = generate_images(self.pipe, self.wanted, seed=IMAGE_SEED)
-        scores = score(self.judge, images, self.wanted, reference=self.reference, training=self.training,
-                       seen_colours=train_colours(self.settings))  # fmt: skip
+        seen = train_colours(self.settings)
+        images = generate_images(self.pipe, self.truth, seed=IMAGE_SEED)
+        test = images[: len(self.wanted)]
+        scores = score(self.judge, test, self.wanted, reference=self.reference, training=self.training,
+                       seen_colours=seen)  # fmt: skip
+        scores["truth"] = prompt_hits(self.judge.predict(images), self.truth)
         if signal and self.signal:
             held_out = generate_images(self.pipe, self.signal, seed=IMAGE_SEED + 10_000)
-            scores["signal"] = score(
-                self.judge, held_out, self.signal, seen_colours=train_colours(self.settings)
-            )
+            scores["signal"] = score(self.judge, held_out, self.signal, seen_colours=seen)
+            wide = generate_images(self.pipe, self.wide, seed=IMAGE_SEED + 20_000, steps=WIDE_STEPS)
+            scores["wide"] = score(self.judge, wide, self.wide, seen_colours=seen)
+            if self.val_features is not None:
+                generated = generate_images(self.pipe, self.val_wanted, seed=IMAGE_SEED + 30_000)
+                scores["kid"] = mmd2_unbiased(self.judge.features(generated), self.val_features)
         log.info("bench: %s: style %.2f, fidelity %.2f, toy FID %.1f (%.0f s)",
                  what, scores["style"], scores["fidelity"], scores["fid"], time.perf_counter() - started)  # fmt: skip
         return scores

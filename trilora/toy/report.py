@@ -90,9 +90,12 @@ def write_report(output: Path, results: dict) -> None:
     from trilora.toy.overfitting import onset_markdown, strength_summary_markdown
 
     # here, not at the top: an import cycle
-    from trilora.toy.stopping import signals_markdown, strengths_markdown
+    from trilora.toy.stopping import rules_markdown, strengths_markdown, truth_markdown
 
-    extra = signals_markdown(results.get("signals", {}), results["settings"])
+    extra = []
+    if all("truth" in run for run in results["runs"]):
+        extra += truth_markdown(results["runs"], results["settings"])
+    extra += rules_markdown(results.get("rules", {}), results["settings"])
     extra += onset_markdown(results["runs"]) + strength_summary_markdown(results["runs"])
     extra += strengths_markdown(results["runs"])
     write_text(

@@ -155,8 +155,9 @@ def save_samples(
     folder: Path,
     device: torch.device,
     autocast: torch.dtype | None,
-) -> None:
-    """One image per sample prompt with a fixed seed, so samples of two steps differ only by the adapter."""
+) -> list:
+    """One image per sample prompt with a fixed seed, so samples of two steps differ only by the adapter
+    (returned too)."""
     folder.mkdir(parents=True, exist_ok=True)
     prompts, resolution = list(opts.sample_prompt), config.data.resolution
     images = sample_images(pipe, prompts, [config.train.seed] * len(prompts), opts.sample_steps, height=resolution,
@@ -164,6 +165,7 @@ def save_samples(
     for i, image in enumerate(images):
         save_image(image, folder / f"{i:02d}.png")
     write_text(folder / "prompts.txt", "\n".join(opts.sample_prompt) + "\n")
+    return images
 
 
 def export_step(run: Path, step: int) -> dict:

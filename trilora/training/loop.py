@@ -53,6 +53,7 @@ from trilora.training.optim import make_optimizer
 from trilora.training.progress import Progress
 from trilora.training.readout import Readout, to_device
 from trilora.training.schedule import lr_at
+from trilora.training.sheet import SHEET, SHEET_FILE, column_path, save_column, sheet_steps, write_sheet
 from trilora.training.signal import FindScorer
 from trilora.training.state import TrainingState
 from trilora.training.validation import EarlyStopping, by_timestep, mean_and_standard_error, signal_value
@@ -316,6 +317,8 @@ def restore(r: Run, state: TrainingState, resume: dict, source: Path, in_place: 
             shutil.rmtree(later, ignore_errors=True)
         for later in [kept_adapter(r.output, step) for step in kept_steps(r.output) if step > state.step]:
             later.unlink(missing_ok=True)  # kept adapters of the abandoned continuation
+        for later in [column_path(r.output, step) for step in sheet_steps(r.output) if step > state.step]:
+            later.unlink(missing_ok=True)  # and its contact-sheet columns
     if r.dist.main and not in_place and state.best_state is not None:
         write_adapter(r.output / "best" / "adapter.safetensors", state.best_state, r.config, state.stopper.best_step,
                       state.stopper.best_val_loss)  # fmt: skip
@@ -324,6 +327,11 @@ def restore(r: Run, state: TrainingState, resume: dict, source: Path, in_place: 
         for step in (step for step in kept_steps(earlier) if step <= state.step):
             with atomic_path(kept_adapter(r.output, step)) as temporary:
                 shutil.copyfile(kept_adapter(earlier, step), temporary)
+        for step in (step for step in sheet_steps(earlier) if step <= state.step):
+            with atomic_path(column_path(r.output, step)) as temporary:
+                shutil.copyfile(column_path(earlier, step), temporary)
+        if (earlier / SHEET / "prompts.txt").is_file():
+            write_text(r.output / SHEET / "prompts.txt", (earlier / SHEET / "prompts.txt").read_text())
     log.info("resumed from step %d (%s) into %s", state.step, source, r.output)
 
 
@@ -439,28 +447,30 @@ def validate(r: Run, state: TrainingState) -> tuple[float, float, dict[int, floa
     return *mean_and_standard_error(losses.flatten()), by_timestep(losses, v.timesteps)
 
 
-def sample(r: Run, state: TrainingState) -> None:
+def sample(r: Run, state: TrainingState) -> list:
     if not r.dist.main:
-        return
+        return []
     with state.averaged():
         folder = r.output / "samples" / f"step-{state.step:06d}"
-        save_samples(r.setup.pipe, r.config.validation, r.config, folder, r.device, r.setup.autocast)
+        return save_samples(r.setup.pipe, r.config.validation, r.config, folder, r.device, r.setup.autocast)
 
 
 def evaluate(r: Run, state: TrainingState, progress: Progress) -> dict:
     """Samples, then the validation loss (and the generation signal); a new best of what stopping
     follows becomes the best adapter (written to best/). Returns the metrics row's measurements."""
-    if r.config.validation.sample_prompt:
-        sample(r, state)
+    samples = sample(r, state) if r.config.validation.sample_prompt else []
     if r.setup.validation is None:
         return {}
     stopper, signal = state.stopper, None
+    # the contact sheet's column: the signal's held-out prompts, or else the samples
+    column = (samples, list(r.config.validation.sample_prompt))
     with state.averaged():
         val_loss, val_se, by_t = validate(r, state)
         if r.setup.signal is not None:
-            signal = r.setup.signal.measure(
+            signal, images = r.setup.signal.measure(
                 r.setup.pipe, r.config.data.resolution, r.device, r.setup.autocast
             )
+            column = (images, r.setup.signal.prompts)
             value, se = -signal, 0.0  # higher is better; the stopper minimises
         else:
             value = signal_value(r.setup.stop_on, val_loss, by_t, r.scheduler.config.num_train_timesteps)
@@ -480,6 +490,10 @@ def evaluate(r: Run, state: TrainingState, progress: Progress) -> dict:
             write_adapter(kept_adapter(r.output, state.step), state.adapter_state(), r.config, state.step, val_loss,
                           signal=signal, family=base.family.name, prediction_type=base.prediction_type)  # fmt: skip
             prune_kept(r.output, r.config.checkpoint.keep_adapters, stopper.best_step)
+            if column[0]:
+                save_column(r.output, state.step, *column)
+                now = {"step": state.step, "val_loss": val_loss, "signal": signal}
+                write_sheet(r.output, [*state.metrics.rows, now], stopper.best_step)
     shown = "" if signal is None else f", signal {signal:.3f}"
     progress.note(f"step {state.step}: val_loss {val_loss:.5f} ± {val_se:.5f}{shown} "
                   f"(best step {stopper.best_step}: val_loss {stopper.best_val_loss:.5f})")  # fmt: skip
@@ -518,6 +532,7 @@ def finish(r: Run, state: TrainingState, stopped_early: bool, last_val_loss: flo
         "stopped_early": stopped_early,
         "exported": {k: str(v) for k, v in exported.items()},
         "exported_step": exported_step,
+        "contact_sheet": str(r.output / SHEET_FILE) if (r.output / SHEET_FILE).is_file() else None,
     }
     write_json(r.output / "summary.json", summary)
     return summary

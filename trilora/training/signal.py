@@ -40,10 +40,13 @@ class GenerationSignal:
     steps: int
     seeds: list[int]  # one per prompt
 
-    def measure(self, pipe, resolution: int, device: torch.device, autocast: torch.dtype | None) -> float:
+    def measure(
+        self, pipe, resolution: int, device: torch.device, autocast: torch.dtype | None
+    ) -> tuple[float, list]:
+        """(the score, the images it scored: the contact sheet's column)."""
         images = sample_images(pipe, self.prompts, self.seeds, self.steps, self.scorer.guidance, resolution,
                                resolution, device=device, autocast=autocast)  # fmt: skip
-        return float(self.scorer.score(images, self.prompts))
+        return float(self.scorer.score(images, self.prompts)), images
 
 
 def generation_signal(

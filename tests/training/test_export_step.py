@@ -90,15 +90,20 @@ def test_keep_adapters_takes_all_or_a_count(tmp_path, tiny_model_dir, capsys):
 def test_a_resumed_run_keeps_the_adapters_up_to_its_step(tmp_path, tiny_model_dir):
     """In its own folder, a resume drops the kept adapters of the abandoned continuation; into a new
     folder, it copies those up to the checkpoint, so every step of the new run stays browsable."""
-    run = train(tmp_path, tiny_model_dir, "--checkpoint-every", "2", "--keep-checkpoints", "5")
+    run = train(tmp_path, tiny_model_dir, "--checkpoint-every", "2", "--keep-checkpoints", "5", "--sample-prompt",
+                "a red square")  # fmt: skip
     elsewhere = tmp_path / "elsewhere"
     args = ["train", "--resume", str(run / "checkpoints" / "step-000004"), "--output", str(elsewhere),
             "--steps", "6"]  # fmt: skip
     assert main(args) == 0
     assert sorted(int(p.name[5:11]) for p in (elsewhere / "adapters").iterdir()) == [0, 2, 4, 6]
+    assert sorted(p.name for p in (elsewhere / "sheet").iterdir()) == sorted(
+        p.name for p in (run / "sheet").iterdir()
+    )
     copied, original = (
         load_file(str(folder / "adapters" / "step-000002.safetensors")) for folder in (elsewhere, run)
     )
     assert all(torch.equal(copied[k], original[k]) for k in original)
     assert main(["train", "--resume", str(run / "checkpoints" / "step-000002"), "--steps", "2"]) == 0
     assert sorted(int(p.name[5:11]) for p in (run / "adapters").iterdir()) == [0, 2]
+    assert sorted(p.name for p in (run / "sheet").glob("step-*")) == ["step-000000.png", "step-000002.png"]

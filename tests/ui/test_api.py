@@ -144,3 +144,19 @@ def test_runs_are_found_again_by_a_new_ui_on_the_same_root(ui):
         )  # no checkpoint, no summary
     finally:
         again.server_close()
+
+
+@pytest.mark.parametrize(
+    "body, said",
+    [({"name": "old2", "step": 3}, "kept no adapter of step 3"), ({"name": "old2"}, "give the step"),
+     ({"name": "old2", "step": "abc"}, "whole number"), ({"name": "../runs/old2", "step": 0}, ""),
+     ({"name": "old2", "step": -4}, "")],
+)  # fmt: skip
+def test_exporting_a_step_refuses_what_is_not_a_kept_step_of_a_run(ui, body, said):
+    run = ui.root / "runs" / "old2"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text('{"train": {"steps": 10}, "adapter": {"method": "lora"}}')
+    before = sorted(p.name for p in ui.root.rglob("*"))
+    status, answer = ui.json("/api/export-step", body)
+    assert status in (400, 403) and said in answer["error"] and "\n" not in answer["error"]
+    assert sorted(p.name for p in ui.root.rglob("*")) == before

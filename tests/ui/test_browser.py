@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None and os.environ.get("TRILORA_REQUIRE_BROWSER") != "1":
@@ -84,6 +85,25 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     assert best.startswith("best step ") and f'"best_step": {best.split()[-1]}' in summary
     page.wait_for_selector("#run-samples img")
     screenshot(page, "runs", tmp_path_factory)
+
+    # the contact sheet, and another step than the best exported from it
+    page.wait_for_function("document.getElementById('run-sheet').naturalWidth > 0")
+    page.locator("#run-steps").scroll_into_view_if_needed()
+    screenshot(page, "steps", tmp_path_factory)
+    steps = page.eval_on_selector_all("#run-step option", "os => os.map((o) => o.value)")
+    run_steps = json.loads(summary)["steps_run"]
+    assert (
+        steps == [str(s) for s in range(0, run_steps + 1, 10)]
+        and page.input_value("#run-step") == best.split()[-1]
+    )
+    other = next(s for s in steps if s != best.split()[-1] and s != "0")
+    page.select_option("#run-step", other)
+    page.click("#run-export-step")
+    page.wait_for_selector(f"[data-step-export='{other}']")
+    exported = ui.root / "runs" / "ui-run" / f"ui-run-step-{int(other):06d}.safetensors"
+    with safe_open(str(exported), "pt") as f:
+        assert f.metadata()["trilora_best_step"] == other  # says which step it holds
+    assert page.text_content("#run-step-error") == ""
 
     page.click("button[data-tab=test]")
     page.wait_for_selector("[data-adapter]")

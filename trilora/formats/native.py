@@ -33,6 +33,17 @@ def load_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return state, metadata
 
 
+def adapter_info(path: Path) -> dict | None:
+    """The metadata of one of our adapter files (its step, scores, config) without its tensors; None
+    if it is missing or not ours."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            info = json.loads((f.metadata() or {}).get("trilora_adapter", "null"))
+    except (OSError, SafetensorError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
 def is_native(path: Path) -> bool:
     """Whether `path` is one of our own adapter files (best/ and last/ of a run, checkpoints)."""
     try:

@@ -15,6 +15,7 @@ from trilora.formats.diffusers_lora import save_diffusers
 from trilora.formats.kohya import conv_network_args, save_kohya
 from trilora.formats.metadata import kohya_metadata
 from trilora.formats.native import load_adapter, native_pairs, save_adapter
+from trilora.outputs import check_name
 from trilora.run_folder import refuse_if_in_use
 from trilora.sampling import sample_images
 
@@ -197,7 +198,9 @@ def export_step(run: Path, step: int) -> dict:
     sgm = unet_config(config, family) if family.kohya_sgm else None
     header = family.header(info.get("prediction_type") or "epsilon")
     metadata = export_metadata(config, header, step, info.get("val_loss"), step)
-    name = f"{export_name(config, run)}-step-{step:06d}"
+    name = check_name(
+        f"{export_name(config, run)}-step-{step:06d}", f"the export name in {run / 'config.json'}"
+    )
     files = write_exports(run, name, pairs, alphas, metadata, config, sgm, step)
     summary_file = run / "summary.json"
     summary = read_json(summary_file)

@@ -221,6 +221,23 @@ def resume(ws: Workspace, name: str) -> dict:
     return ws.jobs.submit("train", folder, None, ["--resume", str(folder)]).as_dict(ws.root)
 
 
+def export_step(ws: Workspace, name: str, step: int) -> dict:
+    """`trilora export RUN --step N` for a run of the workspace: its files, relative to the root."""
+    # here, not at the top: the export reads adapters with torch, which the UI's other requests do not need
+    from trilora.training.export import export_step as export_kept
+
+    folder = run_folder(ws, name)
+    if step < 0:
+        raise BadRequest("give the step to export (one of the run's kept steps)")
+    if ws.jobs.of(folder) is not None and ws.jobs.of(folder).state in ("running", "queued"):
+        raise BadRequest(f"run {name} is still training: export a step when it has stopped")
+    files = export_kept(folder, step)
+    return {
+        "step": step,
+        "files": {k: str(Path(v).resolve().relative_to(ws.root.resolve())) for k, v in files.items()},
+    }
+
+
 def job(ws: Workspace, job_id: int) -> dict:
     found = ws.jobs.jobs.get(job_id)
     if found is None:

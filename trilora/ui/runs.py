@@ -4,9 +4,12 @@ runs started in a terminal show too): state, curves, best step, samples, exports
 import json
 from pathlib import Path
 
+from trilora.formats.native import adapter_info
 from trilora.run_folder import FolderLock, read_record
 from trilora.training.checkpoint import list_checkpoints
+from trilora.training.export import kept_steps
 from trilora.training.metrics import read_metrics
+from trilora.training.sheet import SHEET_FILE
 from trilora.ui.jobs import LOG, SETTINGS
 
 RUNS = "runs"
@@ -73,8 +76,8 @@ def describe_run(root: Path, folder: Path, job=None, detail: bool = False) -> di
     rows = read_metrics(folder / "metrics.csv") if (folder / "metrics.csv").is_file() else []
     validations = [r for r in rows if r.get("val_loss") is not None]
     best = summary.get("best_step")
-    if best is None and validations:
-        best = min(validations, key=lambda r: r["val_loss"])["step"]
+    if best is None:  # while it trains: the step of the best adapter so far, as stopping chose it
+        best = (adapter_info(folder / "best" / "adapter.safetensors") or {}).get("step")
     train = config.get("train", {})
     total = train.get("steps")
     step = rows[-1]["step"] if rows else 0
@@ -91,12 +94,13 @@ def describe_run(root: Path, folder: Path, job=None, detail: bool = False) -> di
         "best_step": best,
         "best_val_loss": summary.get("best_val_loss"),
         "exported": {
-            k: str(Path(v).resolve().relative_to(root.resolve()))
+            k: relative(root, Path(v))
             for k, v in summary.get("exported", {}).items()
-            if Path(v).resolve().is_relative_to(root.resolve())
-        },  # fmt: skip
+            if inside_root(root, Path(v))
+        },
     }
     if detail:
+        by_step = {r["step"]: r for r in validations}
         record = read_record(folder / ".trilora.lock") if described["state"] == "running" else None
         described |= {
             "train": [
@@ -114,7 +118,33 @@ def describe_run(root: Path, folder: Path, job=None, detail: bool = False) -> di
                 if s.name.removeprefix("step-").isdigit()
             ],  # fmt: skip
             "checkpoints": len(list_checkpoints(folder)),
+            # the contact sheet (its mtime: the page reloads it when it changes) and the steps it can export
+            "sheet": relative(root, folder / SHEET_FILE) if (folder / SHEET_FILE).is_file() else None,
+            "sheet_version": int((folder / SHEET_FILE).stat().st_mtime)
+            if (folder / SHEET_FILE).is_file()
+            else None,
+            "kept": [
+                {
+                    "step": k,
+                    "val_loss": by_step.get(k, {}).get("val_loss"),
+                    "signal": by_step.get(k, {}).get("signal"),
+                }
+                for k in kept_steps(folder)
+            ],  # fmt: skip
+            "step_exports": {
+                step: {k: relative(root, Path(v)) for k, v in files.items() if inside_root(root, Path(v))}
+                for step, files in (summary.get("step_exports") or {}).items()
+                if isinstance(files, dict)
+            },  # fmt: skip
             "log": log_tail(folder),
             "pid": (record or {}).get("pid"),
         }
     return described
+
+
+def inside_root(root: Path, path: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def relative(root: Path, path: Path) -> str:
+    return str(path.resolve().relative_to(root.resolve()))

@@ -146,10 +146,32 @@ async function loadRun() {
   $("run-resume").disabled = r.state !== "interrupted";
   drawChart(r);
   $("run-exports").replaceChildren(...Object.entries(r.exported).map(([kind, path]) => el("a", { href: fileUrl(path), text: `download ${kind} (${path.split("/").pop()})` })));
+  showSteps(r);
   $("run-samples").replaceChildren(...r.samples.slice(-3).flatMap((s) => s.images.map((img) => el("div", { class: "thumb" }, el("img", { src: fileUrl(img), alt: img }), el("small", { text: "step " + s.step })))));
   $("run-log").textContent = r.log; $("run-log").scrollTop = $("run-log").scrollHeight;
   for (const b of document.querySelectorAll(".run")) b.classList.toggle("selected", b.dataset.run === r.name);
   if (["running", "queued"].includes(r.state) && $("runs").classList.contains("active")) RUN_TIMER = setTimeout(loadRuns, 1000);
+}
+function showSteps(r) {
+  $("run-steps").hidden = !(r.sheet || (r.kept && r.kept.length));
+  if (r.sheet) { const src = fileUrl(r.sheet) + "&v=" + r.sheet_version; if ($("run-sheet").dataset.src !== src) { $("run-sheet").src = src; $("run-sheet").dataset.src = src; } }
+  $("run-sheet").hidden = !r.sheet;
+  const label = (k) => `step ${k.step}` + (k.step === r.best_step ? " (best)" : "") + (k.signal !== null && k.signal !== undefined ? `, signal ${k.signal.toFixed(2)}` : "") + (k.val_loss !== null && k.val_loss !== undefined ? `, loss ${k.val_loss.toFixed(4)}` : "");
+  const options = (r.kept || []).map((k) => el("option", { value: String(k.step), text: label(k) }));
+  const select = $("run-step"), chosen = select.dataset.run === r.name && select.dataset.chosen;  // the user's pick
+  if (select.options.length !== options.length || [...select.options].some((o, i) => o.text !== options[i].text)) select.replaceChildren(...options);
+  select.dataset.run = r.name;
+  select.value = chosen && options.some((o) => o.value === chosen) ? chosen : String(r.best_step);
+  $("run-export-step").disabled = ["running", "queued"].includes(r.state) || !options.length;
+  $("run-step-exports").replaceChildren(...Object.entries(r.step_exports || {}).flatMap(([step, files]) => Object.entries(files).map(([kind, path]) =>
+    el("a", { href: fileUrl(path), "data-step-export": step, text: `download step ${step} ${kind} (${path.split("/").pop()})` }))));
+}
+async function exportStep() {
+  $("run-step-error").textContent = "";
+  try {
+    const done = await api("/api/export-step", { name: CURRENT_RUN, step: Number($("run-step").value) });
+    status(`exported step ${done.step} of ${CURRENT_RUN}`); loadRun();
+  } catch (e) { $("run-step-error").textContent = String(e.message || e); throw e; }
 }
 const SVG = "http://www.w3.org/2000/svg";
 function svg(tag, attrs, text) { const n = document.createElementNS(SVG, tag); for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v); if (text !== undefined) n.textContent = text; return n; }
@@ -241,8 +263,9 @@ async function init() {
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => show(b.dataset.tab));
   const on = (id, f) => $(id).addEventListener("click", (e) => { e.preventDefault(); f().catch(() => {}); });
   on("data-load", loadData); on("caption-missing", captionMissing); on("train-estimate", estimate); on("train-start", startTraining);
-  on("run-stop", stopRun); on("run-resume", resumeRun); on("test-generate", runGenerate); on("test-grid-run", runGrid); on("eval-start", startEval);
-  $("train-preset").addEventListener("change", applyPreset); $("eval-command").addEventListener("change", evalForm);
+  on("run-stop", stopRun); on("run-resume", resumeRun); on("run-export-step", exportStep); on("test-generate", runGenerate); on("test-grid-run", runGrid); on("eval-start", startEval);
+  $("train-preset").addEventListener("change", applyPreset);
+  $("run-step").addEventListener("change", () => { $("run-step").dataset.chosen = $("run-step").value; }); $("eval-command").addEventListener("change", evalForm);
   show("data"); loadData().catch(() => {});
 }
 init().catch((e) => status(String(e), true));

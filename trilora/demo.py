@@ -14,7 +14,17 @@ from PIL import Image
 
 from trilora.base.load import load_pipeline
 from trilora.captioning.run import caption_folder
-from trilora.config import SETTINGS_FILE, CaptionConfig, DemoConfig, RunConfig, Tree, from_dict, settings_toml
+from trilora.config import (
+    SETTINGS_FILE,
+    CaptionConfig,
+    DemoConfig,
+    RunConfig,
+    Tree,
+    from_dict,
+    load_toml,
+    settings_toml,
+)
+from trilora.errors import UserError
 from trilora.files import save_image, write_json, write_text
 from trilora.inference.generate import load_adapters
 from trilora.run_folder import claim
@@ -80,6 +90,11 @@ def run_demo(settings: DemoConfig) -> dict:
 
     settings.validate()
     output, base = Path(settings.output), toy_base(settings.base)
+    if not settings.overwrite and holds_demo(output):
+        earlier, output = output, next_free(output)
+        print(f"demo: {earlier} holds an earlier demo, kept; this one goes to {output} (--overwrite replaces "
+              f"{earlier} instead)")  # fmt: skip
+        settings.output = str(output)
     lock = claim(
         output,
         demo_files,
@@ -94,6 +109,22 @@ def run_demo(settings: DemoConfig) -> dict:
         return demo_locked(output, settings.steps, base, settings.captions)
     finally:
         lock.release()
+
+
+def holds_demo(folder: Path) -> bool:
+    """Whether `folder` holds what an earlier `trilora demo` wrote (its settings file says so)."""
+    try:
+        return "demo" in load_toml(folder / SETTINGS_FILE)
+    except UserError:  # no settings file, or not one of ours
+        return False
+
+
+def next_free(folder: Path) -> Path:
+    """`folder`-2, -3, ...: the first that does not exist."""
+    n = 2
+    while folder.with_name(f"{folder.name}-{n}").exists():
+        n += 1
+    return folder.with_name(f"{folder.name}-{n}")
 
 
 def auto_caption(folders: list[Path]) -> dict:

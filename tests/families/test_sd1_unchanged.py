@@ -24,7 +24,7 @@ BEFORE = {
 }
 MODEL_KEYS_BEFORE = {"base", "base_config"}
 # options added since, per section: SDXL's second text encoder's learning rate, the kept adapters
-KEYS_ADDED = {"train": {"lr_text_encoder_2"}, "checkpoint": {"keep_adapters"}}
+KEYS_ADDED = {"train": {"lr_text_encoder_2"}, "checkpoint": {"keep_adapters"}, "validation": {"stop_window"}}
 CHANGES_EVERY_RUN = {"modelspec.date", "trilora_version"}
 
 

@@ -90,8 +90,10 @@ def test_stopping_and_the_best_checkpoint_follow_the_signal(tmp_path, tiny_model
     from trilora.training.metrics import read_metrics
 
     class Scripted:
+        prompts: list[str] = []
+
         def measure(self, pipe, resolution, device, autocast):
-            return SIGNAL[steps.pop(0)]
+            return SIGNAL[steps.pop(0)], []  # no images: no contact sheet
 
     steps = sorted(SIGNAL)
     monkeypatch.setattr(setup_module, "generation_signal", lambda *a: ("generation", Scripted()))
@@ -106,3 +108,27 @@ def test_stopping_and_the_best_checkpoint_follow_the_signal(tmp_path, tiny_model
     assert {s: rows[s]["signal"] for s in SIGNAL} == pytest.approx(SIGNAL)
     assert rows[20]["val_loss"] < rows[10]["val_loss"]  # the loss alone would have kept step 20
     assert load_adapter(tmp_path / "run" / "best" / "adapter.safetensors")[1]["step"] == 10
+
+
+def test_a_stop_window_follows_the_mean_of_the_last_validations(tmp_path, tiny_model_dir, monkeypatch):
+    """--stop-window 2: the spike at step 10 does not win; the best two in a row end at step 15."""
+    import trilora.training.setup as setup_module
+    from trilora.training.loop import train
+
+    signal = {0: 0.1, 5: 0.5, 10: 0.9, 15: 0.6, 20: 0.7, 25: 0.2, 30: 0.1}
+    steps = sorted(signal)
+
+    class Scripted:
+        prompts: list[str] = []
+
+        def measure(self, pipe, resolution, device, autocast):
+            return signal[steps.pop(0)], []
+
+    monkeypatch.setattr(setup_module, "generation_signal", lambda *a: ("generation", Scripted()))
+    data = make_shapes_dataset(tmp_path / "data", count=12)
+    config = from_dict({"output": str(tmp_path / "run"), "model": {"base": str(tiny_model_dir)},
+                        "data": {"data": str(data), "resolution": 32, "val_fraction": 0.25},
+                        "adapter": {"rank": 4}, "train": {"lr": 2e-3, "batch_size": 4, "steps": 40},
+                        "validation": {"validate_every": 5, "patience": 2, "val_timesteps": 2, "stop_window": 2}})  # fmt: skip
+    summary = train(config)
+    assert (summary["best_step"], summary["steps_run"]) == (15, 25)  # means .75 at 15, then .65 and .45

@@ -228,6 +228,14 @@ class ValidationConfig:
         "benchmarks/toy/long.",
         choices=("auto", "generation", "val_loss", "val_loss_mid", "val_loss_se"),
     )
+    stop_window: int = opt(
+        1,
+        "Stopping and the best checkpoint follow the mean of the last N validations' values (1 = each "
+        "alone): a noisy signal's lucky spike does not become the best. Measured in benchmarks/toy/long.",
+        resumable=True,
+        low=1,
+        high=1000,
+    )
     signal_prompt: list[str] = opt(
         [],
         "Held-out prompt for the generation signal (repeatable; default: up to 16 validation captions).",

@@ -66,12 +66,9 @@ def replay(points: list[tuple[int, float, float]], patience: int, higher_is_bett
     by trilora train's own rule (EarlyStopping) on the trailing mean of `window` values. `margin`: a
     validation counts against patience only if it is worse than the best by more than its error."""
     sign = -1.0 if higher_is_better else 1.0
-    stopper = EarlyStopping(patience, margin=margin)
-    values = []
+    stopper = EarlyStopping(patience, margin=margin, window=window)
     for step, value, se in points:
-        values.append(value)
-        smoothed = sum(values[-window:]) / len(values[-window:])
-        stopper.update(sign * smoothed, step, se)
+        stopper.update(sign * value, step, se)
         if stopper.should_stop:
             return step, stopper.best_step
     return None, stopper.best_step

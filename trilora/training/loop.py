@@ -287,8 +287,9 @@ def new_state(r: Run, metrics_start: int) -> TrainingState:
     for model in models.values():
         model.train()  # from_pretrained leaves models in eval mode; adapter dropout needs train mode
     metrics = MetricsLog(r.output / "metrics.csv" if r.dist.main else None, metrics_start)
+    v = config.validation
     stopper = EarlyStopping(
-        config.validation.patience, config.validation.min_delta, margin=r.setup.stop_on == "val_loss_se"
+        v.patience, v.min_delta, margin=r.setup.stop_on == "val_loss_se", window=v.stop_window
     )
     ema = EMA(params, config.train.ema) if config.train.ema else None
     return TrainingState(models, optimizer, stopper, metrics, ema)

@@ -76,16 +76,21 @@ def signal_value(stop_on: str, val_loss: float, by_t: dict[int, float], num_trai
 class EarlyStopping:
     """Counts validations without an improvement of more than `min_delta`; patience 0 never stops.
     `margin`: a validation counts against patience only when it is worse than the best by more than
-    its standard error (a rise the error bars cannot explain)."""
+    its standard error (a rise the error bars cannot explain). `window`: what is compared is the mean
+    of the last `window` values (a noisy signal's lucky spike does not become the best), and the best
+    step is the last of its window."""
 
-    def __init__(self, patience: int, min_delta: float = 0.0, margin: bool = False):
-        self.patience, self.min_delta, self.margin = patience, min_delta, margin
+    def __init__(self, patience: int, min_delta: float = 0.0, margin: bool = False, window: int = 1):
+        self.patience, self.min_delta, self.margin, self.window = patience, min_delta, margin, window
         self.best_loss, self.best_step, self.bad_validations = math.inf, None, 0
         self.best_val_loss = math.inf  # the validation loss at best_step (best_loss is the signal's value)
+        self.recent: list[float] = []  # the last `window` values
 
     def update(self, value: float, step: int, se: float = 0.0, val_loss: float | None = None) -> bool:
         """Record a validation (the signal's value, its standard error and the validation loss); True when
         it is the new best."""
+        self.recent = [*self.recent, value][-self.window :]
+        value = sum(self.recent) / len(self.recent)
         if value < self.best_loss - self.min_delta:
             self.best_loss, self.best_step, self.bad_validations = value, step, 0
             self.best_val_loss = value if val_loss is None else val_loss
@@ -99,15 +104,17 @@ class EarlyStopping:
         return self.patience > 0 and self.bad_validations >= self.patience
 
     def state_dict(self) -> dict:
-        """The counters only: patience and min_delta are settings, which may change on resume."""
+        """The counters only: patience, min_delta and window are settings, which may change on resume."""
         return {
             "best_loss": self.best_loss,
             "best_step": self.best_step,
             "bad_validations": self.bad_validations,
             "best_val_loss": self.best_val_loss,
+            "recent": list(self.recent),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.best_loss, self.best_step = state["best_loss"], state["best_step"]
         self.bad_validations = state["bad_validations"]
         self.best_val_loss = state.get("best_val_loss", self.best_loss)  # checkpoints from before stop_on
+        self.recent = list(state.get("recent", []))[-self.window :]  # checkpoints from before the window

@@ -59,3 +59,12 @@ def test_demo_runs_end_to_end(tmp_path, one_thread, capsys):
         r["signal"] for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["val_loss"] is not None
     ]
     assert len(signals) == 2 and all(s * 16 == round(s * 16) for s in signals)  # shares of 16 prompts
+    assert (tmp_path / "run" / "contact-sheet.png").is_file()  # the held-out prompts at every validated step
+
+    # a second demo into the same folder keeps the first and says where it went
+    first = (tmp_path / "metrics.json").read_bytes()
+    run_demo(DemoConfig(output=str(tmp_path), steps=2))
+    out = capsys.readouterr().out
+    second = tmp_path.with_name(tmp_path.name + "-2")
+    assert f"{tmp_path} holds an earlier demo, kept; this one goes to {second}" in out
+    assert (second / "before_after.png").is_file() and (tmp_path / "metrics.json").read_bytes() == first

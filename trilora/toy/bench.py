@@ -275,13 +275,16 @@ class Scorer:
         self.base_scores["nfid"] = nfid(self.base_scores["fid"], self.base_scores["fid"])
 
     def measure(self, what: str, signal: bool = False) -> dict:
+        """The test prompts' scores; with `signal` (a checkpoint), also the truth prompts' hits and every
+        stopping signal's measurement."""
         started = time.perf_counter()
         seen = train_colours(self.settings)
-        images = generate_images(self.pipe, self.truth, seed=IMAGE_SEED)
+        images = generate_images(self.pipe, self.truth if signal else self.wanted, seed=IMAGE_SEED)
         test = images[: len(self.wanted)]
         scores = score(self.judge, test, self.wanted, reference=self.reference, training=self.training,
                        seen_colours=seen)  # fmt: skip
-        scores["truth"] = prompt_hits(self.judge.predict(images), self.truth)
+        if signal:
+            scores["truth"] = prompt_hits(self.judge.predict(images), self.truth)
         if signal and self.signal:
             held_out = generate_images(self.pipe, self.signal, seed=IMAGE_SEED + 10_000)
             scores["signal"] = score(self.judge, held_out, self.signal, seen_colours=seen)

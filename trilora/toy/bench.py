@@ -133,9 +133,9 @@ def bench_locked(output: Path, settings: BenchConfig, base: Path) -> dict:
     trained = time.perf_counter()
     scorer = Scorer(output, base, s)
     base_scores = scorer.base_scores
-    for (method, rank), config in configs.items():
-        for run in [r for r in runs if (r["method"], r["rank"]) == (method, rank)]:
-            scorer.score_run(run, config)
+    # the tuning runs first: the rules can be chosen on them while the held-out ones are scored
+    for run in sorted(runs, key=lambda r: bool(s.tune_seeds) and r["seed"] >= s.tune_seeds):
+        scorer.score_run(run, configs[run["method"], run["rank"]])
     runs = [analyse_run(run, s.patience) for run in runs]
     recorded = dict(
         methods=s.methods, ranks=s.ranks, seeds=s.seeds, steps=s.steps, eval_every=s.eval_every, prompts=s.prompts,

@@ -93,7 +93,9 @@ def load_checkpoint(path: Path) -> dict:
 
 # Settings added after runs were checkpointed, with the value that describes how those runs ran
 # (before --stop-on existed, stopping followed the validation loss).
-ADDED_SETTINGS = {"validation": {"stop_on": "val_loss", "signal_prompt": [], "clip_model": None, "stop_window": 1}}
+ADDED_SETTINGS = {
+    "validation": {"stop_on": "val_loss", "signal_prompt": [], "clip_model": None, "stop_window": 1}
+}
 
 
 def flatten(config: dict, prefix: str = "") -> dict:

@@ -1,6 +1,8 @@
 """The generation stopping signal: which scorer `--stop-on auto` finds, what the toy judge scores, and
 that stopping and the best checkpoint follow the signal rather than the validation loss."""
 
+from dataclasses import replace
+
 import pytest
 
 from trilora.base.tiny import make_shapes_dataset
@@ -39,6 +41,20 @@ def test_the_judge_scores_renders_of_the_prompts_above_renders_of_others():
     assert score([render(a, 7 + k) for k, a in enumerate(TOY)], prompts) == 1.0
     assert score([render(a, 7 + k) for k, a in enumerate(reversed(TOY))], prompts) < 1.0
     assert toy_scorer(["a photo of a cat", *prompts]) is None  # not the judge's language
+
+
+def test_the_toy_signal_is_the_style_hit_times_the_fidelity_scored_apart():
+    """The long bench's chosen signal: an image in the style with the wrong colour counts for style,
+    an image with the right colour in another style counts for fidelity (the joint hit would count
+    neither)."""
+    prompts = [caption(a) for a in TOY]
+    score = toy_scorer(prompts)
+    style_only = [replace(TOY[0], colour="white"), replace(TOY[1], colour="white"), TOY[2]]
+    fidelity_only = [replace(a, style="gothic") if k == 0 else a for k, a in enumerate(TOY)]
+    images = [render(a, 7 + k) for k, a in enumerate(style_only[:2] + [replace(TOY[2], style="gothic")])]
+    # style hit 2/3 (two onion renders in white, one gothic), fidelity 1/3 (only the gothic one as asked)
+    assert score(images, prompts) == pytest.approx(2 / 3 * 1 / 3)
+    assert score([render(a, 7 + k) for k, a in enumerate(fidelity_only)], prompts) == pytest.approx(2 / 3)
 
 
 def test_auto_finds_a_scorer_or_falls_back_to_the_validation_loss(tmp_path, toy_pipe, tiny_model_dir):
@@ -101,7 +117,7 @@ def test_stopping_and_the_best_checkpoint_follow_the_signal(tmp_path, tiny_model
     config = from_dict({"output": str(tmp_path / "run"), "model": {"base": str(tiny_model_dir)},
                         "data": {"data": str(data), "resolution": 32, "val_fraction": 0.25},
                         "adapter": {"rank": 4}, "train": {"lr": 2e-3, "batch_size": 4, "steps": 40},
-                        "validation": {"validate_every": 5, "patience": 2, "val_timesteps": 2}})  # fmt: skip
+                        "validation": {"validate_every": 5, "patience": 2, "val_timesteps": 2, "stop_window": 1}})  # fmt: skip
     summary = train(config)
     assert (summary["best_step"], summary["steps_run"], summary["stop_on"]) == (10, 20, "generation")
     rows = {row["step"]: row for row in read_metrics(tmp_path / "run" / "metrics.csv")}

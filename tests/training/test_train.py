@@ -134,7 +134,7 @@ def test_stop_on_chooses_what_each_signal_says(tmp_path, tiny_model_dir, shapes,
 
     monkeypatch.setattr(loop, "validate", lambda r, state: SCRIPT[state.step])
     cfg = config(tmp_path, tiny_model_dir, shapes, train={"steps": 20},
-                 validation={"validate_every": 5, "patience": 2, "stop_on": stop_on})  # fmt: skip
+                 validation={"validate_every": 5, "patience": 2, "stop_on": stop_on, "stop_window": 1})  # fmt: skip
     summary = train(cfg)
     assert (summary["best_step"], summary["steps_run"], summary["stop_on"]) == (best_step, steps_run, stop_on)
     assert summary["best_val_loss"] == SCRIPT[best_step][0] and summary["exported_step"] == best_step

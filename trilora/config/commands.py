@@ -150,7 +150,10 @@ class BenchConfig:
     prompts: int = opt(48, "Test prompts per evaluation.", low=2, high=100000)
     lr: float = opt(1e-3, "Learning rate.", low=1e-12, high=10)
     patience: int = opt(
-        5, "Patience of the replayed early stopping (`trilora train`'s default).", low=0, high=100000
+        5,
+        "Patience of the replayed stopping rules (each also at twice it, and to the end).",
+        low=0,
+        high=100000,
     )
     output: str = opt("runs/bench-toy", "Report folder.", metavar="DIR", path=True)
     base: str | None = opt(

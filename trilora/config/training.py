@@ -205,8 +205,9 @@ class ValidationConfig:
         8, "Timesteps per validation image, spread evenly over the schedule.", low=1, high=1000
     )
     patience: int = opt(
-        5,
-        "Stop after this many validations without improvement (0 = never stop early).",
+        0,
+        "Stop after this many validations without improvement; 0 = train to --steps and keep the best "
+        "(the default: the long toy bench's chosen rule).",
         resumable=True,
         low=0,
         high=100000,
@@ -229,7 +230,7 @@ class ValidationConfig:
         choices=("auto", "generation", "val_loss", "val_loss_mid", "val_loss_se"),
     )
     stop_window: int = opt(
-        1,
+        3,
         "Stopping and the best checkpoint follow the mean of the last N validations' values (1 = each "
         "alone): a noisy signal's lucky spike does not become the best. Measured in benchmarks/toy/long.",
         resumable=True,

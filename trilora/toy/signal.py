@@ -1,11 +1,12 @@
-"""The toy world's scorer for the generation stopping signal: the judge's share of images with
-style, colour, floors and time all as asked (the long toy bench's signal)."""
+"""The toy world's scorer for the generation stopping signal: the judge's style hit times its
+prompt fidelity (colour, floors and time all as asked), each the share of the held-out prompts'
+images: the long toy bench's `generation_split`, the signal of the rule it chose as the default."""
 
 from collections.abc import Callable
 
 from trilora.toy.base import TOY_UNET
+from trilora.toy.evaluate import score
 from trilora.toy.judge import load_judge
-from trilora.toy.metrics import attribute_accuracy
 from trilora.toy.world import parse_caption
 
 
@@ -19,11 +20,16 @@ def is_toy_world(unet) -> bool:
 
 
 def toy_scorer(prompts: list[str]) -> Callable | None:
-    """(images, prompts) -> the judge's share of images with every attribute as asked; None if a
-    prompt is not a toy caption."""
+    """(images, prompts) -> the judge's style hit x fidelity on those images; None if a prompt is not
+    a toy caption."""
     try:
         wanted = [parse_caption(p) for p in prompts]
     except ValueError:
         return None
     judge = load_judge()
-    return lambda images, _: attribute_accuracy(judge.predict(images), wanted)["all"]
+
+    def split(images, _):
+        scores = score(judge, images, wanted)
+        return scores["style"] * scores["fidelity"]
+
+    return split

@@ -86,6 +86,14 @@ def write_report(output: Path, results: dict) -> None:
         plot_curves(runs, results["base"]["fid"], output / name, f"{entry['method']} rank {entry['rank']}")
         plots.append((f"{entry['method']} rank {entry['rank']}", name))
     plot_fid_overview(results, output / "plots" / "fid.png")
+    if all("truth" in run for run in results["runs"]):
+        plot_truth(results, output / "plots" / "truth.png")
+        plots.append(
+            (
+                "ground truth: joint hit per checkpoint, 95 % interval, best and the default's pick",
+                "plots/truth.png",
+            )
+        )
     # here, not at the top: an import cycle
     from trilora.toy.overfitting import onset_markdown, strength_summary_markdown
 
@@ -250,6 +258,43 @@ def plot_fid_overview(results: dict, path: Path) -> None:
     ax.set_ylabel(f"toy FID (mean over {results['settings']['seeds']} seed(s))")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_truth(results: dict, path: Path) -> None:
+    """Per method and rank: each run's joint hit per checkpoint with its bootstrap interval (shaded),
+    its best checkpoint (triangle) and the checkpoint the default rule exports (star)."""
+    plt = pyplot()
+    groups = [(e["method"], e["rank"]) for e in results["summary"]]
+    columns = min(2, len(groups))
+    rows = math.ceil(len(groups) / columns)
+    fig, axes = plt.subplots(rows, columns, sharex=True, sharey=True, figsize=(5 * columns, 3.6 * rows), dpi=100,
+                             squeeze=False)  # fmt: skip
+    default = results.get("rules", {}).get("default")
+    for ax, (method, rank) in zip(axes.flat, groups, strict=False):
+        runs = [r for r in results["runs"] if (r["method"], r["rank"]) == (method, rank)]
+        for k, run in enumerate(runs):
+            t, colour = run["truth"], f"C{k % 10}"
+            ax.fill_between(t["steps"], t["low"], t["high"], color=colour, alpha=0.12)
+            ax.plot(t["steps"], t["joint"], color=colour, marker=".", label=f"seed {run['seed']}")
+            ax.plot([t["best_step"]], [t["best"]], color=colour, marker="v", markersize=9)
+            if default in run.get("rules", {}):
+                step = run["rules"][default]["chosen_step"]
+                ax.plot([step], [t["joint"][t["steps"].index(step)]], color=colour, marker="*", markersize=13)
+        ax.set_title(f"{method} rank {rank}")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(groups) :]:
+        ax.set_visible(False)
+    first = axes.flat[0]
+    first.plot([], [], color="black", marker="v", linestyle="none", label="best")
+    first.plot([], [], color="black", marker="*", linestyle="none", label="default rule's pick")
+    first.legend(fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("joint hit")
+    for ax in axes[-1]:
+        ax.set_xlabel("optimiser step")
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

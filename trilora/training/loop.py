@@ -496,8 +496,12 @@ def evaluate(r: Run, state: TrainingState, progress: Progress) -> dict:
                 now = {"step": state.step, "val_loss": val_loss, "signal": signal}
                 write_sheet(r.output, [*state.metrics.rows, now], stopper.best_step)
     shown = "" if signal is None else f", signal {signal:.3f}"
-    progress.note(f"step {state.step}: val_loss {val_loss:.5f} ± {val_se:.5f}{shown} "
-                  f"(best step {stopper.best_step}: val_loss {stopper.best_val_loss:.5f})")  # fmt: skip
+    window = f" (mean of {stopper.window})" if stopper.window > 1 else ""
+    best = (f"val_loss {stopper.best_val_loss:.5f}" if signal is None else
+            f"signal {-stopper.best_loss:.3f}{window}, val_loss {stopper.best_val_loss:.5f}")  # fmt: skip
+    progress.note(
+        f"step {state.step}: val_loss {val_loss:.5f} ± {val_se:.5f}{shown} (best step {stopper.best_step}: {best})"
+    )
     return {"val_loss": val_loss, "val_loss_se": val_se, "val_loss_by_t": by_t, "signal": signal}
 
 

@@ -34,6 +34,26 @@ def test_every_request_needs_the_token_and_a_link_cannot_change_anything(ui):
     )
 
 
+def test_the_uis_own_folder_is_never_served_or_written(ui):
+    assert ui.json("/files/.trilora-ui/token")[0] == 403
+    assert ui.json("/files/data/../.trilora-ui/token")[0] == 403
+    assert ui.json("/api/data?folder=.trilora-ui")[0] == 403
+    status, answer = ui.json("/api/caption-text", {"image": ".trilora-ui/token.png", "text": "hi"})
+    assert status == 403 and "own folder" in answer["error"]
+    assert sorted(p.name for p in (ui.root / ".trilora-ui").iterdir()) == ["token"]
+
+
+def test_a_given_token_is_used_as_given_and_not_kept(tmp_path):
+    from trilora.config import UIConfig
+    from trilora.ui.server import make_server
+
+    server = make_server(UIConfig(root=str(tmp_path / "ws"), port=0, token="s" * 20))
+    try:
+        assert server.token == "s" * 20 and not (tmp_path / "ws" / ".trilora-ui").exists()
+    finally:
+        server.server_close()
+
+
 def test_paths_outside_the_root_are_refused(ui, tmp_path):
     connection = http.client.HTTPConnection(ui.base.removeprefix("http://"))
     connection.request("GET", f"/files/../../../etc/passwd?token={ui.token}")
@@ -85,6 +105,18 @@ def test_captions_are_edited_and_written_by_a_caption_job(ui):
     assert len(list((ui.root / "data" / "onion").glob("*.txt"))) == 30
     assert (ui.root / first).with_suffix(".txt").read_text() == "<b>mine</b>\n"  # kept
     assert 'model = "toy"' in (ui.root / done["folder"] / "job.toml").read_text()  # the job is a CLI run
+    assert done["error"] is None
+
+    # a job that fails says why in its own line, and its whole log opens in the page
+    (ui.root / "data" / "empty").mkdir()
+    _, job = ui.json(
+        "/api/jobs",
+        {"command": "caption", "settings": {"data": {"data": "data/empty"}, "caption": {"model": "toy"}}},
+    )
+    failed = wait(ui, job["id"])
+    assert failed["state"] == "failed" and failed["error"].startswith("trilora: error: ")
+    status, log = ui.request(f"/files/{failed['log_file']}")
+    assert status == 200 and failed["error"] in log.decode()
 
 
 @pytest.mark.slow  # a CLI subprocess that loads diffusers
@@ -137,6 +169,10 @@ def test_runs_are_found_again_by_a_new_ui_on_the_same_root(ui):
     again = make_server(UIConfig(root=str(ui.root), port=0))
     try:
         from trilora.ui import api
+
+        # the same token: the tabs open before the restart keep working
+        assert again.token == ui.token and len(ui.token) >= 16
+        assert (ui.root / ".trilora-ui" / "token").stat().st_mode & 0o077 == 0  # its owner's only
 
         found = {r["name"]: r for r in api.runs(again.workspace)}
         assert (

@@ -60,14 +60,19 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     for name, value in {"train.steps": "40", "validation.validate_every": "10", "checkpoint.checkpoint_every": "10",
                         "validation.sample_prompt": PROMPT, "validation.sample_steps": "4"}.items():  # fmt: skip
         page.fill(f"[name='{name}']", value)
-    # a select of the form; the loss rule, not the default generation signal, keeps this test short
-    page.select_option("[name='validation.stop_on']", "val_loss")
+    page.fill(
+        "[name='validation.signal_prompt']", PROMPT + "|a blue onion-domed building with one floor at dusk"
+    )
     page.click("#train-estimate")
     page.wait_for_function("document.getElementById('train-estimate-text').textContent.includes('trainable')")
     screenshot(page, "train", tmp_path_factory)
     page.click("#train-start")
 
     page.wait_for_function("document.querySelectorAll('#chart .val-point').length >= 2", timeout=180000)
+    # what the run is doing now, and the signal stopping follows, plotted beside the loss
+    assert page.text_content("#run-phase").startswith("now: ")
+    page.wait_for_function("document.querySelectorAll('#chart .signal-point').length >= 2")
+    assert "stopping follows it" in page.text_content("#chart")
     page.click("#run-stop")
     page.wait_for_selector("#run-state[data-state=interrupted]", timeout=120000)
     points = page.locator("#chart .val-point").count()
@@ -104,6 +109,14 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     with safe_open(str(exported), "pt") as f:
         assert f.metadata()["trilora_best_step"] == other  # says which step it holds
     assert page.text_content("#run-step-error") == ""
+
+    # a lost server is said at once, and the page picks up again when it answers
+    page.route("**/api/ping", lambda route: route.abort())
+    page.wait_for_selector("#offline", state="visible", timeout=15000)
+    screenshot(page, "offline", tmp_path_factory)
+    page.unroute("**/api/ping")
+    page.wait_for_selector("#offline", state="hidden", timeout=15000)
+    assert page.text_content("#status") == "reconnected"
 
     page.click("button[data-tab=test]")
     page.wait_for_selector("[data-adapter]")

@@ -18,9 +18,9 @@ from trilora.errors import UserError
 from trilora.files import write_text
 from trilora.outputs import check_name
 from trilora.run_folder import holder_process
-from trilora.ui.jobs import Jobs
+from trilora.ui.jobs import LOG, Jobs
 from trilora.ui.paths import inside
-from trilora.ui.runs import RUNS, describe_or_unreadable, describe_run, log_tail, run_folders
+from trilora.ui.runs import RUNS, describe_or_unreadable, describe_run, log_tail, read_log, run_folders
 
 FORMS = ("train", "caption", "generate", "evaluate", "compare")
 OUTPUT_FOLDERS = {"train": "runs", "generate": "tests", "evaluate": "reports", "compare": "reports"}
@@ -245,7 +245,11 @@ def job(ws: Workspace, job_id: int) -> dict:
 
     images = sorted(str(p.relative_to(ws.root)) for p in found.folder.rglob("*.png"))
     reports = sorted(str(p.relative_to(ws.root)) for p in found.folder.glob("report.html"))
-    return found.as_dict(ws.root) | {"images": images, "reports": reports, "log": log_tail(found.folder)}
+    lines = read_log(found.folder)
+    errors = [line for line in lines if line.startswith("trilora: error:")]
+    return found.as_dict(ws.root) | {"images": images, "reports": reports, "log": log_tail(lines),
+                                     "error": errors[-1] if errors else None,
+                                     "log_file": str((found.folder / LOG).relative_to(ws.root))}  # fmt: skip
 
 
 def presets(configs: Path | None, toy: dict) -> dict[str, dict]:

@@ -4,6 +4,8 @@ from pathlib import Path
 
 from trilora.errors import UserError
 
+PRIVATE = ".trilora-ui"  # the UI's own files in the workspace (its token): never served, never written from the page
+
 
 class OutsideRoot(UserError):
     """A path that leaves the workspace (`..`, an absolute path, a link pointing out)."""
@@ -16,6 +18,8 @@ def inside(root: Path, relative: str, allowed: tuple[Path, ...] = ()) -> Path:
         raise OutsideRoot(f"not a path: {relative!r}")
     root = root.resolve()
     path = (root / relative).resolve()
+    if path.is_relative_to(root) and PRIVATE in path.relative_to(root).parts:
+        raise OutsideRoot(f"{relative!r} is the UI's own folder, which the page never reads or writes")
     for folder in (root, *(a.resolve() for a in allowed)):
         if path == folder or folder in path.parents:
             return path

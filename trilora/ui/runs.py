@@ -2,6 +2,7 @@
 runs started in a terminal show too): state, curves, best step, samples, exports, progress, log."""
 
 import json
+import re
 from pathlib import Path
 
 from trilora.formats.native import adapter_info
@@ -14,6 +15,9 @@ from trilora.ui.jobs import LOG, SETTINGS
 
 RUNS = "runs"
 LOG_LINES = 40
+RATE_STEPS = 50  # the ETA follows the rate over the last this many steps
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+BAR = re.compile(r"^(?P<what>[^|]*?):?\s*\d+%\|[^|]*\|\s*(?P<done>\d+)/(?P<total>\d+)")  # tqdm's line
 
 
 def run_folders(root: Path) -> list[Path]:
@@ -47,13 +51,56 @@ def describe_or_unreadable(root: Path, folder: Path, job=None, detail: bool = Fa
                 "best_val_loss": None, "exported": {}}  # fmt: skip
 
 
-def log_tail(folder: Path, lines: int = LOG_LINES) -> str:
-    """The last lines of the run's log; progress bars' carriage-return updates keep their last state."""
+def read_log(folder: Path) -> list[str]:
+    """The end of the run's log as lines: colour codes removed, a line rewritten by carriage returns
+    (a progress bar) kept in its last state."""
     try:
         text = (folder / LOG).read_bytes()[-20000:].decode("utf-8", errors="replace")
     except OSError:
-        return ""
-    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines()[-lines:])
+        return []
+    lines = (
+        ANSI.sub("", line.replace("\r\n", "\n").rstrip("\r").rsplit("\r", 1)[-1]) for line in text.split("\n")
+    )
+    return [line.rstrip() for line in lines if line.strip()]
+
+
+def log_tail(lines: list[str], count: int = LOG_LINES) -> str:
+    """The log without progress bars (the phase line shows the latest one)."""
+    return "\n".join([line for line in lines if not BAR.match(line)][-count:])
+
+
+def phase(lines: list[str]) -> str | None:
+    """What a running run is doing now, from its latest log line: a progress bar as `what n/N`, else
+    the line itself (loading the base model, caching, validating, step n/N ...)."""
+    if not lines:
+        return None
+    if bar := BAR.match(lines[-1]):
+        return f"{bar['what'].strip() or 'working'} {bar['done']}/{bar['total']}"
+    return lines[-1].removeprefix("trilora: ")
+
+
+def stop_on(summary: dict, config: dict, validations: list[dict]) -> str | None:
+    """What stopping follows: the finished run's summary says; while it trains, `auto` follows the
+    generation signal exactly when a scorer was found, i.e. when the signal has values."""
+    if summary.get("stop_on"):
+        return summary["stop_on"]
+    asked = config.get("validation", {}).get("stop_on")
+    if asked in ("auto", "generation") and any(v.get("signal") is not None for v in validations):
+        return "generation"
+    return "val_loss" if asked == "auto" and validations else asked
+
+
+def eta_seconds(rows: list[dict], total: int | None) -> float | None:
+    """Seconds to `total` steps at the recent rate (the last RATE_STEPS steps, validations included:
+    they recur), not the average since the start, which holds the set-up and the first validation."""
+    timed = [r for r in rows if r.get("elapsed_s") is not None]
+    if not total or len(timed) < 2:
+        return None
+    first = next(r for r in timed if r["step"] >= timed[-1]["step"] - RATE_STEPS)
+    if first is timed[-1]:
+        first = timed[-2]
+    steps, seconds = timed[-1]["step"] - first["step"], timed[-1]["elapsed_s"] - first["elapsed_s"]
+    return max(0.0, seconds / steps * (total - timed[-1]["step"])) if steps > 0 and seconds >= 0 else None
 
 
 def run_state(folder: Path, job) -> str:
@@ -81,8 +128,7 @@ def describe_run(root: Path, folder: Path, job=None, detail: bool = False) -> di
     train = config.get("train", {})
     total = train.get("steps")
     step = rows[-1]["step"] if rows else 0
-    elapsed = rows[-1].get("elapsed_s") if rows else None
-    eta = elapsed / step * (total - step) if total and step and elapsed else None
+    eta = eta_seconds(rows, total)
     described = {
         "name": folder.name,
         "state": run_state(folder, job),
@@ -107,8 +153,15 @@ def describe_run(root: Path, folder: Path, job=None, detail: bool = False) -> di
                 {"step": r["step"], "loss": r["train_loss"]} for r in rows if r.get("train_loss") is not None
             ],
             "val": [
-                {"step": r["step"], "loss": r["val_loss"], "se": r.get("val_loss_se")} for r in validations
+                {
+                    "step": r["step"],
+                    "loss": r["val_loss"],
+                    "se": r.get("val_loss_se"),
+                    "signal": r.get("signal"),
+                }
+                for r in validations
             ],
+            "stop_on": stop_on(summary, config, validations),
             "samples": [
                 {
                     "step": int(s.name.removeprefix("step-")),
@@ -136,7 +189,8 @@ def describe_run(root: Path, folder: Path, job=None, detail: bool = False) -> di
                 for step, files in (summary.get("step_exports") or {}).items()
                 if isinstance(files, dict)
             },  # fmt: skip
-            "log": log_tail(folder),
+            "log": log_tail(lines := read_log(folder)),
+            "phase": phase(lines) if described["state"] == "running" else None,
             "pid": (record or {}).get("pid"),
         }
     return described

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import logging
 import mimetypes
+import os
 import secrets
 import threading
 from http import HTTPStatus
@@ -20,7 +21,7 @@ from trilora.run_folder import prepare_folder
 from trilora.toy.evaluate import adapter_dataset
 from trilora.ui import api
 from trilora.ui.jobs import Jobs
-from trilora.ui.paths import OutsideRoot, inside
+from trilora.ui.paths import PRIVATE, OutsideRoot, inside
 
 log = logging.getLogger("trilora")
 STATIC = Path(__file__).parent / "static"
@@ -99,6 +100,7 @@ def settings_of(data: dict) -> dict:
 
 ROUTES_GET = {
     "/api/state": lambda ws, q: api.state(ws),
+    "/api/ping": lambda ws, q: {"ok": True},
     "/api/data": lambda ws, q: api.data(ws, text(q, "folder"), number(q, "resolution", 512, 8, 4096)),
     "/api/runs": lambda ws, q: api.runs(ws),
     "/api/run": lambda ws, q: api.run(ws, text(q, "name")),
@@ -217,10 +219,13 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(HTTPStatus.FORBIDDEN, {"error": str(error)})
         if not path.is_file():
             return self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no file {relative}"})
-        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        kind = mimetypes.guess_type(path.name)[0] or (
+            "text/plain" if path.suffix == ".log" else "application/octet-stream"
+        )
+        kind += "; charset=utf-8" if kind == "text/plain" else ""
         extra = (
             {}
-            if kind.startswith(("image/", "text/html"))
+            if kind.startswith(("image/", "text/html", "text/plain"))
             else {"Content-Disposition": f'attachment; filename="{path.name}"'}
         )
         if kind == "text/html":  # a report: its own inline style and images, nothing from outside
@@ -240,10 +245,31 @@ def check_host(settings: UIConfig) -> str:
     return settings.token
 
 
+def kept_token(root: Path) -> str:
+    """The workspace's own token (made once, readable by its owner only), so that a restarted UI
+    still accepts the tabs that were open."""
+    path = root / PRIVATE / "token"
+    try:
+        token = path.read_text(encoding="ascii").strip()
+        if len(token) >= 16 and token.replace("-", "").replace("_", "").isalnum():
+            return token
+    except (OSError, UnicodeDecodeError):
+        pass
+    token = secrets.token_urlsafe(24)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    descriptor = os.open(path.with_suffix(".new"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as file:
+        file.write(token + "\n")
+    os.replace(path.with_suffix(".new"), path)
+    return token
+
+
 def make_server(settings: UIConfig) -> ThreadingHTTPServer:
     settings.validate()
     token = check_host(settings)
     workspace = make_workspace(settings)
+    if settings.token is None:  # the default: the workspace keeps it across restarts
+        token = kept_token(workspace.root)
     handler = type("BoundHandler", (Handler,), {"workspace": workspace, "token": token})
     try:
         server = ThreadingHTTPServer((settings.host, settings.port), handler)

@@ -22,8 +22,19 @@ async function api(path, body) {
   const response = await fetch(path, options);
   const data = await response.json();
   if (!response.ok) { status(data.error || response.statusText, true); throw new Error(data.error); }
+  if (body !== undefined && $("status").className === "error") status("");  // a success clears an earlier refusal
   return data;
 }
+// a lost server is said at once, and the page picks up again when it answers
+let OFFLINE = false;
+async function heartbeat() {
+  let up = false;
+  try { up = (await fetch("/api/ping", { headers: { "X-Trilora-Token": token } })).ok; } catch (e) { up = false; }
+  if (up && OFFLINE) { OFFLINE = false; $("offline").hidden = true; status("reconnected"); if ($("runs").classList.contains("active")) loadRuns().catch(() => {}); }
+  if (!up) { OFFLINE = true; $("offline").hidden = false; }
+  setTimeout(heartbeat, up ? 5000 : 2000);
+}
+function minutes(seconds) { return seconds < 60 ? "under a minute" : `about ${Math.round(seconds / 60)} min`; }
 
 // ---- forms generated from the config tree ----
 function buildForm(form, fields, values) {
@@ -99,8 +110,14 @@ async function captionMissing() {
   const model = $("caption-model").value;
   const job = await api("/api/jobs", { command: "caption", settings: { data: { data: $("data-folder").value }, caption: { model } } });
   $("caption-status").textContent = "captioning…";
-  await waitJob(job.id, (j) => { $("caption-status").textContent = j.state + ": " + (j.log.split("\n").slice(-1)[0] || ""); });
+  const done = await waitJob(job.id, (j) => { $("caption-status").textContent = j.state + ": " + (j.log.split("\n").slice(-1)[0] || ""); });
+  if (done.state !== "finished") { jobFailed($("caption-status"), "captioning", done); return; }
   loadData();
+}
+// a failed job: its `trilora: error:` line, and its whole log a click away
+function jobFailed(where, what, j) {
+  where.replaceChildren(el("span", { class: "error", role: "alert", text: `${what} ${j.state}: ${j.error || j.log.split("\n").slice(-1)[0] || "no message"}` }), " ",
+    el("a", { href: fileUrl(j.log_file), target: "_blank", text: "open its log" }));
 }
 async function waitJob(id, onUpdate) {
   for (;;) {
@@ -140,7 +157,8 @@ async function loadRun() {
   $("run-detail").hidden = false;
   $("run-title").textContent = r.name + (r.method ? ` (${r.method}, rank ${r.rank})` : "");
   $("run-state").textContent = r.state; $("run-state").dataset.state = r.state;
-  const eta = r.eta_s && r.state === "running" ? `, about ${Math.ceil(r.eta_s)} s left` : "";
+  const eta = r.eta_s !== null && r.eta_s !== undefined && r.state === "running" ? `, ${minutes(r.eta_s)} left` : "";
+  $("run-phase").textContent = r.phase ? "now: " + r.phase : "";
   $("run-progress").textContent = `step ${r.step}${r.total_steps ? " of " + r.total_steps : ""}${eta}`;
   $("run-stop").disabled = !["running", "queued"].includes(r.state);
   $("run-resume").disabled = r.state !== "interrupted";
@@ -189,19 +207,30 @@ function drawChart(r) {
   chart.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#888" }), svg("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#888" }));
   for (const v of [lo, (lo + hi) / 2, hi]) chart.append(svg("text", { x: 4, y: y(v) + 4, "font-size": 11 }, v.toFixed(4)));
   chart.append(svg("text", { x: W - R - 30, y: H - 10, "font-size": 11 }, "step"), svg("text", { x: L, y: H - 10, "font-size": 11 }, "0"), svg("text", { x: W - R - 80, y: H - 24, "font-size": 11 }, String(maxStep)));
-  if (smoothed.length) chart.append(svg("polyline", { points: smoothed.map((p) => `${x(p.step)},${y(p.loss)}`).join(" "), fill: "none", stroke: "#9ab", "stroke-width": 1.5, class: "train-line" }));
+  if (smoothed.length) chart.append(svg("polyline", { points: smoothed.map((p) => `${x(p.step)},${y(p.loss)}`).join(" "), fill: "none", stroke: "#6b7f99", "stroke-width": 1.5, class: "train-line" }));
   for (const p of r.val) {
     const g = svg("g", { class: "val-point" });
     if (p.se) g.append(svg("line", { x1: x(p.step), x2: x(p.step), y1: y(p.loss - p.se), y2: y(p.loss + p.se), stroke: "#c05" }));
     g.append(svg("circle", { cx: x(p.step), cy: y(p.loss), r: 3.5, fill: "#c05" }));
     chart.append(g);
   }
+  const signal = r.val.filter((p) => p.signal !== null && p.signal !== undefined);
+  if (signal.length) {  // what stopping follows: the held-out prompts' score, on its own axis at the right
+    // a share of prompts (the toy judge) on its whole 0..1 scale; another score (CLIP) on its own range
+    let slo = Math.min(...signal.map((p) => p.signal)), shi = Math.max(...signal.map((p) => p.signal));
+    if (slo >= 0 && shi <= 1) { slo = 0; shi = 1; } else if (shi - slo < 1e-9) { shi += 0.05; slo -= 0.05; }
+    const ys2 = (v) => T + (H - T - B) * (shi - v) / (shi - slo);
+    chart.append(svg("polyline", { points: signal.map((p) => `${x(p.step)},${ys2(p.signal)}`).join(" "), fill: "none", stroke: "#1b7a3a", "stroke-width": 2, class: "signal-line" }));
+    for (const p of signal) chart.append(svg("rect", { x: x(p.step) - 3, y: ys2(p.signal) - 3, width: 6, height: 6, fill: "#1b7a3a", class: "signal-point" }));
+    for (const v of [slo, shi]) chart.append(svg("text", { x: W - R - 2, y: ys2(v) + 4, "font-size": 11, "text-anchor": "end", fill: "#1b7a3a" }, v.toFixed(2)));
+    chart.append(svg("text", { x: W - 300, y: T + 46, "font-size": 11, fill: "#1b7a3a" }, "held-out prompts' score, right axis" + (r.stop_on === "generation" ? " (stopping follows it)" : "")));
+  }
   if (r.best_step !== null && r.best_step !== undefined && r.val.length) {
     chart.append(svg("line", { x1: x(r.best_step), x2: x(r.best_step), y1: T, y2: H - B, stroke: "#2a2", "stroke-dasharray": "4 3" }),
       svg("text", { id: "best-marker", x: x(r.best_step) + (x(r.best_step) > W - 120 ? -4 : 4), y: H - B - 8, fill: "#2a2",
         "font-size": 12, "text-anchor": x(r.best_step) > W - 120 ? "end" : "start" }, "best step " + r.best_step));
   }
-  chart.append(svg("text", { x: W - 220, y: T + 12, "font-size": 11, fill: "#9ab" }, "train loss (smoothed)"), svg("text", { x: W - 220, y: T + 26, "font-size": 11, fill: "#c05" }, "validation loss ± s.e."));
+  chart.append(svg("text", { x: W - 300, y: T + 18, "font-size": 11, fill: "#4f6077" }, "train loss (smoothed)"), svg("text", { x: W - 300, y: T + 32, "font-size": 11, fill: "#c05" }, "validation loss ± s.e."));
 }
 async function stopRun() { await api("/api/stop", { name: CURRENT_RUN }); status("stopping " + CURRENT_RUN + " (a checkpoint first)"); loadRuns(); }
 async function resumeRun() { await api("/api/resume", { name: CURRENT_RUN }); status("resuming " + CURRENT_RUN); setTimeout(loadRuns, 500); }
@@ -230,7 +259,7 @@ async function generate(strength) {
   const job = await api("/api/jobs", { command: "generate", settings });
   status("generating…");
   const done = await waitJob(job.id);
-  if (done.state !== "finished") { status("generate " + done.state + ": " + done.log.split("\n").slice(-1)[0], true); return []; }
+  if (done.state !== "finished") { status("generate " + done.state + ": " + (done.error || done.log.split("\n").slice(-1)[0]), true); return []; }
   status("generated");
   return done.images.map((img) => el("div", { class: "thumb" }, el("img", { src: fileUrl(img), alt: img, class: "generated" }), el("small", { text: `${settings.generate.lora.join(", ") || "base model"}` })));
 }
@@ -247,7 +276,8 @@ async function startEval() {
   const job = await api("/api/jobs", { command, name: $("eval-name").value || undefined, settings: formSettings($("eval-form"), STATE.forms[command]) });
   $("eval-status").textContent = command + " running…";
   const done = await waitJob(job.id);
-  $("eval-status").replaceChildren(done.reports.length ? el("a", { href: fileUrl(done.reports[0]), target: "_blank", text: "open report.html" }) : document.createTextNode(command + " " + done.state + ": " + done.log.split("\n").slice(-1)[0]));
+  if (done.reports.length) $("eval-status").replaceChildren(el("a", { href: fileUrl(done.reports[0]), target: "_blank", text: "open report.html" }));
+  else jobFailed($("eval-status"), command, done);
 }
 
 async function init() {
@@ -267,5 +297,6 @@ async function init() {
   $("train-preset").addEventListener("change", applyPreset);
   $("run-step").addEventListener("change", () => { $("run-step").dataset.chosen = $("run-step").value; }); $("eval-command").addEventListener("change", evalForm);
   show("data"); loadData().catch(() => {});
+  heartbeat();
 }
 init().catch((e) => status(String(e), true));

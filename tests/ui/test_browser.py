@@ -57,6 +57,24 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
 
     page.click("button[data-tab=train]")
     page.fill("#train-name", "ui-run")
+    # plain words first, the rest folded; a setting that does not apply is hidden
+    assert page.is_visible("label[for='train-form-adapter.rank']") and page.text_content(
+        "label[for='train-form-adapter.rank']"
+    ) == "Rank"
+    assert not page.is_visible("[name='train.min_snr_gamma']")  # folded under "More train settings"
+    page.select_option("[name='adapter.method']", "lora")
+    assert page.is_hidden("[data-key='adapter.sigma_init']")  # TriLoRA's own
+    page.select_option("[name='adapter.method']", "trilora")
+    # a bad value is said beside its field before anything is sent, and nothing starts
+    page.fill("[name='adapter.rank']", "-3")
+    page.click("#train-start")
+    assert page.text_content("[id='train-form-adapter.rank-error']") != ""
+    assert not (ui.root / "runs" / "ui-run").exists()
+    screenshot(page, "train-error", tmp_path_factory)
+    page.fill("[name='adapter.rank']", "16")
+    assert page.text_content("[id='train-form-adapter.rank-error']") == ""
+    for section in ("validation", "checkpoint"):
+        page.click(f"#train-form summary:has-text('More {section} settings')")
     for name, value in {"train.steps": "40", "validation.validate_every": "10", "checkpoint.checkpoint_every": "10",
                         "validation.sample_prompt": PROMPT, "validation.sample_steps": "4"}.items():  # fmt: skip
         page.fill(f"[name='{name}']", value)

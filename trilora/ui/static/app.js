@@ -37,30 +37,102 @@ async function heartbeat() {
 function minutes(seconds) { return seconds < 60 ? "under a minute" : `about ${Math.round(seconds / 60)} min`; }
 
 // ---- forms generated from the config tree ----
-function buildForm(form, fields, values) {
+// What a first-time user sees first, per form; every other setting folds under its section.
+const BASIC = {
+  train: ["model.base", "data.data", "data.val_data", "data.trigger", "adapter.method", "adapter.rank", "train.steps", "train.lr",
+    "train.batch_size", "validation.validate_every", "validation.sample_prompt", "export.name"],
+  evaluate: ["model.base", "evaluate.lora", "evaluate.prompts", "evaluate.reference", "evaluate.strengths"],
+  compare: ["model.base", "data.data", "data.val_data", "compare.methods", "adapter.rank", "train.steps", "evaluate.prompts", "evaluate.reference"],
+};
+// Settings that mean nothing unless another says so: hidden (still sent if set) until they apply.
+const APPLIES = {
+  "adapter.sigma_init": (v) => v("adapter.method") !== "lora",
+  "adapter.conv_alpha": (v) => Number(v("adapter.conv_rank")) > 0,
+  "train.lr_text_encoder": (v) => v("adapter.train_text_encoder") === true,
+  "train.lr_text_encoder_2": (v) => v("adapter.train_text_encoder") === true && ["auto", "sdxl"].includes(v("model.family")),
+  "data.class_prompt": (v) => !!v("data.class_data"), "data.num_class_images": (v) => !!v("data.class_data"),
+  "data.prior_loss_weight": (v) => !!v("data.class_data"),
+  "train.cuda_graphs": (v) => v("train.compile") === true,
+  "validation.stop_window": (v) => v("validation.stop_on") !== "val_loss_se",
+};
+const WORDS = { lr: "learning rate", snr: "SNR", ema: "EMA", te: "text encoder", vae: "VAE", clip: "CLIP", cuda: "CUDA", kid: "KID", fid: "FID",
+  dtype: "precision", val: "validation", num: "number of", grad: "gradient", accum: "accumulation", cfg: "CFG", lora: "LoRA", id: "ID" };
+function label(f) {  // "min-snr-gamma" -> "Min SNR gamma": plain words; the flag stays in the tooltip
+  const words = f.flag.split("-").map((w) => WORDS[w] || w).join(" ");
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
+function firstSentence(help) {  // up to the first ". " or "; " outside parentheses, shown under the field
+  let depth = 0;
+  for (let i = 0; i < help.length; i++) {
+    const c = help[i];
+    if (c === "(") depth++; else if (c === ")") depth = Math.max(0, depth - 1);
+    else if (depth === 0 && (c === "." || c === ";") && (i + 1 === help.length || help[i + 1] === " ")) return help.slice(0, i) + ".";
+  }
+  return help;
+}
+function buildForm(form, fields, values, name) {
   form.replaceChildren();
+  const basic = BASIC[name] || [];
+  const main = el("fieldset", { class: "basic" }, el("legend", { text: basic.length ? "The settings most runs need" : "Settings" }));
+  form.append(main);
   const sections = {};
   for (const f of fields) {
-    const section = f.section || "run";
-    if (!sections[section]) { sections[section] = el("fieldset", {}, el("legend", { text: section })); form.append(sections[section]); }
     let input;
+    const id = `${form.id}-${f.key}`;
     if (f.type === "bool" && f.default !== null) input = el("input", { type: "checkbox" });
     else if (f.type === "bool") {  // unset means "decide by itself" (--buckets, --cache-on-device): not off
       input = el("select");
-      for (const [v, text] of [["", "(default)"], ["true", "on"], ["false", "off"]]) input.append(el("option", { value: v, text }));
+      for (const [v, text] of [["", "(decide by itself)"], ["true", "on"], ["false", "off"]]) input.append(el("option", { value: v, text }));
     }
+    else if (f.choices && f.type === "list") { input = el("select", { multiple: "" }); for (const c of f.choices) input.append(el("option", { value: c, text: c })); }
     else if (f.choices) { input = el("select"); if (f.default === null) input.append(el("option", { value: "", text: "(default)" })); for (const c of f.choices) input.append(el("option", { value: c, text: c })); }
     else input = el("input", { type: f.type === "int" || f.type === "float" ? "number" : "text", step: f.type === "float" ? "any" : "1" });
-    input.name = f.key; input.dataset.type = f.type; input.title = f.help;
-    if (input.type === "number" && f.low !== null) input.min = String(f.low);  // the tree's bounds
+    input.name = f.key; input.id = id; input.dataset.type = f.type; input.title = `--${f.flag}: ${f.help}`;
+    if (input.type === "number" && f.low !== null) input.min = String(f.low);  // the tree's bounds, checked before sending
     if (input.type === "number" && f.high !== null) input.max = String(f.high);
     setValue(input, value(values, f));
-    sections[section].append(el("label", { title: f.help }, el("span", { text: "--" + f.flag }), input));
+    const error = el("small", { class: "field-error error", id: id + "-error", role: "alert" });
+    input.setAttribute("aria-describedby", id + "-help " + id + "-error");
+    input.addEventListener("input", () => { checkField(input); applies(form); });
+    input.addEventListener("change", () => { checkField(input); applies(form); });
+    const row = el("div", { class: "field", "data-key": f.key, "data-flag": f.flag }, el("label", { for: id, text: label(f) }), input,
+      el("small", { class: "help", id: id + "-help", text: firstSentence(f.help) }), error);
+    if (basic.includes(f.key) || !basic.length && !f.section) { main.append(row); continue; }
+    const section = f.section || "run";
+    if (!sections[section]) { sections[section] = el("details", { class: "advanced" }, el("summary", { text: `More ${section} settings` })); form.append(sections[section]); }
+    sections[section].append(row);
   }
+  if (!main.querySelector(".field")) main.remove();
+  applies(form);
+}
+function applies(form) {  // hide what does not apply to the current values
+  const get = (key) => { const i = form.elements[key]; return !i ? undefined : i.type === "checkbox" ? i.checked : i.value; };
+  for (const row of form.querySelectorAll(".field")) { const rule = APPLIES[row.dataset.key]; row.hidden = !!rule && !rule(get); }
+}
+function checkField(input) {  // the browser's own check of the tree's bounds and types, said beside the field
+  const message = input.validity && !input.validity.valid ? (input.validity.badInput ? "not a number" : input.validationMessage) : "";
+  const error = document.getElementById(input.id + "-error");
+  if (error) error.textContent = message;
+  input.setAttribute("aria-invalid", message ? "true" : "false");
+  return !message;
+}
+function formReady(form) {  // false (and the first bad field shown) when any field is invalid
+  const bad = [...form.elements].filter((i) => i.name && !checkField(i));
+  if (bad.length) { const d = bad[0].closest("details"); if (d) d.open = true; bad[0].focus(); status(`${bad.length} setting(s) to correct first`, true); }
+  return !bad.length;
+}
+function showServerError(form, message) {  // a refusal that names a setting goes beside it
+  for (const e of form.querySelectorAll(".field-error")) e.textContent = "";
+  const row = [...form.querySelectorAll(".field")].find((r) => { const f = r.dataset.key; const flag = "--" + r.dataset.flag;
+    return message.includes(f) || new RegExp(flag.replace(/[-]/g, "\\-") + "(?![\\w-])").test(message); });
+  if (!row) return;
+  row.hidden = false; const d = row.closest("details"); if (d) d.open = true;
+  row.querySelector(".field-error").textContent = message;
 }
 function value(values, f) { const v = f.section ? (values[f.section] || {})[f.name] : values[f.name]; return v === undefined ? f.default : v; }
 function setValue(input, v) {
   if (input.type === "checkbox") input.checked = !!v;
+  else if (input.multiple) for (const o of input.options) o.selected = (v || []).includes(o.value);
   else input.value = v === null || v === undefined ? "" : Array.isArray(v) ? v.join(input.dataset.type === "list" && input.name.endsWith("prompt") ? "|" : ",") : v;
 }
 function formSettings(form, fields) {
@@ -69,6 +141,7 @@ function formSettings(form, fields) {
     const input = form.elements[f.key]; if (!input) continue;
     let v;
     if (f.type === "bool") v = input.type === "checkbox" ? input.checked : input.value === "" ? null : input.value === "true";
+    else if (input.multiple) v = [...input.selectedOptions].map((o) => o.value);
     else if (input.value === "") v = null;
     else if (f.type === "int") v = parseInt(input.value, 10);
     else if (f.type === "float") v = parseFloat(input.value);
@@ -129,14 +202,20 @@ async function waitJob(id, onUpdate) {
 }
 
 // ---- train ----
-function applyPreset() { buildForm($("train-form"), STATE.forms.train, STATE.presets[$("train-preset").value] || {}); }
+function applyPreset() { buildForm($("train-form"), STATE.forms.train, STATE.presets[$("train-preset").value] || {}, "train"); }
 async function estimate() {
-  const d = await api("/api/dry-run", { settings: formSettings($("train-form"), STATE.forms.train) });
-  $("train-estimate-text").textContent = d.text;
+  if (!formReady($("train-form"))) return;
+  try {
+    const d = await api("/api/dry-run", { settings: formSettings($("train-form"), STATE.forms.train) });
+    $("train-estimate-text").textContent = d.text; showServerError($("train-form"), "");
+  } catch (e) { showServerError($("train-form"), String(e.message || e)); throw e; }
 }
 async function startTraining() {
+  if (!formReady($("train-form"))) return;
   const name = $("train-name").value || undefined;
-  const job = await api("/api/jobs", { command: "train", name, settings: formSettings($("train-form"), STATE.forms.train) });
+  let job;
+  try { job = await api("/api/jobs", { command: "train", name, settings: formSettings($("train-form"), STATE.forms.train) }); }
+  catch (e) { showServerError($("train-form"), String(e.message || e)); throw e; }
   status("started " + job.folder);
   CURRENT_RUN = job.folder.split("/").pop();
   show("runs");
@@ -270,10 +349,13 @@ async function runGrid() {
 }
 
 // ---- evaluate / compare ----
-function evalForm() { buildForm($("eval-form"), STATE.forms[$("eval-command").value], {}); }
+function evalForm() { buildForm($("eval-form"), STATE.forms[$("eval-command").value], {}, $("eval-command").value); }
 async function startEval() {
   const command = $("eval-command").value;
-  const job = await api("/api/jobs", { command, name: $("eval-name").value || undefined, settings: formSettings($("eval-form"), STATE.forms[command]) });
+  if (!formReady($("eval-form"))) return;
+  let job;
+  try { job = await api("/api/jobs", { command, name: $("eval-name").value || undefined, settings: formSettings($("eval-form"), STATE.forms[command]) }); }
+  catch (e) { showServerError($("eval-form"), String(e.message || e)); throw e; }
   $("eval-status").textContent = command + " running…";
   const done = await waitJob(job.id);
   if (done.reports.length) $("eval-status").replaceChildren(el("a", { href: fileUrl(done.reports[0]), target: "_blank", text: "open report.html" }));

@@ -58,9 +58,10 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     page.click("button[data-tab=train]")
     page.fill("#train-name", "ui-run")
     # plain words first, the rest folded; a setting that does not apply is hidden
-    assert page.is_visible("label[for='train-form-adapter.rank']") and page.text_content(
-        "label[for='train-form-adapter.rank']"
-    ) == "Rank"
+    assert (
+        page.is_visible("label[for='train-form-adapter.rank']")
+        and page.text_content("label[for='train-form-adapter.rank']") == "Rank"
+    )
     assert not page.is_visible("[name='train.min_snr_gamma']")  # folded under "More train settings"
     page.select_option("[name='adapter.method']", "lora")
     assert page.is_hidden("[data-key='adapter.sigma_init']")  # TriLoRA's own
@@ -161,3 +162,53 @@ def test_the_browser_cannot_leave_the_root_or_skip_the_token(ui, page):
     )
     assert status == 403
     assert page.evaluate("fetch('/api/runs').then(r => r.status)") == 403
+
+
+# WCAG 2 relative luminance and contrast ratio, in the page (colours as the browser computed them)
+CONTRAST = """([fg, bg]) => {
+  const rgb = (c) => { const d = document.createElement("div"); d.style.color = c; document.body.append(d);
+    const v = getComputedStyle(d).color.match(/[\\d.]+/g).slice(0, 3).map(Number); d.remove(); return v; };
+  const lum = (c) => { const [r, g, b] = rgb(c).map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+  return (a + 0.05) / (b + 0.05);
+}"""
+PAIRS = """() => {
+  const style = (sel, prop) => { const e = document.querySelector(sel); return e ? getComputedStyle(e)[prop] : null; };
+  const bodyBg = style("body", "backgroundColor"), header = style("header", "backgroundColor");
+  return [["body text", style("body", "color"), bodyBg], ["tab", style("#tabs button:not(.active)", "color"), header],
+          ["active tab", style("#tabs button.active", "color"), header],
+          ["field help", style("#train-form .help", "color"), style("#train-form fieldset", "backgroundColor")],
+          ["field label", style("#train-form .field label", "color"), style("#train-form fieldset", "backgroundColor")],
+          ["field error", style("#train-form .field-error", "color"), style("#train-form fieldset", "backgroundColor")],
+          ["hint", style(".hint", "color"), bodyBg]].filter((p) => p[1] && p[2]);
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_every_input_is_labelled_tabs_have_roles_and_text_is_readable(ui, page, scheme, tmp_path_factory):
+    page.emulate_media(color_scheme=scheme)
+    page.goto(f"{ui.base}/#token={ui.token}&tab=train")
+    page.wait_for_selector("#train-form .field")
+    assert page.get_attribute("#tabs", "role") == "tablist"
+    assert page.eval_on_selector_all("#tabs button", "bs => bs.map((b) => [b.getAttribute('role'), b.getAttribute('aria-selected')])") == [
+        ["tab", "false"], ["tab", "true"], ["tab", "false"], ["tab", "false"], ["tab", "false"]
+    ]  # fmt: skip
+    # every input of every tab has a name a screen reader reads: a <label for>, a wrapping label or aria-label
+    unlabelled = page.eval_on_selector_all(
+        "input, select, textarea",
+        """es => es.filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map((e) => e.id || e.name || e.outerHTML.slice(0, 80))""",
+    )
+    assert unlabelled == []
+    for name, fg, bg in page.evaluate(PAIRS):
+        assert page.evaluate(CONTRAST, [fg, bg]) >= 4.5, (scheme, name, fg, bg)
+    for name, colour in page.evaluate("PALETTE").items():  # the chart's lines and labels on its white ground
+        assert page.evaluate(CONTRAST, [colour, "#ffffff"]) >= 4.5, (name, colour)
+    # the tab lives in the address: a reload comes back to it
+    page.click("button[data-tab=evaluate]")
+    assert "tab=evaluate" in page.url
+    page.reload()
+    page.wait_for_selector("#evaluate.tab.active")
+    if scheme == "dark":  # the light one is the main test's ui-evaluate.png
+        screenshot(page, "evaluate-dark", tmp_path_factory)
+    page.emulate_media(color_scheme="light")

@@ -148,6 +148,8 @@ class Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         if url.path in ("/", "/index.html") or url.path.startswith("/static/"):
             return self.static(url.path)
+        if url.path == "/favicon.ico":  # what browsers ask for by themselves, without the token
+            return self.static("/static/favicon.svg")
         if not self.authorised(query):
             return self.send_json(
                 HTTPStatus.FORBIDDEN,

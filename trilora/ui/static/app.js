@@ -155,9 +155,20 @@ function formSettings(form, fields) {
 }
 
 // ---- tabs ----
-function show(tab) {
-  for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.tab === tab);
+// the tab and run live in the address (beside the token), so reload and back keep them
+function remember() {
+  const state = new URLSearchParams({ token });
+  const tab = document.querySelector("#tabs button.active"); if (tab) state.set("tab", tab.dataset.tab);
+  if (CURRENT_RUN) state.set("run", CURRENT_RUN);
+  if (location.hash.slice(1) !== state.toString()) history.pushState(null, "", "#" + state.toString());
+}
+function show(tab, record = true) {
+  for (const b of document.querySelectorAll("#tabs button")) {
+    const on = b.dataset.tab === tab;
+    b.classList.toggle("active", on); b.setAttribute("aria-selected", String(on)); b.tabIndex = on ? 0 : -1;
+  }
   for (const s of document.querySelectorAll(".tab")) s.classList.toggle("active", s.id === tab);
+  if (record) remember();
   if (tab === "runs") loadRuns();
   if (tab === "test") loadAdapters();
 }
@@ -174,7 +185,7 @@ async function loadData() {
   for (const p of r.problems) lines.push(`${p.file}: ${p.reason}`);
   $("data-report").textContent = lines.join("\n");
   $("data-items").replaceChildren(...d.items.map((item) => {
-    const text = el("textarea", {}); text.value = item.caption;
+    const text = el("textarea", { "aria-label": "caption of " + item.image }); text.value = item.caption;
     const save = el("button", { text: "Save", onclick: async () => { await api("/api/caption-text", { image: item.image, text: text.value }); status("saved " + item.image); } });
     return el("div", { class: "thumb" }, el("img", { src: fileUrl(item.image), alt: item.image }), el("small", { text: item.image }), text, save);
   }));
@@ -224,10 +235,10 @@ async function startTraining() {
 // ---- runs ----
 async function loadRuns() {
   const runs = await api("/api/runs");
-  $("run-list").replaceChildren(...runs.map((r) => el("span", {
-    class: "run" + (r.name === CURRENT_RUN ? " selected" : ""), "data-run": r.name,
+  $("run-list").replaceChildren(...runs.map((r) => el("button", {
+    class: "run" + (r.name === CURRENT_RUN ? " selected" : ""), "data-run": r.name, "aria-pressed": String(r.name === CURRENT_RUN),
     text: `${r.name}: ${r.state}, step ${r.step}${r.total_steps ? "/" + r.total_steps : ""}${r.best_step !== null && r.best_step !== undefined ? ", best " + r.best_step : ""}`,
-    onclick: () => { CURRENT_RUN = r.name; loadRuns(); } })));
+    onclick: () => { CURRENT_RUN = r.name; remember(); loadRuns(); } })));
   if (CURRENT_RUN) loadRun();
 }
 async function loadRun() {
@@ -246,7 +257,7 @@ async function loadRun() {
   showSteps(r);
   $("run-samples").replaceChildren(...r.samples.slice(-3).flatMap((s) => s.images.map((img) => el("div", { class: "thumb" }, el("img", { src: fileUrl(img), alt: img }), el("small", { text: "step " + s.step })))));
   $("run-log").textContent = r.log; $("run-log").scrollTop = $("run-log").scrollHeight;
-  for (const b of document.querySelectorAll(".run")) b.classList.toggle("selected", b.dataset.run === r.name);
+  for (const b of document.querySelectorAll(".run")) { b.classList.toggle("selected", b.dataset.run === r.name); b.setAttribute("aria-pressed", String(b.dataset.run === r.name)); }
   if (["running", "queued"].includes(r.state) && $("runs").classList.contains("active")) RUN_TIMER = setTimeout(loadRuns, 1000);
 }
 function showSteps(r) {
@@ -270,6 +281,8 @@ async function exportStep() {
     status(`exported step ${done.step} of ${CURRENT_RUN}`); loadRun();
   } catch (e) { $("run-step-error").textContent = String(e.message || e); throw e; }
 }
+// the chart's colours, each at least 4.5:1 on its white ground (text and lines alike; tested)
+const PALETTE = { axis: "#6e6e6e", train: "#556479", val: "#c0004f", signal: "#1b7a3a", best: "#6a3d9a" };
 const SVG = "http://www.w3.org/2000/svg";
 function svg(tag, attrs, text) { const n = document.createElementNS(SVG, tag); for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v); if (text !== undefined) n.textContent = text; return n; }
 function drawChart(r) {
@@ -283,14 +296,14 @@ function drawChart(r) {
   const ys = [...smoothed.map((p) => p.loss), ...r.val.flatMap((p) => [p.loss - (p.se || 0), p.loss + (p.se || 0)])];
   let lo = Math.min(...ys), hi = Math.max(...ys); if (hi - lo < 1e-9) { hi += 1e-3; lo -= 1e-3; }
   const x = (s) => L + (W - L - R) * s / maxStep, y = (v) => T + (H - T - B) * (hi - v) / (hi - lo);
-  chart.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#888" }), svg("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#888" }));
+  chart.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: PALETTE.axis }), svg("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: PALETTE.axis }));
   for (const v of [lo, (lo + hi) / 2, hi]) chart.append(svg("text", { x: 4, y: y(v) + 4, "font-size": 11 }, v.toFixed(4)));
   chart.append(svg("text", { x: W - R - 30, y: H - 10, "font-size": 11 }, "step"), svg("text", { x: L, y: H - 10, "font-size": 11 }, "0"), svg("text", { x: W - R - 80, y: H - 24, "font-size": 11 }, String(maxStep)));
-  if (smoothed.length) chart.append(svg("polyline", { points: smoothed.map((p) => `${x(p.step)},${y(p.loss)}`).join(" "), fill: "none", stroke: "#6b7f99", "stroke-width": 1.5, class: "train-line" }));
+  if (smoothed.length) chart.append(svg("polyline", { points: smoothed.map((p) => `${x(p.step)},${y(p.loss)}`).join(" "), fill: "none", stroke: PALETTE.train, "stroke-width": 1.5, class: "train-line" }));
   for (const p of r.val) {
     const g = svg("g", { class: "val-point" });
-    if (p.se) g.append(svg("line", { x1: x(p.step), x2: x(p.step), y1: y(p.loss - p.se), y2: y(p.loss + p.se), stroke: "#c05" }));
-    g.append(svg("circle", { cx: x(p.step), cy: y(p.loss), r: 3.5, fill: "#c05" }));
+    if (p.se) g.append(svg("line", { x1: x(p.step), x2: x(p.step), y1: y(p.loss - p.se), y2: y(p.loss + p.se), stroke: PALETTE.val }));
+    g.append(svg("circle", { cx: x(p.step), cy: y(p.loss), r: 3.5, fill: PALETTE.val }));
     chart.append(g);
   }
   const signal = r.val.filter((p) => p.signal !== null && p.signal !== undefined);
@@ -299,17 +312,17 @@ function drawChart(r) {
     let slo = Math.min(...signal.map((p) => p.signal)), shi = Math.max(...signal.map((p) => p.signal));
     if (slo >= 0 && shi <= 1) { slo = 0; shi = 1; } else if (shi - slo < 1e-9) { shi += 0.05; slo -= 0.05; }
     const ys2 = (v) => T + (H - T - B) * (shi - v) / (shi - slo);
-    chart.append(svg("polyline", { points: signal.map((p) => `${x(p.step)},${ys2(p.signal)}`).join(" "), fill: "none", stroke: "#1b7a3a", "stroke-width": 2, class: "signal-line" }));
-    for (const p of signal) chart.append(svg("rect", { x: x(p.step) - 3, y: ys2(p.signal) - 3, width: 6, height: 6, fill: "#1b7a3a", class: "signal-point" }));
-    for (const v of [slo, shi]) chart.append(svg("text", { x: W - R - 2, y: ys2(v) + 4, "font-size": 11, "text-anchor": "end", fill: "#1b7a3a" }, v.toFixed(2)));
-    chart.append(svg("text", { x: W - 300, y: T + 46, "font-size": 11, fill: "#1b7a3a" }, "held-out prompts' score, right axis" + (r.stop_on === "generation" ? " (stopping follows it)" : "")));
+    chart.append(svg("polyline", { points: signal.map((p) => `${x(p.step)},${ys2(p.signal)}`).join(" "), fill: "none", stroke: PALETTE.signal, "stroke-width": 2, class: "signal-line" }));
+    for (const p of signal) chart.append(svg("rect", { x: x(p.step) - 3, y: ys2(p.signal) - 3, width: 6, height: 6, fill: PALETTE.signal, class: "signal-point" }));
+    for (const v of [slo, shi]) chart.append(svg("text", { x: W - R - 2, y: ys2(v) + 4, "font-size": 11, "text-anchor": "end", fill: PALETTE.signal }, v.toFixed(2)));
+    chart.append(svg("text", { x: W - 340, y: T + 46, "font-size": 11, fill: PALETTE.signal }, "held-out prompts' score, right axis" + (r.stop_on === "generation" ? " (stopping follows it)" : "")));
   }
   if (r.best_step !== null && r.best_step !== undefined && r.val.length) {
-    chart.append(svg("line", { x1: x(r.best_step), x2: x(r.best_step), y1: T, y2: H - B, stroke: "#2a2", "stroke-dasharray": "4 3" }),
-      svg("text", { id: "best-marker", x: x(r.best_step) + (x(r.best_step) > W - 120 ? -4 : 4), y: H - B - 8, fill: "#2a2",
+    chart.append(svg("line", { x1: x(r.best_step), x2: x(r.best_step), y1: T, y2: H - B, stroke: PALETTE.best, "stroke-dasharray": "4 3" }),
+      svg("text", { id: "best-marker", x: x(r.best_step) + (x(r.best_step) > W - 120 ? -4 : 4), y: H - B - 8, fill: PALETTE.best,
         "font-size": 12, "text-anchor": x(r.best_step) > W - 120 ? "end" : "start" }, "best step " + r.best_step));
   }
-  chart.append(svg("text", { x: W - 300, y: T + 18, "font-size": 11, fill: "#4f6077" }, "train loss (smoothed)"), svg("text", { x: W - 300, y: T + 32, "font-size": 11, fill: "#c05" }, "validation loss ± s.e."));
+  chart.append(svg("text", { x: W - 340, y: T + 18, "font-size": 11, fill: PALETTE.train }, "train loss (smoothed)"), svg("text", { x: W - 340, y: T + 32, "font-size": 11, fill: PALETTE.val }, "validation loss ± s.e."));
 }
 async function stopRun() { await api("/api/stop", { name: CURRENT_RUN }); status("stopping " + CURRENT_RUN + " (a checkpoint first)"); loadRuns(); }
 async function resumeRun() { await api("/api/resume", { name: CURRENT_RUN }); status("resuming " + CURRENT_RUN); setTimeout(loadRuns, 500); }
@@ -319,7 +332,7 @@ async function loadAdapters() {
   const runs = await api("/api/runs");
   const rows = runs.filter((r) => r.exported.kohya).map((r) => {
     const use = el("input", { type: "checkbox", "data-adapter": r.exported.kohya });
-    const strength = el("input", { type: "range", min: "0", max: "1.5", step: "0.05", value: "1", "data-strength": r.exported.kohya });
+    const strength = el("input", { type: "range", min: "0", max: "1.5", step: "0.05", value: "1", "data-strength": r.exported.kohya, "aria-label": "strength of " + r.name });
     const shown = el("span", { text: "1" }); strength.addEventListener("input", () => { shown.textContent = strength.value; });
     return el("div", { class: "row" }, el("label", {}, use, " " + r.name + " (" + r.exported.kohya + ")"), strength, shown);
   });
@@ -364,6 +377,7 @@ async function startEval() {
 
 async function init() {
   STATE = await api("/api/state");
+  $("workspace").textContent = `Workspace: ${STATE.root} (every folder and file the UI reads or writes is in it)`;
   $("data-folder").replaceChildren(...STATE.folders.map((f) => el("option", { value: f, text: f })));
   $("train-preset").replaceChildren(...Object.keys(STATE.presets).map((p) => el("option", { value: p, text: p })));
   const scheduler = STATE.forms.generate.find((f) => f.key === "sampling.scheduler");
@@ -373,12 +387,21 @@ async function init() {
   $("test-prompt").value = "a red onion-domed building with two floors at night";
   applyPreset(); evalForm();
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => show(b.dataset.tab));
+  $("tabs").addEventListener("keydown", (e) => {  // arrow keys move between tabs, as ARIA's tab pattern says
+    const tabs = [...document.querySelectorAll("#tabs button")], i = tabs.indexOf(document.activeElement);
+    if (i < 0 || !["ArrowLeft", "ArrowRight"].includes(e.key)) return;
+    const next = tabs[(i + (e.key === "ArrowRight" ? 1 : tabs.length - 1)) % tabs.length]; next.focus(); show(next.dataset.tab);
+  });
+  window.addEventListener("popstate", () => { const h = new URLSearchParams(location.hash.slice(1)); CURRENT_RUN = h.get("run"); show(h.get("tab") || "data", false); });
   const on = (id, f) => $(id).addEventListener("click", (e) => { e.preventDefault(); f().catch(() => {}); });
   on("data-load", loadData); on("caption-missing", captionMissing); on("train-estimate", estimate); on("train-start", startTraining);
   on("run-stop", stopRun); on("run-resume", resumeRun); on("run-export-step", exportStep); on("test-generate", runGenerate); on("test-grid-run", runGrid); on("eval-start", startEval);
   $("train-preset").addEventListener("change", applyPreset);
   $("run-step").addEventListener("change", () => { $("run-step").dataset.chosen = $("run-step").value; }); $("eval-command").addEventListener("change", evalForm);
-  show("data"); loadData().catch(() => {});
+  const hash = new URLSearchParams(location.hash.slice(1));
+  CURRENT_RUN = hash.get("run");
+  const tab = ["data", "train", "runs", "test", "evaluate"].includes(hash.get("tab")) ? hash.get("tab") : "data";
+  show(tab, false); loadData().catch(() => {});
   heartbeat();
 }
 init().catch((e) => status(String(e), true));

@@ -196,3 +196,67 @@ def test_exporting_a_step_refuses_what_is_not_a_kept_step_of_a_run(ui, body, sai
     status, answer = ui.json("/api/export-step", body)
     assert status in (400, 403) and said in answer["error"] and "\n" not in answer["error"]
     assert sorted(p.name for p in ui.root.rglob("*")) == before
+
+
+def post_bytes(ui, path: str, content: bytes) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(ui.base + path, data=content, method="POST",
+                                     headers={"X-Trilora-Token": ui.token, "Content-Type": "application/octet-stream"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def png(colour: str, size=(40, 30)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_uploaded_images_land_in_a_named_dataset_and_nothing_is_replaced(ui):
+    status, answer = post_bytes(ui, "/api/upload?folder=mine&name=a%20red.png", png("red"))
+    assert status == 200 and answer == {"image": "data/mine/a red.png", "folder": "data/mine"}
+    assert (ui.root / "data" / "mine" / "a red.png").read_bytes() == png("red")  # the bytes as sent
+    assert "data/mine" in ui.json("/api/state")[1]["folders"]
+    refused = {
+        "folder=mine&name=a%20red.png": (png("blue"), "exists already"),  # never replaced
+        "folder=..&name=x.png": (png("blue"), "a name is a file name"),
+        "folder=mine&name=..%2Fx.png": (png("blue"), "a name is a file name"),
+        "folder=.trilora-ui&name=x.png": (png("blue"), "starts with '.'"),
+        "folder=mine&name=x.txt": (b"a caption", "not an image file name"),
+        "folder=mine&name=fake.png": (b"<html>not a png</html>", "not an image Pillow can read"),
+        "folder=mine&name=cut.png": (png("blue")[:60], "not an image Pillow can read"),
+        "folder=mine&name=tiff.png": (tiff(), "holds a TIFF image"),
+        "name=x.png": (png("blue"), "the dataset's name must be a non-empty file name"),
+    }
+    for query, (content, said) in refused.items():
+        status, answer = post_bytes(ui, f"/api/upload?{query}", content)
+        assert status == 400 and said in answer["error"], (query, answer)
+    assert sorted(p.name for p in (ui.root / "data" / "mine").iterdir()) == ["a red.png"]
+    assert (ui.root / "data" / "mine" / "a red.png").read_bytes() == png("red")
+    # too large: answered from the headers, before the body is read
+    connection = http.client.HTTPConnection(ui.base.removeprefix("http://"), timeout=30)
+    connection.putrequest("POST", "/api/upload?folder=mine&name=big.png")
+    for header, value in {"X-Trilora-Token": ui.token, "Content-Length": str(33 << 20)}.items():
+        connection.putheader(header, value)
+    connection.endheaders()
+    assert connection.getresponse().status == 413 and not (ui.root / "data" / "mine" / "big.png").exists()
+
+
+def tiff() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "TIFF")
+    return buffer.getvalue()

@@ -55,6 +55,28 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     assert page.locator("#data-items textarea").first.input_value().startswith("a ")
     screenshot(page, "data", tmp_path_factory)
 
+    # a person's own images, uploaded into a dataset they name, then captioned, all by clicks
+    from PIL import Image
+
+    mine = tmp_path_factory.mktemp("photos")
+    for k, colour in enumerate(["red", "green", "blue"]):
+        Image.new("RGB", (48, 32), colour).save(mine / f"photo {k}.png")
+    page.fill("#upload-folder", "my-photos")
+    page.set_input_files("#upload-files", [str(p) for p in sorted(mine.iterdir())])
+    page.wait_for_function("document.querySelectorAll('#data-items img').length === 3", timeout=30000)
+    assert page.input_value("#data-folder") == "data/my-photos" and "3 of 3 added" in page.text_content(
+        "#upload-status"
+    )
+    assert (ui.root / "data" / "my-photos" / "photo 0.png").read_bytes() == (
+        mine / "photo 0.png"
+    ).read_bytes()
+    page.click("#caption-missing")
+    page.wait_for_function("[...document.querySelectorAll('#data-items textarea')].every((t) => t.value.length > 0)",
+                           timeout=60000)  # fmt: skip
+    screenshot(page, "upload", tmp_path_factory)
+    page.set_input_files("#upload-files", [str(mine / "photo 0.png")])  # again: refused, nothing replaced
+    page.wait_for_function("document.getElementById('upload-status').textContent.includes('exists already')")
+
     page.click("button[data-tab=train]")
     page.fill("#train-name", "ui-run")
     # plain words first, the rest folded; a setting that does not apply is hidden

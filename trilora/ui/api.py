@@ -1,6 +1,7 @@
 """The UI's JSON API: each function takes the workspace and the request's data and returns what
 the page shows. Jobs run the CLI; paths come and go relative to the root."""
 
+import io
 import re
 import subprocess
 import sys
@@ -9,13 +10,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from trilora.config import COMMANDS, load_toml, to_toml, tree_from_dict
 from trilora.config.fields import base_type, default_of
 from trilora.data.check import check_folder
-from trilora.data.folder import scan
+from trilora.data.folder import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, scan
 from trilora.data.subsets import load_dataset_config
-from trilora.errors import UserError
-from trilora.files import write_text
+from trilora.errors import UserError, one_line
+from trilora.files import atomic_path, write_text
 from trilora.outputs import check_name
 from trilora.run_folder import holder_process
 from trilora.ui.jobs import LOG, Jobs
@@ -30,6 +33,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 class BadRequest(UserError):
     pass
+
+
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 
 
 @dataclass
@@ -72,6 +78,35 @@ def data_folders(root: Path) -> list[str]:
             if top not in OUTPUT_FOLDERS.values():
                 found.add(str(path.parent.relative_to(root)))
     return sorted(found)
+
+
+def upload(ws: Workspace, folder: str, name: str, content: bytes) -> dict:
+    """One image from the browser into data/FOLDER/NAME: names are file names, the bytes must be an
+    image Pillow reads whole (of a kind training reads), and nothing that exists is replaced."""
+    check_name(folder, "the dataset's name")
+    check_name(name, "the image's file name")
+    if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+        raise BadRequest(f"{name!r} is not an image file name: training reads {', '.join(IMAGE_EXTENSIONS)}")
+    path = inside(ws.root, f"data/{folder}/{name}")
+    if path.exists() or path.is_symlink():
+        raise BadRequest(
+            f"data/{folder}/{name} exists already: nothing was replaced (rename the file to add it)"
+        )
+    try:
+        with Image.open(io.BytesIO(content)) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise BadRequest(
+                    f"{name!r} is {image.width}x{image.height}: more than {MAX_IMAGE_PIXELS:,} pixels"
+                )
+            kind = image.format
+            image.load()  # decodes every pixel: a truncated or damaged file is refused here, not in training
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise BadRequest(f"{name!r} is not an image Pillow can read ({one_line(error)[:120]})") from None
+    if kind not in UPLOAD_FORMATS:
+        raise BadRequest(f"{name!r} holds a {kind} image: upload PNG, JPEG, WebP or BMP")
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(content)
+    return {"image": str(path.relative_to(ws.root)), "folder": f"data/{folder}"}
 
 
 def state(ws: Workspace) -> dict:

@@ -26,6 +26,7 @@ from trilora.ui.paths import PRIVATE, OutsideRoot, inside
 log = logging.getLogger("trilora")
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 1 << 20  # JSON requests: settings and captions, never files
+MAX_UPLOAD = 32 << 20  # one uploaded image
 
 
 def is_loopback(host: str) -> bool:
@@ -172,8 +173,10 @@ class Handler(BaseHTTPRequestHandler):
         if length is None or not length.isascii() or not length.isdigit():
             return self.send_json(HTTPStatus.LENGTH_REQUIRED if length is None else HTTPStatus.BAD_REQUEST,
                                   {"error": "a POST needs a Content-Length of digits"})  # fmt: skip
-        if int(length) > MAX_BODY:
-            return self.send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request too large"})
+        limit = MAX_UPLOAD if url.path == "/api/upload" else MAX_BODY
+        if int(length) > limit:
+            return self.send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                  {"error": f"request too large (at most {limit >> 20} MiB)"})  # fmt: skip
         try:
             raw = self.rfile.read(int(length))
         except (TimeoutError, OSError):
@@ -181,6 +184,11 @@ class Handler(BaseHTTPRequestHandler):
         if len(raw) != int(length):
             return self.send_json(
                 HTTPStatus.BAD_REQUEST, {"error": "the body is shorter than its Content-Length"}
+            )
+        if url.path == "/api/upload":  # the body is the image itself; where it goes is in the address
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            return self.answer(
+                lambda ws, _: api.upload(ws, text(query, "folder"), text(query, "name"), raw), None
             )
         try:
             body = json.loads(raw or b"{}")

@@ -190,6 +190,24 @@ async function loadData() {
     return el("div", { class: "thumb" }, el("img", { src: fileUrl(item.image), alt: item.image }), el("small", { text: item.image }), text, save);
   }));
 }
+// ---- upload: each file's bytes in one request, checked by the server like check-data ----
+async function uploadFiles(files) {
+  const folder = $("upload-folder").value.trim();
+  const lines = [], box = $("upload-status");
+  let added = 0;
+  for (const file of files) {
+    const response = await fetch(`/api/upload?folder=${encodeURIComponent(folder)}&name=${encodeURIComponent(file.name)}`,
+      { method: "POST", body: file, headers: { "X-Trilora-Token": token, "Content-Type": "application/octet-stream" } });
+    let answer = {}; try { answer = await response.json(); } catch (e) { answer = { error: response.statusText }; }
+    if (response.ok) added++; else lines.push(el("div", { class: "error", text: `${file.name}: ${answer.error}` }));
+    box.replaceChildren(el("div", { text: `${added} of ${files.length} added to data/${folder}` }), ...lines);
+  }
+  if (!added) return;
+  STATE = await api("/api/state");
+  $("data-folder").replaceChildren(...STATE.folders.map((f) => el("option", { value: f, text: f })));
+  $("data-folder").value = `data/${folder}`;
+  await loadData();
+}
 async function captionMissing() {
   const model = $("caption-model").value;
   const job = await api("/api/jobs", { command: "caption", settings: { data: { data: $("data-folder").value }, caption: { model } } });
@@ -394,6 +412,11 @@ async function init() {
   });
   window.addEventListener("popstate", () => { const h = new URLSearchParams(location.hash.slice(1)); CURRENT_RUN = h.get("run"); show(h.get("tab") || "data", false); });
   const on = (id, f) => $(id).addEventListener("click", (e) => { e.preventDefault(); f().catch(() => {}); });
+  $("upload-files").addEventListener("change", () => { uploadFiles([...$("upload-files").files]).catch((e) => status(String(e), true)); });
+  const drop = $("upload");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); uploadFiles([...e.dataTransfer.files]).catch((err) => status(String(err), true)); });
   on("data-load", loadData); on("caption-missing", captionMissing); on("train-estimate", estimate); on("train-start", startTraining);
   on("run-stop", stopRun); on("run-resume", resumeRun); on("run-export-step", exportStep); on("test-generate", runGenerate); on("test-grid-run", runGrid); on("eval-start", startEval);
   $("train-preset").addEventListener("change", applyPreset);

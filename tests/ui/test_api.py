@@ -260,3 +260,57 @@ def tiff() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, "TIFF")
     return buffer.getvalue()
+
+
+def test_model_folders_are_offered_where_they_are_read_only(tmp_path):
+    """`trilora ui --models DIR`: an A1111 models folder's checkpoints and LoRAs are listed and may be
+    named by the model settings; data and outputs stay in the workspace; nothing there is served."""
+    from trilora.config import UIConfig
+    from trilora.errors import UserError
+    from trilora.ui import api
+    from trilora.ui.paths import OutsideRoot
+    from trilora.ui.server import make_server
+
+    models = tmp_path / "webui" / "models"
+    for relative in ("Stable-diffusion/sd15.safetensors", "Stable-diffusion/sub/pony.safetensors", "Lora/style.safetensors",
+                     "VAE/vae.pt", ".cache/hidden.safetensors", "Stable-diffusion/readme.txt"):  # fmt: skip
+        (models / relative).parent.mkdir(parents=True, exist_ok=True)
+        (models / relative).write_bytes(b"x" * 10)
+    (models / "diffusers" / "sd21").mkdir(parents=True)
+    (models / "diffusers" / "sd21" / "model_index.json").write_text("{}")
+    (models / "diffusers" / "sd21" / "unet").mkdir()
+    (models / "diffusers" / "sd21" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(
+        b"x"
+    )  # a part, not listed
+    before = {p: p.stat().st_mtime_ns for p in models.rglob("*")}
+    server = make_server(UIConfig(root=str(tmp_path / "ws"), port=0, models=[str(models)]))
+    try:
+        ws = server.workspace
+        found = {m["name"]: m["kind"] for m in api.models(ws)}
+        assert found == {"Stable-diffusion/sd15.safetensors": "base model", "Stable-diffusion/sub/pony.safetensors": "base model",
+                         "Lora/style.safetensors": "LoRA", "VAE/vae.pt": "model", "diffusers/sd21": "base model"}  # fmt: skip
+        base = str(models / "Stable-diffusion" / "sd15.safetensors")
+        settings = api.resolved(ws, "train", {"model": {"base": base}, "data": {"data": "data/onion"}})
+        assert settings["model"]["base"] == base  # a model setting may name it, where it is
+        lora = str(models / "Lora" / "style.safetensors")
+        assert api.resolved(ws, "generate", {"generate": {"lora": [lora + ":0.7"]}})["generate"]["lora"] == [
+            lora + ":0.7"
+        ]
+        for key, value in {"data": {"data": str(models / "Lora")}, "model": {"base": str(tmp_path)}}.items():
+            try:
+                api.resolved(ws, "train", {key: value})
+                raise AssertionError(f"{key} outside the workspace was accepted")
+            except OutsideRoot:
+                pass
+        assert {p: p.stat().st_mtime_ns for p in models.rglob("*")} == before  # read, never written
+    finally:
+        server.server_close()
+    for bad, said in [
+        ([str(tmp_path / "absent")], "not a folder"),
+        ([str(tmp_path / "ws" / "data")], "overlaps the workspace"),
+    ]:
+        try:
+            make_server(UIConfig(root=str(tmp_path / "ws"), port=0, models=bad)).server_close()
+            raise AssertionError(f"--models {bad} was accepted")
+        except UserError as error:
+            assert said in str(error)

@@ -214,7 +214,7 @@ def test_every_input_is_labelled_tabs_have_roles_and_text_is_readable(ui, page, 
     page.wait_for_selector("#train-form .field")
     assert page.get_attribute("#tabs", "role") == "tablist"
     assert page.eval_on_selector_all("#tabs button", "bs => bs.map((b) => [b.getAttribute('role'), b.getAttribute('aria-selected')])") == [
-        ["tab", "false"], ["tab", "true"], ["tab", "false"], ["tab", "false"], ["tab", "false"]
+        ["tab", "false"], ["tab", "true"], ["tab", "false"], ["tab", "false"], ["tab", "false"], ["tab", "false"]
     ]  # fmt: skip
     # every input of every tab has a name a screen reader reads: a <label for>, a wrapping label or aria-label
     unlabelled = page.eval_on_selector_all(
@@ -234,3 +234,41 @@ def test_every_input_is_labelled_tabs_have_roles_and_text_is_readable(ui, page, 
     if scheme == "dark":  # the light one is the main test's ui-evaluate.png
         screenshot(page, "evaluate-dark", tmp_path_factory)
     page.emulate_media(color_scheme="light")
+
+
+@pytest.mark.slow
+def test_a_base_model_in_an_a1111_models_folder_is_picked_not_typed(page, tmp_path, tmp_path_factory):
+    """`trilora ui --models webui/models`: the Models tab lists what is there; "Use as base model" fills
+    the forms; the estimate reads it where it is."""
+    import threading
+
+    from trilora.config import UIConfig
+    from trilora.toy.base import toy_base_path
+    from trilora.ui.server import make_server
+
+    models = tmp_path / "webui" / "models"
+    shutil.copytree(
+        toy_base_path(), models / "Stable-diffusion" / "toy-sd"
+    )  # a diffusers folder, as some keep
+    server = make_server(UIConfig(root=str(tmp_path / "ws"), port=0, models=[str(models)]))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    # a second tab of the module's browser (one Playwright per process); bypass_csp for wait_for_function
+    tab = page.context.browser.new_page(viewport={"width": 1100, "height": 700}, bypass_csp=True)
+    try:
+        tab.goto(f"http://{host}:{port}/#token={server.token}&tab=models")
+        tab.wait_for_selector("#model-list td:has-text('Stable-diffusion/toy-sd')")
+        assert tab.locator("#model-list tr").count() == 2  # the header and the folder, not its unet, vae ...
+        screenshot(tab, "models", tmp_path_factory)
+        tab.click("#model-list button")
+        tab.click("button[data-tab=train]")
+        chosen = str(models / "Stable-diffusion" / "toy-sd")
+        assert tab.input_value("[name='model.base']") == chosen
+        tab.click("#train-estimate")
+        tab.wait_for_function("document.getElementById('train-estimate-text').textContent.includes('trainable')",
+                              timeout=60000)  # fmt: skip
+        assert f"dry run of {chosen}" in tab.text_content("#train-estimate-text")
+    finally:
+        tab.close()
+        server.shutdown()
+        server.server_close()

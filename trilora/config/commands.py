@@ -259,6 +259,10 @@ class UIConfig:
     token: str | None = opt(None, "Secret the browser must send with every request (default: a new random "
                             "one, in the printed address); `auto` makes one for a non-loopback --host.")  # fmt: skip
     max_jobs: int = opt(1, "Training jobs at once; more wait in the queue.", low=1, high=64)
+    models: list[str] = opt([], "A folder of models the UI offers where they are, read-only (an A1111 or ComfyUI "
+                            "`models` folder; repeatable): base models, LoRAs and metric models in it are "
+                            "listed and may be named by the forms, never copied or written.", repeat=True,
+                            metavar="DIR", path=True)  # fmt: skip
 
     def validate(self) -> None:
         refuse([(0 <= self.port <= 65535, f"--port must be in 0..65535, got {self.port}"),

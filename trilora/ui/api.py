@@ -42,8 +42,50 @@ UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 class Workspace:
     root: Path
     jobs: Jobs
-    allowed: tuple[Path, ...]  # read-only folders outside the root a path may name (the toy base)
+    allowed: tuple[
+        Path, ...
+    ]  # read-only folders outside the root a model setting may name (the toy base, --models)
     presets: dict[str, dict]
+    models: tuple[Path, ...] = ()  # the --models folders
+
+
+# the settings that name a model (read, never written): the only ones that may point into --models folders
+MODEL_SETTINGS = {"model.base", "model.base_config", "validation.clip_model", "evaluate.inception_weights",
+                  "evaluate.clip_model", "caption.model", "evaluate.lora", "generate.lora"}  # fmt: skip
+MODEL_KINDS = {"stable-diffusion": "base model", "checkpoints": "base model", "lora": "LoRA", "loras": "LoRA",
+               "lycoris": "LoRA", "clip": "CLIP", "blip": "captioner", "interrogators": "captioner",
+               "inception": "metric model"}  # fmt: skip
+MODEL_FILES = (".safetensors", ".ckpt", ".pt", ".pth")
+MAX_LISTED = 500
+
+
+def models(ws: Workspace) -> list[dict]:
+    """The models in the --models folders: single files and diffusers folders, each with what its
+    folder says it is (A1111's Stable-diffusion/ and Lora/, ComfyUI's checkpoints/ and loras/, ...)."""
+    found = []
+    for top in ws.models:
+        inner: list[Path] = []  # diffusers folders: listed once, not their parts
+        for path in sorted(top.rglob("*")):
+            if len(found) >= MAX_LISTED:
+                return found
+            if any(folder in path.parents for folder in inner):
+                continue
+            diffusers = path.is_dir() and (path / "model_index.json").is_file()
+            if diffusers:
+                inner.append(path)
+            if not diffusers and not (path.suffix.lower() in MODEL_FILES and path.is_file()):
+                continue
+            if any(part.startswith(".") for part in path.relative_to(top).parts):
+                continue
+            folders = [p.lower() for p in path.relative_to(top).parts[:-1]]
+            kind = (
+                "base model"
+                if diffusers
+                else next((MODEL_KINDS[f] for f in reversed(folders) if f in MODEL_KINDS), "model")
+            )
+            found.append({"path": str(path), "name": str(path.relative_to(top)), "folder": str(top), "kind": kind,
+                          "bytes": 0 if diffusers else path.stat().st_size})  # fmt: skip
+    return found
 
 
 def schema() -> dict[str, list[dict]]:
@@ -163,10 +205,11 @@ def resolved(ws: Workspace, command: str, settings: dict) -> dict:
                 paths = value if isinstance(value, list) else [value]
                 if not all(isinstance(p, str) for p in paths):
                     raise BadRequest(f"{key} must be a path in the workspace")
+                allowed = ws.allowed if key in MODEL_SETTINGS else ()  # data, outputs: the workspace only
                 if key == "generate.lora":
                     checked = [lora_spec(ws, p) for p in paths]
                 else:
-                    checked = [str(inside(ws.root, p, ws.allowed)) for p in paths]
+                    checked = [str(inside(ws.root, p, allowed)) for p in paths]
                 value = checked if isinstance(value, list) else checked[0]
             out.setdefault(section, {})[name] = value
     tree = tree_from_dict(out, "the form", command)  # types, choices and bounds, named by key
@@ -174,13 +217,13 @@ def resolved(ws: Workspace, command: str, settings: dict) -> dict:
         check_name(tree.export.name, "export.name")
     if command in ("train", "compare") and tree.data.dataset_config:
         for subset in load_dataset_config(tree.data.dataset_config):  # its folders, too, in the workspace
-            inside(ws.root, str(subset.folder), ws.allowed)
+            inside(ws.root, str(subset.folder))
     return out
 
 
 def lora_spec(ws: Workspace, spec: str) -> str:
     path, _, strength = spec.rpartition(":") if re.search(r":[0-9.]+$", spec) else (spec, "", "")
-    return str(inside(ws.root, path)) + (f":{strength}" if strength else "")
+    return str(inside(ws.root, path, ws.allowed)) + (f":{strength}" if strength else "")
 
 
 def new_folder(ws: Workspace, command: str, name: str | None) -> Path:

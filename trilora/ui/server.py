@@ -68,7 +68,18 @@ def make_workspace(settings: UIConfig) -> api.Workspace:
     prepare_folder(root, "--root")  # a file, or a place that cannot be written: one line
     toy = prepare_workspace(root)
     configs = Path(__file__).resolve().parents[2] / "configs"
-    return api.Workspace(root, Jobs(root, settings.max_jobs), (toy_base_path(),), api.presets(configs, toy))
+    models = []
+    for folder in settings.models:
+        path = Path(folder).expanduser().resolve()
+        if not path.is_dir():
+            raise UserError(
+                f"--models {folder}: not a folder; name a folder of models (e.g. A1111's models/)"
+            )
+        if path == root or root in path.parents or path in root.parents:
+            raise UserError(f"--models {folder} overlaps the workspace {root}: name a folder outside it")
+        models.append(path)
+    return api.Workspace(root, Jobs(root, settings.max_jobs), (toy_base_path(), *models), api.presets(configs, toy),
+                         tuple(models))  # fmt: skip
 
 
 def text(data: dict, key: str, default: str | None = "") -> str | None:
@@ -102,6 +113,7 @@ def settings_of(data: dict) -> dict:
 ROUTES_GET = {
     "/api/state": lambda ws, q: api.state(ws),
     "/api/ping": lambda ws, q: {"ok": True},
+    "/api/models": lambda ws, q: api.models(ws),
     "/api/data": lambda ws, q: api.data(ws, text(q, "folder"), number(q, "resolution", 512, 8, 4096)),
     "/api/runs": lambda ws, q: api.runs(ws),
     "/api/run": lambda ws, q: api.run(ws, text(q, "name")),

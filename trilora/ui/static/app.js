@@ -57,6 +57,7 @@ const APPLIES = {
 };
 const WORDS = { lr: "learning rate", snr: "SNR", ema: "EMA", te: "text encoder", vae: "VAE", clip: "CLIP", cuda: "CUDA", kid: "KID", fid: "FID",
   dtype: "precision", val: "validation", num: "number of", grad: "gradient", accum: "accumulation", cfg: "CFG", lora: "LoRA", id: "ID" };
+const LISTS = { "model.base": "models-base", "evaluate.lora": "models-lora" };
 function label(f) {  // "min-snr-gamma" -> "Min SNR gamma": plain words; the flag stays in the tooltip
   const words = f.flag.split("-").map((w) => WORDS[w] || w).join(" ");
   return words.charAt(0).toUpperCase() + words.slice(1);
@@ -87,6 +88,7 @@ function buildForm(form, fields, values, name) {
     else if (f.choices && f.type === "list") { input = el("select", { multiple: "" }); for (const c of f.choices) input.append(el("option", { value: c, text: c })); }
     else if (f.choices) { input = el("select"); if (f.default === null) input.append(el("option", { value: "", text: "(default)" })); for (const c of f.choices) input.append(el("option", { value: c, text: c })); }
     else input = el("input", { type: f.type === "int" || f.type === "float" ? "number" : "text", step: f.type === "float" ? "any" : "1" });
+    if (LISTS[f.key]) input.setAttribute("list", LISTS[f.key]);  // the models found, offered as you type
     input.name = f.key; input.id = id; input.dataset.type = f.type; input.title = `--${f.flag}: ${f.help}`;
     if (input.type === "number" && f.low !== null) input.min = String(f.low);  // the tree's bounds, checked before sending
     if (input.type === "number" && f.high !== null) input.max = String(f.high);
@@ -171,6 +173,7 @@ function show(tab, record = true) {
   if (record) remember();
   if (tab === "runs") loadRuns();
   if (tab === "test") loadAdapters();
+  if (tab === "models") loadModels();
 }
 
 // ---- data ----
@@ -207,6 +210,22 @@ async function uploadFiles(files) {
   $("data-folder").replaceChildren(...STATE.folders.map((f) => el("option", { value: f, text: f })));
   $("data-folder").value = `data/${folder}`;
   await loadData();
+}
+// ---- models: what the --models folders hold, offered to the forms ----
+async function loadModels() {
+  const found = await api("/api/models");
+  const toy = Object.values(STATE.presets)[0].model.base;
+  const bases = [toy, ...found.filter((m) => m.kind === "base model" || m.kind === "model").map((m) => m.path)];
+  $("models-base").replaceChildren(...bases.map((p) => el("option", { value: p })));
+  $("models-lora").replaceChildren(...found.filter((m) => m.kind === "LoRA").map((m) => el("option", { value: m.path })));
+  const size = (b) => b ? `${(b / 2 ** 30).toFixed(b > 2 ** 30 ? 1 : 2)} GiB` : "folder";
+  const use = (m) => el("button", { text: "Use as base model", "aria-label": "use " + m.name + " as the base model", onclick: () => {
+    const field = $("train-form").elements["model.base"]; if (field) { field.value = m.path; field.dispatchEvent(new Event("change")); }
+    $("test-base").value = m.path; status("base model: " + m.name); } });
+  $("model-list").replaceChildren(el("tr", {}, ...["model", "kind", "size", "folder", ""].map((h) => el("th", { text: h }))),
+    ...(found.length ? found.map((m) => el("tr", {}, el("td", { text: m.name }), el("td", { text: m.kind }), el("td", { text: size(m.bytes) }),
+      el("td", { text: m.folder }), el("td", {}, m.kind === "LoRA" ? "" : use(m)))) :
+      [el("tr", {}, el("td", { colspan: "5", text: "no model folders given: start the UI with --models DIR (e.g. stable-diffusion-webui/models)" }))]));
 }
 async function captionMissing() {
   const model = $("caption-model").value;
@@ -403,7 +422,8 @@ async function init() {
   const toy = Object.values(STATE.presets)[0];
   $("test-base").value = toy.model.base;
   $("test-prompt").value = "a red onion-domed building with two floors at night";
-  applyPreset(); evalForm();
+  $("test-base").setAttribute("list", "models-base");
+  applyPreset(); evalForm(); loadModels().catch(() => {});
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => show(b.dataset.tab));
   $("tabs").addEventListener("keydown", (e) => {  // arrow keys move between tabs, as ARIA's tab pattern says
     const tabs = [...document.querySelectorAll("#tabs button")], i = tabs.indexOf(document.activeElement);
@@ -423,7 +443,7 @@ async function init() {
   $("run-step").addEventListener("change", () => { $("run-step").dataset.chosen = $("run-step").value; }); $("eval-command").addEventListener("change", evalForm);
   const hash = new URLSearchParams(location.hash.slice(1));
   CURRENT_RUN = hash.get("run");
-  const tab = ["data", "train", "runs", "test", "evaluate"].includes(hash.get("tab")) ? hash.get("tab") : "data";
+  const tab = ["data", "train", "runs", "test", "evaluate", "models"].includes(hash.get("tab")) ? hash.get("tab") : "data";
   show(tab, false); loadData().catch(() => {});
   heartbeat();
 }

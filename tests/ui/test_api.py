@@ -314,3 +314,28 @@ def test_model_folders_are_offered_where_they_are_read_only(tmp_path):
             raise AssertionError(f"--models {bad} was accepted")
         except UserError as error:
             assert said in str(error)
+
+
+def test_a_run_moves_to_the_trash_only_when_it_does_not_train_and_its_name_is_free_again(ui):
+    from trilora.run_folder import FolderLock
+
+    folder = ui.root / "runs" / "gone"
+    (folder / "samples" / "step-000000").mkdir(parents=True)
+    (folder / "config.json").write_text('{"train": {"steps": 10}}')
+    (folder / "samples" / "step-000000" / "00.png").write_bytes(png("red"))
+    lock = FolderLock(folder, "train")
+    lock.acquire()  # as a run training in a terminal holds it
+    try:
+        status, answer = ui.json("/api/delete-run", {"name": "gone"})
+        assert status == 400 and "is training: stop it first" in answer["error"] and folder.is_dir()
+    finally:
+        lock.release()
+    status, answer = ui.json("/api/delete-run", {"name": "gone"})
+    assert status == 200 and answer["to"].startswith("trash/gone-")
+    moved = ui.root / answer["to"]
+    assert not folder.exists() and (moved / "samples" / "step-000000" / "00.png").read_bytes() == png("red")
+    assert "gone" not in {r["name"] for r in ui.json("/api/runs")[1]}
+    assert not any(f.startswith("trash") for f in ui.json("/api/state")[1]["folders"])  # not offered as data
+    for name in ("gone", "../data", "", ".trilora-ui"):
+        assert ui.json("/api/delete-run", {"name": name})[0] in (400, 403)
+    assert (ui.root / "data" / "onion").is_dir()

@@ -177,6 +177,18 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     assert page.input_value("#eval-form [name='evaluate.strengths']") == "0,0.25,0.5,0.75,1"  # from the tree
     screenshot(page, "evaluate", tmp_path_factory)
 
+    # the run goes to the workspace's trash, after a confirmation, and its name is free again
+    page.click("button[data-tab=runs]")
+    page.click("[data-run='ui-run']")
+    page.wait_for_selector("#run-delete:not([disabled])")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#run-delete")
+    page.wait_for_function(
+        "document.getElementById('status').textContent.startsWith('moved ui-run to trash/')"
+    )
+    page.wait_for_function("!document.querySelector(\"#run-list [data-run='ui-run']\")")  # gone from the list
+    assert not (ui.root / "runs" / "ui-run").exists() and any((ui.root / "trash").glob("ui-run-*"))
+
 
 def test_the_browser_cannot_leave_the_root_or_skip_the_token(ui, page):
     status = page.evaluate(

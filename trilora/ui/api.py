@@ -2,6 +2,7 @@
 the page shows. Jobs run the CLI; paths come and go relative to the root."""
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -23,10 +24,19 @@ from trilora.outputs import check_name
 from trilora.run_folder import holder_process
 from trilora.ui.jobs import LOG, Jobs
 from trilora.ui.paths import inside
-from trilora.ui.runs import RUNS, describe_or_unreadable, describe_run, log_tail, read_log, run_folders
+from trilora.ui.runs import (
+    RUNS,
+    describe_or_unreadable,
+    describe_run,
+    log_tail,
+    read_log,
+    run_folders,
+    run_state,
+)
 
 FORMS = ("train", "caption", "generate", "evaluate", "compare")
 OUTPUT_FOLDERS = {"train": "runs", "generate": "tests", "evaluate": "reports", "compare": "reports"}
+TRASH = "trash"  # runs moved out of the list, never unlinked
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -117,7 +127,7 @@ def data_folders(root: Path) -> list[str]:
     for path in root.rglob("*"):
         if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
             top = path.relative_to(root).parts[0]
-            if top not in OUTPUT_FOLDERS.values():
+            if top not in (*OUTPUT_FOLDERS.values(), TRASH):
                 found.add(str(path.parent.relative_to(root)))
     return sorted(found)
 
@@ -314,6 +324,22 @@ def export_step(ws: Workspace, name: str, step: int) -> dict:
         "step": step,
         "files": {k: str(Path(v).resolve().relative_to(ws.root.resolve())) for k, v in files.items()},
     }
+
+
+def delete_run(ws: Workspace, name: str) -> dict:
+    """Move a run that does not train to the workspace's trash (trash/NAME-TIME), freeing its name;
+    nothing is unlinked: the folder is restored by moving it back."""
+    folder = run_folder(ws, name)
+    if run_state(folder, ws.jobs.of(folder)) in ("running", "queued"):
+        raise BadRequest(f"run {name} is training: stop it first, then move it to the trash")
+    trash = ws.root / TRASH
+    trash.mkdir(exist_ok=True)
+    target = trash / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 2
+    while target.exists():
+        target, n = trash / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}", n + 1
+    os.rename(folder, target)
+    return {"trashed": name, "to": str(target.relative_to(ws.root))}
 
 
 def job(ws: Workspace, job_id: int) -> dict:

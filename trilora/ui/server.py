@@ -125,6 +125,7 @@ ROUTES_POST = {
     "/api/dry-run": lambda ws, b: api.dry_run(ws, settings_of(b)),
     "/api/stop": lambda ws, b: api.stop(ws, text(b, "name")),
     "/api/resume": lambda ws, b: api.resume(ws, text(b, "name")),
+    "/api/delete-run": lambda ws, b: api.delete_run(ws, text(b, "name")),
     "/api/export-step": lambda ws, b: api.export_step(ws, text(b, "name"), number(b, "step", -1, 0, 10**9)),
 }
 TIMEOUT_S = 30  # a client that sends less than it announced, or nothing, is dropped after this

@@ -289,6 +289,7 @@ async function loadRun() {
   $("run-progress").textContent = `step ${r.step}${r.total_steps ? " of " + r.total_steps : ""}${eta}`;
   $("run-stop").disabled = !["running", "queued"].includes(r.state);
   $("run-resume").disabled = r.state !== "interrupted";
+  $("run-delete").disabled = ["running", "queued"].includes(r.state);
   drawChart(r);
   $("run-exports").replaceChildren(...Object.entries(r.exported).map(([kind, path]) => el("a", { href: fileUrl(path), text: `download ${kind} (${path.split("/").pop()})` })));
   showSteps(r);
@@ -362,6 +363,11 @@ function drawChart(r) {
   chart.append(svg("text", { x: W - 340, y: T + 18, "font-size": 11, fill: PALETTE.train }, "train loss (smoothed)"), svg("text", { x: W - 340, y: T + 32, "font-size": 11, fill: PALETTE.val }, "validation loss ± s.e."));
 }
 async function stopRun() { await api("/api/stop", { name: CURRENT_RUN }); status("stopping " + CURRENT_RUN + " (a checkpoint first)"); loadRuns(); }
+async function deleteRun() {
+  if (!confirm(`Move the run ${CURRENT_RUN} to the workspace's trash folder? Its name becomes free; nothing is deleted.`)) return;
+  const done = await api("/api/delete-run", { name: CURRENT_RUN });
+  status(`moved ${done.trashed} to ${done.to}`); CURRENT_RUN = null; $("run-detail").hidden = true; remember(); loadRuns();
+}
 async function resumeRun() { await api("/api/resume", { name: CURRENT_RUN }); status("resuming " + CURRENT_RUN); setTimeout(loadRuns, 500); }
 
 // ---- test ----
@@ -438,7 +444,7 @@ async function init() {
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); uploadFiles([...e.dataTransfer.files]).catch((err) => status(String(err), true)); });
   on("data-load", loadData); on("caption-missing", captionMissing); on("train-estimate", estimate); on("train-start", startTraining);
-  on("run-stop", stopRun); on("run-resume", resumeRun); on("run-export-step", exportStep); on("test-generate", runGenerate); on("test-grid-run", runGrid); on("eval-start", startEval);
+  on("run-stop", stopRun); on("run-resume", resumeRun); on("run-delete", deleteRun); on("run-export-step", exportStep); on("test-generate", runGenerate); on("test-grid-run", runGrid); on("eval-start", startEval);
   $("train-preset").addEventListener("change", applyPreset);
   $("run-step").addEventListener("change", () => { $("run-step").dataset.chosen = $("run-step").value; }); $("eval-command").addEventListener("change", evalForm);
   const hash = new URLSearchParams(location.hash.slice(1));

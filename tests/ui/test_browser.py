@@ -76,6 +76,17 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     screenshot(page, "upload", tmp_path_factory)
     page.set_input_files("#upload-files", [str(mine / "photo 0.png")])  # again: refused, nothing replaced
     page.wait_for_function("document.getElementById('upload-status').textContent.includes('exists already')")
+    # an unsaved caption edit is not lost by opening another folder without asking
+    page.locator("#data-items textarea").first.fill("my own words")
+    page.select_option("#data-folder", "data/onion")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("#data-load")
+    assert page.locator("#data-items textarea").first.input_value() == "my own words"
+    page.locator("#data-items button").first.click()  # saved: opening another folder asks nothing
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('saved ')")
+    assert (ui.root / "data" / "my-photos" / "photo 0.txt").read_text() == "my own words\n"
+    page.click("#data-load")
+    page.wait_for_function("document.querySelectorAll('#data-items img').length === 30")
 
     page.click("button[data-tab=train]")
     page.fill("#train-name", "ui-run")
@@ -130,6 +141,7 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     summary = (ui.root / "runs" / "ui-run" / "summary.json").read_text()
     assert best.startswith("best step ") and f'"best_step": {best.split()[-1]}' in summary
     page.wait_for_selector("#run-samples img")
+    assert page.text_content("#run-samples figcaption").endswith(": " + PROMPT)  # each sample says its prompt
     screenshot(page, "runs", tmp_path_factory)
 
     # the contact sheet, and another step than the best exported from it

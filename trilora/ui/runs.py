@@ -162,6 +162,9 @@ def describe_run(root: Path, folder: Path, job=None, detail: bool = False) -> di
                 for r in validations
             ],
             "stop_on": stop_on(summary, config, validations),
+            "sample_prompts": list(
+                config.get("validation", {}).get("sample_prompt") or []
+            ),  # image k: prompt k
             "samples": [
                 {
                     "step": int(s.name.removeprefix("step-")),

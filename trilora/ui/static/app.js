@@ -177,8 +177,11 @@ function show(tab, record = true) {
 }
 
 // ---- data ----
+let UNSAVED = 0;  // caption boxes edited and not saved: switching folders asks first
 async function loadData() {
   const folder = $("data-folder").value; if (!folder) return;
+  if (UNSAVED && !confirm(`${UNSAVED} caption edit(s) are not saved. Open ${folder} and lose them?`)) return;
+  UNSAVED = 0;
   const resolution = ($("train-form").elements["data.resolution"] || {}).value || 512;
   const d = await api("/api/data?folder=" + encodeURIComponent(folder) + "&resolution=" + resolution);
   const r = d.report;
@@ -189,7 +192,10 @@ async function loadData() {
   $("data-report").textContent = lines.join("\n");
   $("data-items").replaceChildren(...d.items.map((item) => {
     const text = el("textarea", { "aria-label": "caption of " + item.image }); text.value = item.caption;
-    const save = el("button", { text: "Save", onclick: async () => { await api("/api/caption-text", { image: item.image, text: text.value }); status("saved " + item.image); } });
+    text.addEventListener("input", () => { if (!text.dataset.dirty) { text.dataset.dirty = "1"; UNSAVED++; } });
+    const save = el("button", { text: "Save", "aria-label": "save the caption of " + item.image, onclick: async () => {
+      await api("/api/caption-text", { image: item.image, text: text.value }); status("saved " + item.image);
+      if (text.dataset.dirty) { delete text.dataset.dirty; UNSAVED--; } } });
     return el("div", { class: "thumb" }, el("img", { src: fileUrl(item.image), alt: item.image }), el("small", { text: item.image }), text, save);
   }));
 }
@@ -293,7 +299,11 @@ async function loadRun() {
   drawChart(r);
   $("run-exports").replaceChildren(...Object.entries(r.exported).map(([kind, path]) => el("a", { href: fileUrl(path), text: `download ${kind} (${path.split("/").pop()})` })));
   showSteps(r);
-  $("run-samples").replaceChildren(...r.samples.slice(-3).flatMap((s) => s.images.map((img) => el("div", { class: "thumb" }, el("img", { src: fileUrl(img), alt: img }), el("small", { text: "step " + s.step })))));
+  // the latest validations' samples, each with its prompt; a click opens it full size
+  const prompt = (k) => (r.sample_prompts || [])[k] || "";
+  $("run-samples").replaceChildren(...r.samples.slice(-3).flatMap((s) => s.images.map((img, k) => el("figure", { class: "thumb sample" },
+    el("a", { href: fileUrl(img), target: "_blank", title: "open full size" }, el("img", { src: fileUrl(img), alt: `step ${s.step}: ${prompt(k) || img}` })),
+    el("figcaption", { text: `step ${s.step}` + (prompt(k) ? `: ${prompt(k)}` : "") })))));
   $("run-log").textContent = r.log; $("run-log").scrollTop = $("run-log").scrollHeight;
   for (const b of document.querySelectorAll(".run")) { b.classList.toggle("selected", b.dataset.run === r.name); b.setAttribute("aria-pressed", String(b.dataset.run === r.name)); }
   if (["running", "queued"].includes(r.state) && $("runs").classList.contains("active")) RUN_TIMER = setTimeout(loadRuns, 1000);
@@ -452,5 +462,6 @@ async function init() {
   const tab = ["data", "train", "runs", "test", "evaluate", "models"].includes(hash.get("tab")) ? hash.get("tab") : "data";
   show(tab, false); loadData().catch(() => {});
   heartbeat();
+  window.addEventListener("beforeunload", (e) => { if (UNSAVED) { e.preventDefault(); e.returnValue = ""; } });
 }
 init().catch((e) => status(String(e), true));

@@ -305,15 +305,15 @@ def test_model_folders_are_offered_where_they_are_read_only(tmp_path):
         assert {p: p.stat().st_mtime_ns for p in models.rglob("*")} == before  # read, never written
     finally:
         server.server_close()
-    for bad, said in [
-        ([str(tmp_path / "absent")], "not a folder"),
-        ([str(tmp_path / "ws" / "data")], "overlaps the workspace"),
-    ]:
+    for bad, said in [([str(tmp_path / "absent")], "not a folder"), ([str(tmp_path / "new" / "data")], "overlaps the workspace"),
+                      ([str(tmp_path)], "overlaps the workspace")]:  # fmt: skip
+        (tmp_path / "new" / "data").mkdir(parents=True, exist_ok=True)
         try:
-            make_server(UIConfig(root=str(tmp_path / "ws"), port=0, models=bad)).server_close()
+            make_server(UIConfig(root=str(tmp_path / "new"), port=0, models=bad)).server_close()
             raise AssertionError(f"--models {bad} was accepted")
         except UserError as error:
             assert said in str(error)
+        assert sorted(p.name for p in (tmp_path / "new").rglob("*")) == ["data"]  # no workspace made
 
 
 def test_a_run_moves_to_the_trash_only_when_it_does_not_train_and_its_name_is_free_again(ui):

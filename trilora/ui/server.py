@@ -65,10 +65,7 @@ def make_workspace(settings: UIConfig) -> api.Workspace:
     from trilora.toy.base import toy_base_path
 
     root = Path(settings.root).resolve()
-    prepare_folder(root, "--root")  # a file, or a place that cannot be written: one line
-    toy = prepare_workspace(root)
-    configs = Path(__file__).resolve().parents[2] / "configs"
-    models = []
+    models = []  # checked before the workspace is made: a refused start leaves the disk as it was
     for folder in settings.models:
         path = Path(folder).expanduser().resolve()
         if not path.is_dir():
@@ -78,6 +75,9 @@ def make_workspace(settings: UIConfig) -> api.Workspace:
         if path == root or root in path.parents or path in root.parents:
             raise UserError(f"--models {folder} overlaps the workspace {root}: name a folder outside it")
         models.append(path)
+    prepare_folder(root, "--root")  # a file, or a place that cannot be written: one line
+    toy = prepare_workspace(root)
+    configs = Path(__file__).resolve().parents[2] / "configs"
     return api.Workspace(root, Jobs(root, settings.max_jobs), (toy_base_path(), *models), api.presets(configs, toy),
                          tuple(models))  # fmt: skip
 

@@ -189,6 +189,17 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     assert page.input_value("#eval-form [name='evaluate.strengths']") == "0,0.25,0.5,0.75,1"  # from the tree
     screenshot(page, "evaluate", tmp_path_factory)
 
+    # two runs' validation curves on one chart (the second: a copy of the first under another name)
+    shutil.copytree(ui.root / "runs" / "ui-run", ui.root / "runs" / "ui-run-copy")
+    page.click("button[data-tab=runs]")
+    page.click("#overlay summary")
+    page.wait_for_selector("#overlay-runs input[value='ui-run-copy']")
+    page.check("#overlay-runs input[value='ui-run']")
+    page.check("#overlay-runs input[value='ui-run-copy']")
+    page.wait_for_function("document.querySelectorAll('#overlay-chart .overlay-line').length === 2")
+    assert "ui-run-copy (best step" in page.text_content("#overlay-chart")
+    screenshot(page, "overlay", tmp_path_factory)
+
     # the run goes to the workspace's trash, after a confirmation, and its name is free again
     page.click("button[data-tab=runs]")
     page.click("[data-run='ui-run']")
@@ -248,8 +259,11 @@ def test_every_input_is_labelled_tabs_have_roles_and_text_is_readable(ui, page, 
     assert unlabelled == []
     for name, fg, bg in page.evaluate(PAIRS):
         assert page.evaluate(CONTRAST, [fg, bg]) >= 4.5, (scheme, name, fg, bg)
-    for name, colour in page.evaluate("PALETTE").items():  # the chart's lines and labels on its white ground
-        assert page.evaluate(CONTRAST, [colour, "#ffffff"]) >= 4.5, (name, colour)
+    for name, colour in [*page.evaluate("PALETTE").items(), *enumerate(page.evaluate("OVERLAY"))]:
+        assert page.evaluate(CONTRAST, [colour, "#ffffff"]) >= 4.5, (
+            name,
+            colour,
+        )  # lines and labels on white
     # the tab lives in the address: a reload comes back to it
     page.click("button[data-tab=evaluate]")
     assert "tab=evaluate" in page.url

@@ -182,7 +182,7 @@ async function loadData() {
   const folder = $("data-folder").value; if (!folder) return;
   if (UNSAVED && !confirm(`${UNSAVED} caption edit(s) are not saved. Open ${folder} and lose them?`)) return;
   UNSAVED = 0;
-  const resolution = ($("train-form").elements["data.resolution"] || {}).value || 512;
+  const resolution = $("data-resolution").value;  // the Data tab's own: not whatever the Train preset holds
   const d = await api("/api/data?folder=" + encodeURIComponent(folder) + "&resolution=" + resolution);
   const r = d.report;
   const lines = [`${r.images} images, ${r.usable} usable; ${r.captions.with_text} with captions`,
@@ -278,6 +278,7 @@ async function startTraining() {
 // ---- runs ----
 async function loadRuns() {
   const runs = await api("/api/runs");
+  overlayChoices(runs);
   $("run-list").replaceChildren(...runs.map((r) => el("button", {
     class: "run" + (r.name === CURRENT_RUN ? " selected" : ""), "data-run": r.name, "aria-pressed": String(r.name === CURRENT_RUN),
     text: `${r.name}: ${r.state}, step ${r.step}${r.total_steps ? "/" + r.total_steps : ""}${r.best_step !== null && r.best_step !== undefined ? ", best " + r.best_step : ""}`,
@@ -371,6 +372,32 @@ function drawChart(r) {
         "font-size": 12, "text-anchor": x(r.best_step) > W - 120 ? "end" : "start" }, "best step " + r.best_step));
   }
   chart.append(svg("text", { x: W - 340, y: T + 18, "font-size": 11, fill: PALETTE.train }, "train loss (smoothed)"), svg("text", { x: W - 340, y: T + 32, "font-size": 11, fill: PALETTE.val }, "validation loss ± s.e."));
+}
+// ---- several runs' validation curves on one chart ----
+const OVERLAY = ["#1f5fa8", "#c0004f", "#1b7a3a", "#6a3d9a", "#8a5a00", "#007780"];  // each >= 4.5:1 on white
+function overlayChoices(runs) {
+  const box = $("overlay-runs"), chosen = new Set([...box.querySelectorAll("input:checked")].map((c) => c.value));
+  box.replaceChildren(...runs.map((r) => el("label", {}, el("input", { type: "checkbox", value: r.name, ...(chosen.has(r.name) ? { checked: "" } : {}),
+    onchange: () => drawOverlay().catch(() => {}) }), " " + r.name)));
+}
+async function drawOverlay() {
+  const names = [...$("overlay-runs").querySelectorAll("input:checked")].map((c) => c.value).slice(0, OVERLAY.length);
+  const runs = await Promise.all(names.map((n) => api("/api/run?name=" + encodeURIComponent(n))));
+  const chart = $("overlay-chart"); chart.replaceChildren();
+  const W = 720, H = 300, L = 60, R = 20, T = 20, B = 40;
+  const points = runs.flatMap((r) => r.val);
+  if (!points.length) { chart.append(svg("text", { x: L, y: H / 2 }, "tick runs above to compare their validation loss")); return; }
+  const maxStep = Math.max(...points.map((p) => p.step), 1);
+  let lo = Math.min(...points.map((p) => p.loss)), hi = Math.max(...points.map((p) => p.loss)); if (hi - lo < 1e-9) { hi += 1e-3; lo -= 1e-3; }
+  const x = (v) => L + (W - L - R) * v / maxStep, y = (v) => T + (H - T - B) * (hi - v) / (hi - lo);
+  chart.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: PALETTE.axis }), svg("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: PALETTE.axis }));
+  for (const v of [lo, hi]) chart.append(svg("text", { x: 4, y: y(v) + 4, "font-size": 11 }, v.toFixed(4)));
+  chart.append(svg("text", { x: W - R - 30, y: H - 10, "font-size": 11 }, "step"), svg("text", { x: W - R - 80, y: H - 24, "font-size": 11 }, String(maxStep)));
+  runs.forEach((r, k) => {
+    chart.append(svg("polyline", { class: "overlay-line", points: r.val.map((p) => `${x(p.step)},${y(p.loss)}`).join(" "), fill: "none", stroke: OVERLAY[k], "stroke-width": 2 }));
+    if (r.best_step !== null && r.best_step !== undefined) { const b = r.val.find((p) => p.step === r.best_step); if (b) chart.append(svg("circle", { cx: x(b.step), cy: y(b.loss), r: 4, fill: OVERLAY[k] })); }
+    chart.append(svg("text", { x: W - 260, y: T + 14 * (k + 1), "font-size": 11, fill: OVERLAY[k] }, `${r.name} (best step ${r.best_step ?? "–"}: dot)`));
+  });
 }
 async function stopRun() { await api("/api/stop", { name: CURRENT_RUN }); status("stopping " + CURRENT_RUN + " (a checkpoint first)"); loadRuns(); }
 async function deleteRun() {

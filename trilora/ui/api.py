@@ -38,7 +38,6 @@ FORMS = ("train", "caption", "generate", "evaluate", "compare")
 OUTPUT_FOLDERS = {"train": "runs", "generate": "tests", "evaluate": "reports", "compare": "reports"}
 TRASH = "trash"  # runs moved out of the list, never unlinked
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class BadRequest(UserError):
@@ -125,7 +124,7 @@ def data_folders(root: Path) -> list[str]:
     """Folders under the root (not runs or outputs) that hold images."""
     found = set()
     for path in root.rglob("*"):
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+        if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
             top = path.relative_to(root).parts[0]
             if top not in (*OUTPUT_FOLDERS.values(), TRASH):
                 found.add(str(path.parent.relative_to(root)))
@@ -186,7 +185,7 @@ def caption_shown(root: Path, item) -> str:
 
 def save_caption(ws: Workspace, image: str, text: str) -> dict:
     path = inside(ws.root, image)
-    if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+    if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
         raise BadRequest(f"not an image in the workspace: {image}")
     if not isinstance(text, str) or len(text) > 10000:
         raise BadRequest("a caption is text of at most 10000 characters")

@@ -2,6 +2,7 @@
 (EMA included: the runs here average their adapters, so its state must survive the resume too)."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -121,7 +122,15 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same(
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert "continue with --resume" in err and "Traceback" not in err
-    resume(tmp_path / "run")
+    # Stop exports the best adapter so far (the last while no trained step was validated) and says so
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["interrupted_by"] == "SIGINT" and summary["exported_step"] >= 2, summary
+    assert f"exported the adapter of step {summary['exported_step']}" in err
+    assert (
+        load_file(summary["exported"]["kohya"])
+        and (tmp_path / "run" / "last" / "adapter.safetensors").is_file()
+    )
+    resume(tmp_path / "run")  # and the export changes nothing of what resume continues
     assert_same(results(tmp_path), uninterrupted)
 
 

@@ -339,3 +339,43 @@ def test_a_run_moves_to_the_trash_only_when_it_does_not_train_and_its_name_is_fr
     for name in ("gone", "../data", "", ".trilora-ui"):
         assert ui.json("/api/delete-run", {"name": name})[0] in (400, 403)
     assert (ui.root / "data" / "onion").is_dir()
+
+
+def test_test_images_and_reports_are_kept_and_listed_newest_first(ui):
+    """What the Test and Evaluate tabs list after a reload or a restart: each job folder's grid (or
+    images), prompts and report, and a failed job's error with its log."""
+    import os
+
+    tests, reports = ui.root / "tests", ui.root / "reports"
+    (tests / "grid-job").mkdir(parents=True)
+    (tests / "grid-job" / "job.toml").write_text(
+        '[generate]\nprompt = ["a", "b"]\nlora = ["x.safetensors:0.8"]\n'
+    )
+    for name in ("p00-c00-00.png", "grid.png"):
+        (tests / "grid-job" / name).write_bytes(b"png")
+    (tests / "old-job").mkdir()
+    (tests / "old-job" / "job.toml").write_text(
+        '[generate]\nprompt = "one string"\n'
+    )  # before prompts were a list
+    (tests / "old-job" / "00.png").write_bytes(b"png")
+    (tests / "broken").mkdir()
+    (tests / "broken" / "ui.log").write_text("loading\ntrilora: error: base model not found: m\n")
+    (reports / "rep").mkdir(parents=True)
+    (reports / "rep" / "report.html").write_text("<html></html>")
+    for age, folder in enumerate([reports / "rep", tests / "broken", tests / "grid-job", tests / "old-job"]):
+        os.utime(folder, (2e9 - age * 100, 2e9 - age * 100))
+    status, found = ui.json("/api/results")
+    assert status == 200
+    listed = {r["name"]: r for r in found if r["name"] in ("rep", "broken", "grid-job", "old-job")}
+    assert [r["name"] for r in found if r["name"] in listed] == ["rep", "broken", "grid-job", "old-job"]
+    assert listed["grid-job"] | {"time": 0} == listed["grid-job"] | {
+        "time": 0, "kind": "tests", "state": "finished", "prompts": ["a", "b"], "images": ["tests/grid-job/grid.png"],
+        "report": None, "error": None}  # fmt: skip
+    assert listed["old-job"]["prompts"] == ["one string"] and listed["old-job"]["images"] == [
+        "tests/old-job/00.png"
+    ]
+    assert listed["broken"]["state"] == "failed" and listed["broken"]["error"].endswith(
+        "base model not found: m"
+    )
+    assert listed["broken"]["log_file"] == "tests/broken/ui.log"
+    assert listed["rep"]["kind"] == "reports" and listed["rep"]["report"] == "reports/rep/report.html"

@@ -9,10 +9,18 @@ $TRILORA_UI_SCREENSHOTS when set (the README's come from there).
 import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
+
+from trilora.run_folder import FolderLock
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None and os.environ.get("TRILORA_REQUIRE_BROWSER") != "1":
@@ -129,6 +137,9 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     page.wait_for_selector("#run-state[data-state=interrupted]", timeout=120000)
     points = page.locator("#chart .val-point").count()
     assert (ui.root / "runs" / "ui-run" / "checkpoints").is_dir()
+    # Stop exported the best adapter so far: something to download and test before Resume
+    assert "is exported; Resume goes on" in page.text_content("#run-progress")
+    assert page.locator("#run-exports a").count() == 2
 
     # settings the form leaves alone keep the tree's default: an unset on/off/auto option is not "off"
     settings = json.loads((ui.root / "runs" / "ui-run" / "config.json").read_text())
@@ -136,6 +147,7 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     page.click("#run-resume")
     page.wait_for_function("['finished', 'stopped early'].includes(document.getElementById('run-state').textContent)",
                            timeout=300000)  # fmt: skip
+    assert page.title().startswith("✓ ui-run ")  # the page title tells a person in another tab
     assert page.locator("#chart .val-point").count() > points  # the resumed run added validations
     best = page.locator("#best-marker").text_content()
     summary = (ui.root / "runs" / "ui-run" / "summary.json").read_text()
@@ -175,13 +187,27 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     page.wait_for_selector("[data-adapter]")
     page.check("[data-adapter]")
     page.eval_on_selector("[data-strength]", "e => { e.value = '0.8'; e.dispatchEvent(new Event('input')); }")
-    page.fill("#test-prompt", PROMPT)
+    # a prompt x strength grid in one job: two prompts, the adapter at 0 and at its slider's 0.8
+    page.fill("#test-prompt", PROMPT + "\na blue onion-domed building with one floor at dusk")
+    page.fill("#test-grid", "0,1")
     page.fill("#test-steps", "10")
     page.click("#test-generate")
     page.wait_for_selector("img.generated", timeout=120000)
     jobs = sorted((ui.root / "tests").iterdir())
-    assert ":0.8" in (jobs[-1] / "job.toml").read_text()
-    assert page.eval_on_selector("img.generated", "e => e.naturalWidth") > 0
+    settings = tomllib.loads((jobs[-1] / "job.toml").read_text())["generate"]
+    assert (
+        len(settings["prompt"]) == 2
+        and settings["strengths"] == [0, 1]
+        and settings["lora"][0].endswith(":0.8")
+    )
+    assert (
+        len(jobs) == 1 and (jobs[-1] / "grid.png").is_file() and len(list(jobs[-1].glob("p*-c*-00.png"))) == 4
+    )
+    assert page.eval_on_selector("img.generated", "e => e.naturalWidth") > 4 * 32  # the labelled grid
+    # kept: after a reload the result is listed with its prompts
+    page.reload()
+    page.wait_for_selector(f"#test-history [data-result='{jobs[-1].name}'] img")
+    assert "a blue onion-domed building" in page.text_content("#test-history")
     screenshot(page, "test", tmp_path_factory)
 
     page.click("button[data-tab=evaluate]")
@@ -310,3 +336,72 @@ def test_a_base_model_in_an_a1111_models_folder_is_picked_not_typed(page, tmp_pa
         tab.close()
         server.shutdown()
         server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_ui(root: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """`trilora ui` as a person starts it in a terminal: its own process group, as a shell's job is."""
+    process = subprocess.Popen([sys.executable, "-m", "trilora", "ui", "--root", str(root), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # fmt: skip
+    lines = []
+    while not lines or "#token=" not in lines[-1]:  # log lines, then the address once it listens
+        lines.append(process.stdout.readline())
+        if not lines[-1]:  # it ended
+            process.wait(timeout=30)
+            raise AssertionError("".join(lines))
+    return process, lines[-1].split("#token=")[1].split()[0]
+
+
+def ctrl_c(process: subprocess.Popen) -> None:
+    """What Ctrl-C in a terminal does: SIGINT to the foreground process group."""
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_ui_not_its_run_and_the_open_tab_follows_a_restarted_ui(page, tmp_path):
+    root, port = tmp_path / "workspace", free_port()
+    first, token = start_ui(root, port)
+    base = f"http://127.0.0.1:{port}"
+
+    def post(path, body):
+        request = urllib.request.Request(base + path, json.dumps(body).encode(), {"X-Trilora-Token": token})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+    state = json.loads(
+        urllib.request.urlopen(
+            urllib.request.Request(base + "/api/state", headers={"X-Trilora-Token": token})
+        ).read()
+    )
+    settings = state["presets"]["toy world: the demo's onion style"]
+    settings["train"]["steps"], settings["validation"]["validate_every"] = 120, 40
+    settings["validation"].pop("sample_prompt", None)
+    post("/api/jobs", {"command": "train", "name": "survivor", "settings": settings})
+
+    tab = page.context.browser.new_page(bypass_csp=True)
+    # a notification is what the page shows when the run ends: recorded here, granted as if allowed
+    tab.add_init_script("window.__notes = []; window.Notification = class { static permission = 'granted'; "
+                        "constructor(title, options) { window.__notes.push(options.body); } };")  # fmt: skip
+    tab.goto(f"{base}/#token={token}&tab=runs&run=survivor")
+    tab.wait_for_selector("#run-state[data-state=running]", timeout=60000)
+    ctrl_c(first)  # the UI goes; the run, in its own session, goes on
+    tab.wait_for_selector("#offline", state="visible", timeout=15000)
+    lock = FolderLock(root / "runs" / "survivor", "test").holder()
+    assert lock is not None and not (root / "runs" / "survivor" / "summary.json").exists()
+
+    second, again = start_ui(root, port)
+    assert again == token  # kept in the workspace: the open tab is still let in
+    tab.wait_for_selector("#offline", state="hidden", timeout=15000)
+    assert tab.text_content("#status") == "reconnected"
+    tab.wait_for_selector("#run-state[data-state=finished]", timeout=240000)
+    assert tab.title().startswith("✓ survivor finished")
+    assert tab.evaluate("window.__notes")[-1].startswith("survivor finished: the adapter of step")
+    ctrl_c(second)
+    tab.close()

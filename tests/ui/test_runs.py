@@ -46,3 +46,31 @@ def test_what_stopping_follows_is_known_while_the_run_trains():
     assert stop_on({}, auto, []) == "auto"  # not validated yet: not known
     assert stop_on({"stop_on": "val_loss_mid"}, auto, [{"step": 0, "signal": 0.5}]) == "val_loss_mid"
     assert stop_on({}, {"validation": {"stop_on": "val_loss"}}, [{"step": 0, "signal": 0.5}]) == "val_loss"
+
+
+def test_a_stopped_run_with_its_export_can_be_resumed_and_a_resumed_run_hides_its_old_summary(tmp_path):
+    """Stop exports the best so far (summary.json says `interrupted_by`): still resumable, not finished;
+    while it trains again, the old summary's best step and files are not shown as the run's."""
+    import json
+
+    from trilora.ui.runs import describe_run, run_state
+
+    run = tmp_path / "runs" / "r"
+    (run / "checkpoints" / "step-000004").mkdir(parents=True)
+    (run / "checkpoints" / "step-000004" / "state.pt").write_bytes(b"x")
+    (run / "r.safetensors").write_bytes(b"x")
+    summary = {"exported": {"kohya": str(run / "r.safetensors")}, "exported_step": 2, "best_step": 2,
+               "stopped_early": False, "interrupted_by": "SIGINT"}  # fmt: skip
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "config.json").write_text(json.dumps({"train": {"steps": 10}}))
+    assert run_state(run, None) == "interrupted"
+    shown = describe_run(tmp_path, run)
+    assert shown["exported_step"] == 2 and shown["exported"] == {"kohya": "runs/r/r.safetensors"}
+
+    class Running:
+        state = "running"
+
+    training = describe_run(tmp_path, run, Running())
+    assert training["state"] == "running" and training["exported"] == {} and training["best_step"] is None
+    (run / "summary.json").write_text(json.dumps(summary | {"interrupted_by": None}))
+    assert run_state(run, None) == "finished"

@@ -71,15 +71,24 @@ class SamplingConfig:
 
 @dataclass
 class GenerateConfig:
-    prompt: str = opt("", "The prompt.", metavar="TEXT")
+    prompt: list[str] = opt([], "The prompt (repeatable: each prompt is a row of the grid).", repeat=True,
+                            metavar="TEXT")  # fmt: skip
     negative_prompt: str | None = opt(None, "What the images should not show.", metavar="TEXT")
     lora: list[str] = opt([], "Adapter file, with an optional strength (repeatable).", repeat=True,
                           metavar="FILE[:STRENGTH]", path=True)  # fmt: skip
+    strengths: list[float] = opt([], "A prompt x strength grid from one model load: a column per value, each "
+                                 "adapter's strength multiplied by it (e.g. 0,0.5,1); also writes grid.png.",
+                                 comma=True, low=-10, high=10)  # fmt: skip
+    adapters: str = opt("stacked", "With several --lora: stacked (all of them in each image) or apart (the "
+                        "base model, then each adapter alone, side by side).", choices=("stacked", "apart"))  # fmt: skip
     device: str = opt("auto", "Device: auto, cpu, cuda, cuda:N.")
     output: str = opt("", "A .png file (one image) or a folder.", metavar="PATH", path=True)
 
     def validate(self) -> None:
-        refuse([(bool(self.prompt), "no prompt: pass --prompt TEXT"),
+        refuse([(bool(self.prompt) and all(p.strip() for p in self.prompt),
+                 "no prompt: pass --prompt TEXT (an empty prompt is not one)"),
+                (not self.strengths or bool(self.lora), "--strengths multiplies the adapters' strengths: give "
+                 "--lora FILE too"),
                 (bool(self.output), "no output: pass --output FILE.png or --output DIR")])  # fmt: skip
 
 

@@ -122,6 +122,8 @@ def checked(value: Any, annotation: Any, spec: dataclasses.Field | None, key: st
     wanted = TYPE_NAMES.get(kind, kind.__name__)
     if is_list:
         wanted = f"a list of {wanted.removeprefix('an ').removeprefix('a ')}s"
+        if isinstance(value, str) and kind is str and spec is not None and spec.metadata.get("repeat"):
+            value = [value]  # one value of a repeatable setting: `prompt = "a cat"` is a list of one
         if not isinstance(value, list):
             raise UserError(f"{where} must be {wanted}, got {value!r}")
     for item in value if is_list else [value]:

@@ -50,9 +50,10 @@ def earlier_run(config: RunConfig, overwrite: bool) -> tuple[str, dict | None]:
     --overwrite (with it, the training replaces it)."""
     # here, not at the top: torch (~1.5 s), which importing this module does not need
     from trilora.training.checkpoint import list_checkpoints
+    from trilora.training.export import finished_summary
 
     output = Path(config.output)
-    summary_file, config_file = output / "summary.json", output / "config.json"
+    config_file = output / "config.json"
     if not config_file.is_file():
         return "new", None
     try:
@@ -64,10 +65,8 @@ def earlier_run(config: RunConfig, overwrite: bool) -> tuple[str, dict | None]:
             return "new", None
         raise UserError(f"{output} holds a run with other settings; give --overwrite to train it anew, "
                         "or choose another --output")  # fmt: skip
-    if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
-        if Path(summary["exported"].get("kohya", "")).is_file():
-            return "finished", summary
+    if summary := finished_summary(output):
+        return "finished", summary
     return ("interrupted", None) if list_checkpoints(output) else ("new", None)
 
 

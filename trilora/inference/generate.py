@@ -24,6 +24,7 @@ from trilora.formats.diffusers_lora import WEIGHT_NAME, save_diffusers
 from trilora.formats.inspect import adapter_metadata, adapter_shapes
 from trilora.formats.keys import model_path
 from trilora.formats.native import is_native, native_pairs
+from trilora.inference.grid import MAX_CELLS, cell_name, columns, is_grid, sheet
 from trilora.outputs import refuse_foreign_files
 from trilora.run_folder import check_folder_path, prepare_folder
 from trilora.sampling import sample_images
@@ -33,6 +34,7 @@ MAX_STRENGTH = 10.0  # A1111's and ComfyUI's sliders stop well before; beyond it
 MAX_ALPHA = 1e6  # the config's bound on --alpha
 MAX_ADAPTER_BYTES = 16 << 30
 GENERATE_BATCH = 8  # images per denoising batch: image k still starts from seed + k
+GRID_FILE = "grid.png"
 
 
 def scheduler_from(name: str, config):
@@ -125,9 +127,10 @@ def check_fits(pipe, path: Path, shown: Path | None = None) -> None:
                             "trained for")  # fmt: skip
 
 
-def load_adapters(pipe, loras: list[tuple[Path, float]]) -> None:
-    """Load each adapter with diffusers' loader and set its strength. Our own adapter files (a run's
-    best/ and last/) are loaded as the export would write them, through a temporary folder."""
+def load_adapters(pipe, loras: list[tuple[Path, float]]) -> list[str]:
+    """Load each adapter with diffusers' loader and set its strength; their names in the pipeline. Our
+    own adapter files (a run's best/ and last/) are loaded as the export would write them, through a
+    temporary folder."""
 
     names = []
     for i, (path, _) in enumerate(loras):
@@ -149,6 +152,7 @@ def load_adapters(pipe, loras: list[tuple[Path, float]]) -> None:
         names.append(name)
     if names:
         pipe.set_adapters(names, adapter_weights=[strength for _, strength in loras])
+    return names
 
 
 def generate(pipe, prompt: str, negative_prompt: str | None, sampling: SamplingConfig):
@@ -181,13 +185,23 @@ def is_black(image) -> bool:
 
 
 def generate_command(tree) -> list[Path]:
-    """`trilora generate`: the images of `tree.generate.prompt`, saved as `--output` says, each PNG
-    holding the settings that made it (text chunk "trilora", TOML), and a folder also settings.toml."""
+    """`trilora generate`: the images of each `--prompt` in each column of the grid (`--strengths`,
+    `--adapters`), from one model load, saved as `--output` says, each PNG holding the settings that
+    made it (text chunk "trilora", TOML); a folder also holds settings.toml, and a grid grid.png."""
 
     model, sampling, settings = tree.model, tree.sampling, tree.generate
     sampling.validate()
     settings.validate()
     loras = [parse_lora(spec) for spec in settings.lora]
+    grid = columns([path.stem for path, _ in loras], [s for _, s in loras], settings.strengths,
+                   settings.adapters == "apart")  # fmt: skip
+    prompts = settings.prompt
+    if too_strong := [c.label for c in grid if any(abs(w) > MAX_STRENGTH for w in c.weights)]:
+        raise UserError(f"--strengths: the column(s) {', '.join(too_strong)} set an adapter beyond "
+                        f"-{MAX_STRENGTH:g}..{MAX_STRENGTH:g}: choose smaller multipliers")  # fmt: skip
+    if len(prompts) * len(grid) * sampling.num_images > MAX_CELLS:
+        raise UserError(f"{len(prompts)} prompts x {len(grid)} columns x {sampling.num_images} images is more than "
+                        f"{MAX_CELLS} images: generate fewer at a time")  # fmt: skip
     if not Path(model.base).exists():
         raise UserError(
             f"base model not found: {model.base}" if model.base else "no base model: pass --base PATH"
@@ -196,13 +210,16 @@ def generate_command(tree) -> list[Path]:
     single = output.suffix.lower() == ".png"
     if output.suffix.lower() in NOT_CAPTIONS and not single:
         raise UserError(f"--output {output}: generate writes PNG images; give a .png file or a folder")
-    if single and sampling.num_images > 1:
-        raise UserError(f"--num-images {sampling.num_images} makes {sampling.num_images} images: give a folder "
-                        f"as --output, not the file {output}")  # fmt: skip
+    if single and (sampling.num_images > 1 or is_grid(prompts, grid)):
+        made = f"{len(prompts) * len(grid) * sampling.num_images} images"
+        raise UserError(f"these settings make {made}: give a folder as --output, not the file {output}")
     check_folder_path(output.parent if single else output, "--output")
-    targets = [output] if single else [output / f"{i:02d}.png" for i in range(sampling.num_images)]
+    names = output_names(prompts, grid, sampling.num_images)
+    targets = [output] if single else [output / name for name in names]
     refuse_foreign_files(
-        targets + ([] if single else [output / SETTINGS_FILE]), written_by_generate, "--output"
+        targets + ([] if single else [output / SETTINGS_FILE, output / GRID_FILE]),
+        written_by_generate,
+        "--output",
     )
     device = resolve_device(settings.device)
 
@@ -215,12 +232,18 @@ def generate_command(tree) -> list[Path]:
     pipe = load_model(model, dtype=torch.float16 if device.type == "cuda" else torch.float32).pipe
     if sampling.scheduler:
         pipe.scheduler = scheduler_from(sampling.scheduler, pipe.scheduler.config)
-    load_adapters(pipe, loras)
+    adapter_names = load_adapters(pipe, loras)
     pipe.to(device)
-    images = generate(pipe, settings.prompt, settings.negative_prompt, sampling)
-    black = [k for k, image in enumerate(images) if is_black(image)]
+    cells = [[[] for _ in grid] for _ in prompts]
+    for c, column in enumerate(grid):
+        if adapter_names:
+            pipe.set_adapters(adapter_names, adapter_weights=list(column.weights))
+        for r, prompt in enumerate(prompts):
+            cells[r][c] = generate(pipe, prompt, settings.negative_prompt, sampling)
+    images = [image for row in cells for cell in row for image in cell]
+    black = [name for name, image in zip(names, images, strict=True) if is_black(image)]
     if black:
-        raise UserError(f"image(s) {', '.join(map(str, black))} came out black (NaN or overflow while "
+        raise UserError(f"image(s) {', '.join(black)} came out black (NaN or overflow while "
                         "denoising: an adapter strength or weights too large, or an fp16 VAE): nothing was "
                         "saved; lower the strengths or check the adapter")  # fmt: skip
     settings_text = settings_toml(tree, "generate")
@@ -228,8 +251,18 @@ def generate_command(tree) -> list[Path]:
         save_image(images[0], output, text={"trilora": settings_text})
         return [output]
     prepare_folder(output)
-    paths = [output / f"{i:02d}.png" for i in range(len(images))]
+    paths = [output / name for name in names]
     for image, path in zip(images, paths, strict=True):
         save_image(image, path, text={"trilora": settings_text})
     write_text(output / SETTINGS_FILE, settings_text)
+    if is_grid(prompts, grid):
+        save_image(sheet(cells, prompts, grid), output / GRID_FILE, text={"trilora": settings_text})
+        paths.append(output / GRID_FILE)
     return paths
+
+
+def output_names(prompts: list[str], grid: list, count: int) -> list[str]:
+    """The images' file names, in the order generate makes them (row by row, column by column)."""
+    if not is_grid(prompts, grid):
+        return [f"{k:02d}.png" for k in range(count)]
+    return [cell_name(r, c, k) for r in range(len(prompts)) for c in range(len(grid)) for k in range(count)]

@@ -51,6 +51,7 @@ from trilora.toy.stopping import WIDE_FACTOR, WIDE_STEPS, compare_rules, rules_s
 from trilora.toy.truth import prompt_hits, run_truth
 from trilora.toy.world import parse_caption
 from trilora.training.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint
+from trilora.training.export import finished_summary
 from trilora.training.loop import train
 from trilora.training.metrics import read_metrics
 
@@ -177,7 +178,7 @@ def train_run(config: RunConfig, folder: Path, output: Path, method: str, rank: 
     from trilora.scorers import stopping_scorer
 
     record_file = folder / "bench-run.json"
-    if (folder / "summary.json").is_file() and record_file.is_file():
+    if finished_summary(folder) and record_file.is_file():
         log.info("bench: %s rank %d seed %d is trained already", method, rank, seed)
         seconds = json.loads(record_file.read_text())["train_seconds"]
     else:

@@ -36,6 +36,17 @@ RUN_FILES = (
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
+def finished_summary(folder: Path) -> dict | None:
+    """The summary of a run that trained to its end (or stopped early) and exported its adapter; None
+    for a run that has none, or one that a signal stopped (its summary lists the best adapter so far,
+    and resuming it goes on)."""
+    summary = read_json(folder / "summary.json")
+    exported = summary.get("exported")
+    if summary.get("interrupted_by") or not isinstance(exported, dict):
+        return None
+    return summary if Path(str(exported.get("kohya", ""))).is_file() else None
+
+
 def run_files(folder: Path) -> list[Path]:
     """What of a training run `folder` holds: our files, and exported adapters (any top-level
     .safetensors, and NAME-diffusers folders)."""

@@ -13,6 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from signal import Signals
 from typing import TYPE_CHECKING
 
 import torch
@@ -218,8 +219,13 @@ def run(
                 progress.close()
                 state.metrics.close()
                 name = signal_name(stop.signum)
+                validated = state.metrics.rows and state.metrics.rows[-1].get("val_loss") is not None
+                val_loss = measured.get("val_loss") if validated else None
+                summary = finish(r, state, stopped_early, val_loss, interrupted_by=Signals(stop.signum).name)
+                done = f"saved {saved}" + (f"; exported the adapter of step {summary['exported_step']} to "
+                                           f"{summary['exported']['kohya']}" if summary["exported"] else "")  # fmt: skip
                 raise Interrupted(
-                    f"{name} at step {step}: saved {saved}; continue with --resume {output}", stop.signum
+                    f"{name} at step {step}: {done}; continue with --resume {output}", stop.signum
                 )
             if stopped_early:
                 break
@@ -505,8 +511,18 @@ def evaluate(r: Run, state: TrainingState, progress: Progress) -> dict:
     return {"val_loss": val_loss, "val_loss_se": val_se, "val_loss_by_t": by_t, "signal": signal}
 
 
-def finish(r: Run, state: TrainingState, stopped_early: bool, last_val_loss: float | None) -> dict:
-    """last/ and the exports (of the best adapter unless --export last), loss.png, summary.json."""
+def finish(
+    r: Run,
+    state: TrainingState,
+    stopped_early: bool,
+    last_val_loss: float | None,
+    interrupted_by: str | None = None,
+) -> dict:
+    """last/ and the exports (of the best adapter unless --export last), loss.png, summary.json.
+
+    A run stopped by a signal (`interrupted_by`) exports too, after its checkpoint: the best adapter so
+    far, or the last one while no trained step has been validated yet (the best of step 0 is the base).
+    Its summary says so, and --resume goes on from the checkpoint as if nothing had been exported."""
     config, step, stopper = r.config, state.step, state.stopper
     if r.dist.main and step not in {int(p.name.removeprefix("step-")) for p in list_checkpoints(r.output)}:
         checkpoint(r, state)  # first: a kill during the exports never leaves a run with nothing to resume
@@ -516,8 +532,11 @@ def finish(r: Run, state: TrainingState, stopped_early: bool, last_val_loss: flo
         return {"steps_run": step, "best_step": stopper.best_step, "exported": {}}
     write_adapter(r.output / "last" / "adapter.safetensors", last_state, config, step, last_val_loss)
     use_best = config.export.export == "best" and state.best_state is not None
-    if config.export.export == "best" and state.best_state is None:
+    if config.export.export == "best" and r.setup.validation is None:
         log.warning("no validation set: exporting the last adapter")
+    elif use_best and interrupted_by and not stopper.best_step:
+        use_best = False
+        log.info("no trained step validated yet: exporting the last adapter")
     state.load_adapter_state(state.best_state if use_best else last_state)
     exported_step = stopper.best_step if use_best else step
     exported = export_adapters(r.setup.base, config, r.output, exported_step, stopper.best_val_loss if use_best else None,
@@ -535,6 +554,7 @@ def finish(r: Run, state: TrainingState, stopped_early: bool, last_val_loss: flo
         "best_val_loss": stopper.best_val_loss if stopper.best_step is not None else None,
         "stop_on": r.setup.stop_on,
         "stopped_early": stopped_early,
+        "interrupted_by": interrupted_by,
         "exported": {k: str(v) for k, v in exported.items()},
         "exported_step": exported_step,
         "contact_sheet": str(r.output / SHEET_FILE) if (r.output / SHEET_FILE).is_file() else None,

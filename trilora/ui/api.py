@@ -22,7 +22,7 @@ from trilora.errors import UserError, one_line
 from trilora.files import atomic_path, write_text
 from trilora.outputs import check_name
 from trilora.run_folder import holder_process
-from trilora.ui.jobs import LOG, Jobs
+from trilora.ui.jobs import LOG, SETTINGS, Jobs
 from trilora.ui.paths import inside
 from trilora.ui.runs import (
     RUNS,
@@ -353,6 +353,54 @@ def job(ws: Workspace, job_id: int) -> dict:
     return found.as_dict(ws.root) | {"images": images, "reports": reports, "log": log_tail(lines),
                                      "error": errors[-1] if errors else None,
                                      "log_file": str((found.folder / LOG).relative_to(ws.root))}  # fmt: skip
+
+
+def results(ws: Workspace) -> list[dict]:
+    """Test images and evaluation reports kept in the workspace (tests/NAME, reports/NAME), newest
+    first: what each job made, its prompts, its state (a job of this UI) or else what its files say."""
+    found = []
+    for kind in ("tests", "reports"):
+        folder = ws.root / kind
+        for job_folder in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if not job_folder.is_dir() or job_folder.is_symlink():
+                continue
+            settings = read_settings(job_folder / SETTINGS)
+            images = sorted(job_folder.glob("*.png"))
+            grid = job_folder / "grid.png"
+            report = job_folder / "report.html"
+            job = ws.jobs.of(job_folder)
+            lines = read_log(job_folder)
+            errors = [line for line in lines if line.startswith("trilora: error:")]
+            done = report.is_file() if kind == "reports" else bool(images)
+            state = (
+                job.state if job is not None else "finished" if done else "failed" if errors else "unfinished"
+            )
+            found.append({
+                "kind": kind, "name": job_folder.name, "time": job_folder.stat().st_mtime, "state": state,
+                "prompts": as_list(settings.get("generate", {}).get("prompt")),
+                "lora": settings.get("generate", {}).get("lora") or settings.get("evaluate", {}).get("lora") or [],
+                "images": [relative(ws.root, grid)] if grid.is_file() else [relative(ws.root, p) for p in images[:8]],
+                "report": relative(ws.root, report) if report.is_file() else None,
+                "error": errors[-1] if errors else None,
+                "log_file": relative(ws.root, job_folder / LOG) if (job_folder / LOG).is_file() else None,
+            })  # fmt: skip
+    return sorted(found, key=lambda r: -r["time"])[:MAX_LISTED]
+
+
+def as_list(value) -> list:
+    return [] if value in (None, "") else value if isinstance(value, list) else [value]
+
+
+def read_settings(path: Path) -> dict:
+    """A job's settings (job.toml) as a dict; {} when missing or unreadable."""
+    try:
+        return load_toml(path) if path.is_file() else {}
+    except UserError:
+        return {}
+
+
+def relative(root: Path, path: Path) -> str:
+    return str(path.relative_to(root))
 
 
 def presets(configs: Path | None, toy: dict) -> dict[str, dict]:

@@ -110,16 +110,18 @@ def run_state(folder: Path, job) -> str:
     if job is not None and job.state == "queued":
         return "queued"
     summary = read_json(folder / "summary.json")
-    if summary is not None and summary.get("exported"):
+    if summary is not None and summary.get("exported") and not summary.get("interrupted_by"):
         return "stopped early" if summary.get("stopped_early") else "finished"
     if list_checkpoints(folder):
-        return "interrupted"
+        return "interrupted"  # Stop (or Ctrl-C) exported the best so far; Resume goes on
     return "failed" if job is None or job.state in ("failed", "stopped", "finished") else job.state
 
 
 def describe_run(root: Path, folder: Path, job=None, detail: bool = False) -> dict:
     config = read_json(folder / "config.json") or {}
-    summary = read_json(folder / "summary.json") or {}
+    state = run_state(folder, job)
+    # a resumed run's summary is of its earlier stop: while it trains, the files tell
+    summary = (read_json(folder / "summary.json") or {}) if state != "running" else {}
     rows = read_metrics(folder / "metrics.csv") if (folder / "metrics.csv").is_file() else []
     validations = [r for r in rows if r.get("val_loss") is not None]
     best = summary.get("best_step")
@@ -131,7 +133,7 @@ def describe_run(root: Path, folder: Path, job=None, detail: bool = False) -> di
     eta = eta_seconds(rows, total)
     described = {
         "name": folder.name,
-        "state": run_state(folder, job),
+        "state": state,
         "method": config.get("adapter", {}).get("method"),
         "rank": config.get("adapter", {}).get("rank"),
         "step": step,
@@ -139,6 +141,7 @@ def describe_run(root: Path, folder: Path, job=None, detail: bool = False) -> di
         "eta_s": eta,
         "best_step": best,
         "best_val_loss": summary.get("best_val_loss"),
+        "exported_step": summary.get("exported_step"),
         "exported": {
             k: relative(root, Path(v))
             for k, v in summary.get("exported", {}).items()

@@ -118,6 +118,7 @@ ROUTES_GET = {
     "/api/runs": lambda ws, q: api.runs(ws),
     "/api/run": lambda ws, q: api.run(ws, text(q, "name")),
     "/api/job": lambda ws, q: api.job(ws, number(q, "id", 0, 0, 2**31)),
+    "/api/results": lambda ws, q: api.results(ws),
 }
 ROUTES_POST = {
     "/api/caption-text": lambda ws, b: api.save_caption(ws, text(b, "image"), text(b, "text")),

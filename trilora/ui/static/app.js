@@ -34,6 +34,22 @@ async function heartbeat() {
   if (!up) { OFFLINE = true; $("offline").hidden = false; }
   setTimeout(heartbeat, up ? 5000 : 2000);
 }
+// Runs this page saw training: when one ends, the page title says so and (if allowed) a notification,
+// whichever tab is open; while one trains, the title shows its progress.
+const SEEN = {};
+async function watchRuns() {
+  try { for (const r of await api("/api/runs")) announce(r); } catch (e) { /* the heartbeat says it */ }
+  setTimeout(watchRuns, Object.values(SEEN).some((s) => ["running", "queued"].includes(s)) ? 2000 : 10000);
+}
+function announce(r) {
+  const before = SEEN[r.name]; SEEN[r.name] = r.state;
+  if (r.state === "running" && r.total_steps) document.title = `${Math.floor(100 * r.step / r.total_steps)}% ${r.name} · trilora`;
+  if (!["running", "queued"].includes(before) || ["running", "queued"].includes(r.state)) return;
+  const text = `${r.name} ${r.state}` + (r.exported_step !== null && r.exported_step !== undefined ? `: the adapter of step ${r.exported_step} is exported` : "");
+  document.title = `${r.state === "failed" ? "✗" : "✓"} ${text} · trilora`;
+  if ("Notification" in window && Notification.permission === "granted") new Notification("trilora", { body: text, tag: "trilora-" + r.name });
+}
+function askToNotify() { if ("Notification" in window && Notification.permission === "default") Notification.requestPermission().catch(() => {}); }
 function minutes(seconds) { return seconds < 60 ? "under a minute" : `about ${Math.round(seconds / 60)} min`; }
 
 // ---- forms generated from the config tree ----
@@ -172,7 +188,8 @@ function show(tab, record = true) {
   for (const s of document.querySelectorAll(".tab")) s.classList.toggle("active", s.id === tab);
   if (record) remember();
   if (tab === "runs") loadRuns();
-  if (tab === "test") loadAdapters();
+  if (tab === "test") { loadAdapters(); loadResults(); }
+  if (tab === "evaluate") loadResults();
   if (tab === "models") loadModels();
 }
 
@@ -270,7 +287,8 @@ async function startTraining() {
   let job;
   try { job = await api("/api/jobs", { command: "train", name, settings: formSettings($("train-form"), STATE.forms.train) }); }
   catch (e) { showServerError($("train-form"), String(e.message || e)); throw e; }
-  status("started " + job.folder);
+  askToNotify();  // a click is the moment a browser lets a page ask
+  status("started " + job.folder); SEEN[job.folder.split("/").pop()] = "queued";
   CURRENT_RUN = job.folder.split("/").pop();
   show("runs");
 }
@@ -278,7 +296,7 @@ async function startTraining() {
 // ---- runs ----
 async function loadRuns() {
   const runs = await api("/api/runs");
-  overlayChoices(runs);
+  overlayChoices(runs); runs.forEach(announce);
   $("run-list").replaceChildren(...runs.map((r) => el("button", {
     class: "run" + (r.name === CURRENT_RUN ? " selected" : ""), "data-run": r.name, "aria-pressed": String(r.name === CURRENT_RUN),
     text: `${r.name}: ${r.state}, step ${r.step}${r.total_steps ? "/" + r.total_steps : ""}${r.best_step !== null && r.best_step !== undefined ? ", best " + r.best_step : ""}`,
@@ -293,7 +311,8 @@ async function loadRun() {
   $("run-state").textContent = r.state; $("run-state").dataset.state = r.state;
   const eta = r.eta_s !== null && r.eta_s !== undefined && r.state === "running" ? `, ${minutes(r.eta_s)} left` : "";
   $("run-phase").textContent = r.phase ? "now: " + r.phase : "";
-  $("run-progress").textContent = `step ${r.step}${r.total_steps ? " of " + r.total_steps : ""}${eta}`;
+  const stopped = r.state === "interrupted" && r.exported_step !== null && r.exported_step !== undefined ? `: stopped, the adapter of step ${r.exported_step} is exported; Resume goes on` : "";
+  $("run-progress").textContent = `step ${r.step}${r.total_steps ? " of " + r.total_steps : ""}${eta}${stopped}`;
   $("run-stop").disabled = !["running", "queued"].includes(r.state);
   $("run-resume").disabled = r.state !== "interrupted";
   $("run-delete").disabled = ["running", "queued"].includes(r.state);
@@ -418,27 +437,44 @@ async function loadAdapters() {
   });
   $("test-adapters").replaceChildren(...(rows.length ? rows : [el("p", { text: "no exported adapters yet: train one first" })]));
 }
-function chosenAdapters(strength) {
+function chosenAdapters() {
   return [...document.querySelectorAll("[data-adapter]")].filter((c) => c.checked)
-    .map((c) => `${c.dataset.adapter}:${strength ?? document.querySelector(`[data-strength="${c.dataset.adapter}"]`).value}`);
+    .map((c) => `${c.dataset.adapter}:${document.querySelector(`[data-strength="${c.dataset.adapter}"]`).value}`);
 }
-async function generate(strength) {
+async function generate() {
+  const prompts = $("test-prompt").value.split("\n").map((v) => v.trim()).filter(Boolean);
   const settings = { model: { base: $("test-base").value },
     sampling: { seed: parseInt($("test-seed").value, 10), steps: parseInt($("test-steps").value, 10), guidance: parseFloat($("test-guidance").value) },
-    generate: { prompt: $("test-prompt").value, lora: chosenAdapters(strength) } };
+    generate: { prompt: prompts, lora: chosenAdapters(), adapters: $("test-adapters-mode").value } };
+  const strengths = $("test-grid").value.split(",").map((v) => v.trim()).filter(Boolean).map(Number);
+  if (strengths.length) settings.generate.strengths = strengths;
   if ($("test-negative").value) settings.generate.negative_prompt = $("test-negative").value;
   if ($("test-scheduler").value) settings.sampling.scheduler = $("test-scheduler").value;
   const job = await api("/api/jobs", { command: "generate", settings });
   status("generating…");
   const done = await waitJob(job.id);
-  if (done.state !== "finished") { status("generate " + done.state + ": " + (done.error || done.log.split("\n").slice(-1)[0]), true); return []; }
+  if (done.state !== "finished") { jobFailed($("test-images"), "generate", done); return; }
   status("generated");
-  return done.images.map((img) => el("div", { class: "thumb" }, el("img", { src: fileUrl(img), alt: img, class: "generated" }), el("small", { text: `${settings.generate.lora.join(", ") || "base model"}` })));
+  const grid = done.images.find((img) => img.endsWith("/grid.png"));
+  $("test-images").replaceChildren(...(grid ? [grid] : done.images).map((img) => el("figure", { class: "thumb" + (grid ? " grid" : "") },
+    el("a", { href: fileUrl(img), target: "_blank", title: "open full size" }, el("img", { src: fileUrl(img), alt: prompts.join("; "), class: "generated" })),
+    el("figcaption", { text: settings.generate.lora.join(", ") || "base model" }))));
+  loadResults();
 }
-async function runGenerate() { $("test-images").replaceChildren(...await generate()); }
-async function runGrid() {
-  $("test-images").replaceChildren();
-  for (const s of $("test-grid").value.split(",").map((v) => v.trim()).filter(Boolean)) $("test-images").append(...await generate(s));
+async function runGenerate() { await generate(); }
+async function loadResults() {
+  const all = await api("/api/results");
+  resultList($("test-history"), all);
+  resultList($("eval-history"), all.filter((r) => r.kind === "reports"));
+}
+function resultList(where, results) {
+  where.replaceChildren(...(results.length ? results : [null]).slice(0, 30).map((r) => r === null ? el("p", { text: "none yet" }) :
+    el("div", { class: "result", "data-result": r.name },
+      el("strong", { text: `${r.kind === "tests" ? "images" : "report"} ${r.name}` }),
+      el("span", { text: ` (${r.state}, ${new Date(r.time * 1000).toLocaleString()})` + (r.prompts.length ? ": " + r.prompts.join("; ") : "") }),
+      ...(r.report ? [" ", el("a", { href: fileUrl(r.report), target: "_blank", text: "open report" })] : []),
+      ...(r.error && r.log_file ? [" ", el("span", { class: "error", text: r.error }), " ", el("a", { href: fileUrl(r.log_file), target: "_blank", text: "log" })] : []),
+      el("div", { class: "thumbs" }, ...r.images.map((img) => el("a", { href: fileUrl(img), target: "_blank" }, el("img", { src: fileUrl(img), alt: img, class: "history" })))))));
 }
 
 // ---- evaluate / compare ----
@@ -453,6 +489,7 @@ async function startEval() {
   const done = await waitJob(job.id);
   if (done.reports.length) $("eval-status").replaceChildren(el("a", { href: fileUrl(done.reports[0]), target: "_blank", text: "open report.html" }));
   else jobFailed($("eval-status"), command, done);
+  loadResults();
 }
 
 async function init() {
@@ -481,14 +518,14 @@ async function init() {
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); uploadFiles([...e.dataTransfer.files]).catch((err) => status(String(err), true)); });
   on("data-load", loadData); on("caption-missing", captionMissing); on("train-estimate", estimate); on("train-start", startTraining);
-  on("run-stop", stopRun); on("run-resume", resumeRun); on("run-delete", deleteRun); on("run-export-step", exportStep); on("test-generate", runGenerate); on("test-grid-run", runGrid); on("eval-start", startEval);
+  on("run-stop", stopRun); on("run-resume", resumeRun); on("run-delete", deleteRun); on("run-export-step", exportStep); on("test-generate", runGenerate); on("eval-start", startEval);
   $("train-preset").addEventListener("change", applyPreset);
   $("run-step").addEventListener("change", () => { $("run-step").dataset.chosen = $("run-step").value; }); $("eval-command").addEventListener("change", evalForm);
   const hash = new URLSearchParams(location.hash.slice(1));
   CURRENT_RUN = hash.get("run");
   const tab = ["data", "train", "runs", "test", "evaluate", "models"].includes(hash.get("tab")) ? hash.get("tab") : "data";
   show(tab, false); loadData().catch(() => {});
-  heartbeat();
+  heartbeat(); watchRuns();
   window.addEventListener("beforeunload", (e) => { if (UNSAVED) { e.preventDefault(); e.returnValue = ""; } });
 }
 init().catch((e) => status(String(e), true));

@@ -9,14 +9,20 @@ from trilora.config import from_dict, load_toml
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
 
 
-def test_there_are_the_five_examples():
+def test_there_is_an_example_per_family_and_goal():
+    """Style and subject (prior preservation) for SD 1.5, SD 2.1 and SDXL: the UI's presets too."""
     assert [p.name for p in CONFIGS] == [
         "sd15-dreambooth-prior.toml",
         "sd15-style-lora.toml",
         "sd15-style-trilora.toml",
         "sd21-768v-style-trilora.toml",
+        "sd21-768v-subject-prior.toml",
         "sdxl-style-trilora.toml",
+        "sdxl-subject-prior.toml",
     ]
+    for path in CONFIGS:
+        subject = "prior" in path.name
+        assert ("class_data" in path.read_text()) == subject, path.name
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -152,8 +152,23 @@ def test_evaluate_and_train_outputs_never_overlap_their_inputs(tiny_model_dir, s
 # 3. Signals and kills
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_and_sighup_checkpoint_like_ctrl_c(tiny_model_dir, shapes, tmp_path, signum):
+def test_ctrl_c_sigterm_and_sighup_are_one_stop_request_and_the_handlers_are_put_back():
+    """Each signal a terminal, SLURM or Kubernetes sends asks the loop to stop after its step (the
+    end-to-end run below sends SIGTERM; Ctrl-C has its own in test_resume.py)."""
+    from trilora.training.checkpoint import StopRequest
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    for signum in before:
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)  # Python runs the handler between bytecodes of the main thread
+            assert stop.requested and stop.signum == signum, signal.Signals(signum).name
+            assert signal.getsignal(signum) == before[signum]  # a second signal acts at once
+        assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_sigterm_checkpoints_like_ctrl_c(tiny_model_dir, shapes, tmp_path):
+    signum = signal.SIGTERM
     output = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "trilora", *map(str, train_args(
         tiny_model_dir, shapes, output, "--steps", "100000", "--validate-every", "100000",

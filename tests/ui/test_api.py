@@ -379,3 +379,15 @@ def test_test_images_and_reports_are_kept_and_listed_newest_first(ui):
     )
     assert listed["broken"]["log_file"] == "tests/broken/ui.log"
     assert listed["rep"]["kind"] == "reports" and listed["rep"]["report"] == "reports/rep/report.html"
+
+
+def test_presets_per_family_and_goal_hold_no_example_paths(ui):
+    _, state = ui.json("/api/state")
+    names = list(state["presets"])
+    for family in ("Stable Diffusion 1.5", "Stable Diffusion 2.1", "Stable Diffusion XL"):
+        assert any(family in n and n.startswith("A style") for n in names), (family, names)
+    for family in ("SD 1.5", "Stable Diffusion 2.1", "Stable Diffusion XL"):
+        assert any(family in n and n.startswith("DreamBooth") for n in names), (family, names)
+    for name, preset in list(state["presets"].items())[1:]:  # the toy's paths are real: the workspace's own
+        assert "base" not in preset.get("model", {}) and "data" not in preset.get("data", {}), name
+        assert preset.get("data", {}).get("class_data", "data/").startswith("data/"), name

@@ -332,6 +332,13 @@ def test_a_base_model_in_an_a1111_models_folder_is_picked_not_typed(page, tmp_pa
         tab.wait_for_function("document.getElementById('train-estimate-text').textContent.includes('trainable')",
                               timeout=60000)  # fmt: skip
         assert f"dry run of {chosen}" in tab.text_content("#train-estimate-text")
+        # a preset per family and goal sets how to train and keeps the model chosen (it holds no paths)
+        options = tab.eval_on_selector_all("#train-preset option", "os => os.map((o) => o.value)")
+        assert any("Stable Diffusion XL (sdxl-subject-prior)" in o for o in options), options
+        tab.select_option("#train-preset", next(o for o in options if o.endswith("(sd15-dreambooth-prior)")))
+        assert tab.input_value("[name='model.base']") == chosen
+        assert tab.input_value("[name='data.class_data']") == "data/class_dog"
+        assert tab.is_checked("[name='adapter.train_text_encoder']")
     finally:
         tab.close()
         server.shutdown()
@@ -380,7 +387,7 @@ def test_ctrl_c_stops_the_ui_not_its_run_and_the_open_tab_follows_a_restarted_ui
             urllib.request.Request(base + "/api/state", headers={"X-Trilora-Token": token})
         ).read()
     )
-    settings = state["presets"]["toy world: the demo's onion style"]
+    settings = state["presets"]["Toy world: the demo's onion style (trains on a CPU)"]
     settings["train"]["steps"], settings["validation"]["validate_every"] = 120, 40
     settings["validation"].pop("sample_prompt", None)
     post("/api/jobs", {"command": "train", "name": "survivor", "settings": settings})

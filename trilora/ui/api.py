@@ -404,11 +404,22 @@ def relative(root: Path, path: Path) -> str:
 
 
 def presets(configs: Path | None, toy: dict) -> dict[str, dict]:
-    """The toy-world demo's settings, then the example TOMLs of configs/ (when the repo is at hand)."""
-    found = {"toy world: the demo's onion style": toy}
+    """The toy-world demo's settings, then the example TOMLs of configs/ (when the repo is at hand),
+    one per model family and goal, named by their first line ("A style LoRA for Stable Diffusion
+    1.5"). Their paths are examples (models/..., datasets/...), not the workspace's: left out, so a
+    preset keeps the base model and data the person already chose."""
+    paths = {key for key, _, spec, _, _ in COMMANDS["train"].fields() if spec.metadata["path"]}
+    found = {"Toy world: the demo's onion style (trains on a CPU)": toy}
     for path in sorted(configs.glob("*.toml")) if configs and configs.is_dir() else []:
         try:
-            found[path.stem] = {k: v for k, v in load_toml(path).items() if isinstance(v, dict)}
+            settings = {k: v for k, v in load_toml(path).items() if isinstance(v, dict)}
         except UserError:
             continue
+        first = path.read_text(encoding="utf-8").split("\n", 1)[0].removeprefix("#").strip()
+        label = re.split(r"[.:]\s|[.:]$", first, maxsplit=1)[0] or path.stem
+        preset = {section: {k: v for k, v in values.items() if f"{section}.{k}" not in paths}
+                  for section, values in settings.items()}  # fmt: skip
+        if class_data := settings.get("data", {}).get("class_data"):  # made by the run when missing
+            preset["data"]["class_data"] = f"data/{Path(class_data).name}"
+        found[f"{label} ({path.stem})"] = preset
     return found

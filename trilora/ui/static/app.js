@@ -273,7 +273,17 @@ async function waitJob(id, onUpdate) {
 }
 
 // ---- train ----
-function applyPreset() { buildForm($("train-form"), STATE.forms.train, STATE.presets[$("train-preset").value] || {}, "train"); }
+// A preset sets how to train; the base model and the data already chosen stay (presets from configs/
+// hold no paths), so picking "SDXL subject" after "Use as base model" keeps that model.
+function applyPreset() {
+  const form = $("train-form"), preset = structuredClone(STATE.presets[$("train-preset").value] || {});
+  for (const f of STATE.forms.train) {
+    const input = form.elements[f.key];
+    if (!f.path || !input || !input.value || (preset[f.section] || {})[f.name] !== undefined) continue;
+    (preset[f.section] = preset[f.section] || {})[f.name] = input.value;
+  }
+  buildForm(form, STATE.forms.train, preset, "train");
+}
 async function estimate() {
   if (!formReady($("train-form"))) return;
   try {

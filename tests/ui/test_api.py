@@ -391,3 +391,45 @@ def test_presets_per_family_and_goal_hold_no_example_paths(ui):
     for name, preset in list(state["presets"].items())[1:]:  # the toy's paths are real: the workspace's own
         assert "base" not in preset.get("model", {}) and "data" not in preset.get("data", {}), name
         assert preset.get("data", {}).get("class_data", "data/").startswith("data/"), name
+
+
+@pytest.mark.slow  # a four-step toy run, renamed, then resumed under its new name
+def test_a_renamed_run_keeps_working_under_its_new_name(ui):
+    import json
+
+    _, state = ui.json("/api/state")
+    settings = next(iter(state["presets"].values()))
+    settings["train"] |= {"steps": 4, "batch_size": 2}
+    settings["validation"] |= {"validate_every": 2, "sample_prompt": [], "signal_prompt": [], "stop_on": "val_loss",
+                               "val_timesteps": 2}  # fmt: skip
+    settings["checkpoint"] = {"checkpoint_every": 2}
+    status, job = ui.json("/api/jobs", {"command": "train", "name": "first-name", "settings": settings})
+    assert status == 200 and wait(ui, job["id"], 300)["state"] == "finished"
+    old, new = ui.root / "runs" / "first-name", ui.root / "runs" / "better-name"
+    (ui.root / "runs" / "taken").mkdir()
+    for body in ({"name": "first-name", "to": "taken"}, {"name": "first-name", "to": "../data/x"},
+                 {"name": "first-name", "to": ""}, {"name": "nothing", "to": "y"}):  # fmt: skip
+        assert ui.json("/api/rename-run", body)[0] in (400, 403), body
+    assert old.is_dir()
+
+    assert ui.json("/api/rename-run", {"name": "first-name", "to": "better-name"}) == (
+        200, {"renamed": "first-name", "to": "better-name"})  # fmt: skip
+    assert (
+        not old.exists()
+        and (new / "better-name.safetensors").is_file()
+        and (new / "better-name-diffusers").is_dir()
+    )
+    for file in ("config.json", "summary.json", "settings.toml", "job.toml"):
+        assert "first-name" not in (new / file).read_text(), file
+    summary = json.loads((new / "summary.json").read_text())
+    assert summary["exported"]["kohya"] == str(new / "better-name.safetensors")
+    found = {r["name"]: r for r in ui.json("/api/runs")[1]}
+    assert (
+        "first-name" not in found
+        and found["better-name"]["exported"]["kohya"] == "runs/better-name/better-name.safetensors"
+    )
+    # and it resumes there, writing under the new name
+    resumed = subprocess.run([sys.executable, "-m", "trilora", "train", "--resume", str(new), "--steps", "6"],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((new / "summary.json").read_text())["steps_run"] == 6 and not old.exists()

@@ -225,6 +225,16 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     page.wait_for_function("document.querySelectorAll('#overlay-chart .overlay-line').length === 2")
     assert "ui-run-copy (best step" in page.text_content("#overlay-chart")
     screenshot(page, "overlay", tmp_path_factory)
+    # a run is renamed in place: its folder, its files' paths and its place in the list follow
+    page.click("[data-run='ui-run-copy']")
+    page.wait_for_selector("#run-rename:not([disabled])")
+    page.once("dialog", lambda dialog: dialog.accept("renamed-copy"))
+    page.click("#run-rename")
+    page.wait_for_selector("#run-list [data-run='renamed-copy']")
+    assert (ui.root / "runs" / "renamed-copy" / "config.json").is_file() and not (
+        ui.root / "runs" / "ui-run-copy"
+    ).exists()
+    assert "renamed-copy" in page.url
 
     # the run goes to the workspace's trash, after a confirmation, and its name is free again
     page.click("button[data-tab=runs]")

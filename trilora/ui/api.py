@@ -2,6 +2,7 @@
 the page shows. Jobs run the CLI; paths come and go relative to the root."""
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from trilora.config import COMMANDS, load_toml, to_toml, tree_from_dict
-from trilora.config.fields import base_type, default_of
+from trilora.config.fields import base_type, default_of, toml_value
 from trilora.data.check import check_folder
 from trilora.data.folder import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, scan
 from trilora.data.subsets import load_dataset_config
@@ -339,6 +340,66 @@ def delete_run(ws: Workspace, name: str) -> dict:
         target, n = trash / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}", n + 1
     os.rename(folder, target)
     return {"trashed": name, "to": str(target.relative_to(ws.root))}
+
+
+def rename_run(ws: Workspace, name: str, new_name: str) -> dict:
+    """Give a run that does not train another name: its folder moves, the absolute paths its files
+    hold (config.json, summary.json, settings.toml, job.toml) follow it, and its exported files
+    named after the run (NAME.safetensors, NAME-diffusers/, NAME-step-N...) take the new name, as a
+    resumed run would write them. A run whose export name was chosen (export.name) keeps its files' names."""
+    folder = run_folder(ws, name)
+    if not isinstance(new_name, str) or not NAME.fullmatch(new_name):
+        raise BadRequest(f"a run's name is letters, digits, '.', '_' and '-' (at most 64), got {new_name!r}")
+    target = ws.root / RUNS / new_name
+    if target.exists() or target.is_symlink():
+        raise BadRequest(f"{RUNS}/{new_name} exists already: choose another name")
+    if run_state(folder, ws.jobs.of(folder)) in ("running", "queued"):
+        raise BadRequest(f"run {name} is training: stop it first, then rename it")
+    config = read_json_file(folder / "config.json")
+    renamed = [] if config.get("export", {}).get("name") else [
+        p for p in folder.iterdir() if p.name.startswith((f"{name}.", f"{name}-")) and not p.is_symlink()
+    ]  # fmt: skip
+    os.rename(folder, target)
+    for path in renamed:
+        os.rename(target / path.name, target / (new_name + path.name.removeprefix(name)))
+    moves = [(str(folder / p.name), str(target / (new_name + p.name.removeprefix(name)))) for p in renamed]
+    moves.append((str(folder), str(target)))  # after the files: their own paths are the longer prefixes
+    for file in ("config.json", "summary.json"):
+        if (target / file).is_file():
+            write_text(
+                target / file, json.dumps(moved(read_json_file(target / file), moves), indent=2) + "\n"
+            )
+    for file in (SETTINGS, "settings.toml"):
+        if (target / file).is_file():
+            text = (target / file).read_text(encoding="utf-8")
+            for old, new in moves:
+                for end in ('"', "/"):  # the quoted path, alone or as a prefix (not runs/NAME-other)
+                    text = text.replace(toml_value(old)[:-1] + end, toml_value(new)[:-1] + end)
+            write_text(target / file, text)
+    return {"renamed": name, "to": new_name}
+
+
+def moved(value, moves: list[tuple[str, str]]):
+    """`value` (JSON) with every path string under an old prefix put under its new one."""
+    if isinstance(value, dict):
+        return {k: moved(v, moves) for k, v in value.items()}
+    if isinstance(value, list):
+        return [moved(v, moves) for v in value]
+    if isinstance(value, str):
+        for old, new in moves:
+            if value == old or value.startswith(old + "/"):
+                return new + value[len(old) :]
+    return value
+
+
+def read_json_file(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise BadRequest(
+            f"{path.name} of this run cannot be read ({one_line(str(error))}): it cannot be renamed"
+        ) from None
+    return value if isinstance(value, dict) else {}
 
 
 def job(ws: Workspace, job_id: int) -> dict:

@@ -127,6 +127,7 @@ ROUTES_POST = {
     "/api/stop": lambda ws, b: api.stop(ws, text(b, "name")),
     "/api/resume": lambda ws, b: api.resume(ws, text(b, "name")),
     "/api/delete-run": lambda ws, b: api.delete_run(ws, text(b, "name")),
+    "/api/rename-run": lambda ws, b: api.rename_run(ws, text(b, "name"), text(b, "to")),
     "/api/export-step": lambda ws, b: api.export_step(ws, text(b, "name"), number(b, "step", -1, 0, 10**9)),
 }
 TIMEOUT_S = 30  # a client that sends less than it announced, or nothing, is dropped after this

@@ -47,6 +47,7 @@ function announce(r) {
   if (!["running", "queued"].includes(before) || ["running", "queued"].includes(r.state)) return;
   const text = `${r.name} ${r.state}` + (r.exported_step !== null && r.exported_step !== undefined ? `: the adapter of step ${r.exported_step} is exported` : "");
   document.title = `${r.state === "failed" ? "✗" : "✓"} ${text} · trilora`;
+  status(text, r.state === "failed");
   if ("Notification" in window && Notification.permission === "granted") new Notification("trilora", { body: text, tag: "trilora-" + r.name });
 }
 function askToNotify() { if ("Notification" in window && Notification.permission === "default") Notification.requestPermission().catch(() => {}); }
@@ -326,6 +327,7 @@ async function loadRun() {
   $("run-stop").disabled = !["running", "queued"].includes(r.state);
   $("run-resume").disabled = r.state !== "interrupted";
   $("run-delete").disabled = ["running", "queued"].includes(r.state);
+  $("run-rename").disabled = ["running", "queued"].includes(r.state);
   drawChart(r);
   $("run-exports").replaceChildren(...Object.entries(r.exported).map(([kind, path]) => el("a", { href: fileUrl(path), text: `download ${kind} (${path.split("/").pop()})` })));
   showSteps(r);
@@ -434,6 +436,12 @@ async function deleteRun() {
   const done = await api("/api/delete-run", { name: CURRENT_RUN });
   status(`moved ${done.trashed} to ${done.to}`); CURRENT_RUN = null; $("run-detail").hidden = true; remember(); loadRuns();
 }
+async function renameRun() {
+  const to = prompt(`A new name for the run ${CURRENT_RUN} (letters, digits, '.', '_', '-'); its folder and exported files follow:`, CURRENT_RUN);
+  if (!to || to === CURRENT_RUN) return;
+  const done = await api("/api/rename-run", { name: CURRENT_RUN, to });
+  status(`renamed ${done.renamed} to ${done.to}`); CURRENT_RUN = done.to; remember(); loadRuns();
+}
 async function resumeRun() { await api("/api/resume", { name: CURRENT_RUN }); status("resuming " + CURRENT_RUN); setTimeout(loadRuns, 500); }
 
 // ---- test ----
@@ -528,7 +536,7 @@ async function init() {
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); uploadFiles([...e.dataTransfer.files]).catch((err) => status(String(err), true)); });
   on("data-load", loadData); on("caption-missing", captionMissing); on("train-estimate", estimate); on("train-start", startTraining);
-  on("run-stop", stopRun); on("run-resume", resumeRun); on("run-delete", deleteRun); on("run-export-step", exportStep); on("test-generate", runGenerate); on("eval-start", startEval);
+  on("run-stop", stopRun); on("run-resume", resumeRun); on("run-delete", deleteRun); on("run-rename", renameRun); on("run-export-step", exportStep); on("test-generate", runGenerate); on("eval-start", startEval);
   $("train-preset").addEventListener("change", applyPreset);
   $("run-step").addEventListener("change", () => { $("run-step").dataset.chosen = $("run-step").value; }); $("eval-command").addEventListener("change", evalForm);
   const hash = new URLSearchParams(location.hash.slice(1));

@@ -303,6 +303,9 @@ def make_server(settings: UIConfig) -> ThreadingHTTPServer:
             f"cannot listen on {settings.host}:{settings.port}: {error.strerror}; choose another --port"
         ) from None
     server.daemon_threads = True
+    # Ctrl-C stops at once: server_close would otherwise wait for every connection's thread, and a
+    # browser's idle connection (opened ahead, no request yet) holds one for TIMEOUT_S
+    server.block_on_close = False
     server.token, server.workspace = token, workspace
     return server
 

@@ -15,10 +15,13 @@ import subprocess
 import sys
 import threading
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
+
+from trilora.run_folder import FolderLock
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None and os.environ.get("TRILORA_REQUIRE_BROWSER") != "1":
@@ -384,3 +387,46 @@ def ctrl_c(process: subprocess.Popen) -> None:
     """What Ctrl-C in a terminal does: SIGINT to the foreground process group."""
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait(timeout=10) == 0  # at once: not after an idle browser connection's 30 s timeout
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_ui_not_its_run_and_the_open_tab_follows_a_restarted_ui(page, tmp_path):
+    root, port = tmp_path / "workspace", free_port()
+    first, token = start_ui(root, port)
+    base = f"http://127.0.0.1:{port}"
+
+    def post(path, body):
+        request = urllib.request.Request(base + path, json.dumps(body).encode(), {"X-Trilora-Token": token})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+    state = json.loads(
+        urllib.request.urlopen(
+            urllib.request.Request(base + "/api/state", headers={"X-Trilora-Token": token})
+        ).read()
+    )
+    settings = state["presets"]["Toy world: the demo's onion style (trains on a CPU)"]
+    settings["train"]["steps"], settings["validation"]["validate_every"] = 120, 40
+    settings["validation"].pop("sample_prompt", None)
+    post("/api/jobs", {"command": "train", "name": "survivor", "settings": settings})
+
+    tab = page.context.browser.new_page(bypass_csp=True)
+    # a notification is what the page shows when the run ends: recorded here, granted as if allowed
+    tab.add_init_script("window.__notes = []; window.Notification = class { static permission = 'granted'; "
+                        "constructor(title, options) { window.__notes.push(options.body); } };")  # fmt: skip
+    tab.goto(f"{base}/#token={token}&tab=runs&run=survivor")
+    tab.wait_for_selector("#run-state[data-state=running]", timeout=60000)
+    ctrl_c(first)  # the UI goes; the run, in its own session, goes on
+    tab.wait_for_selector("#offline", state="visible", timeout=15000)
+    lock = FolderLock(root / "runs" / "survivor", "test").holder()
+    assert lock is not None and not (root / "runs" / "survivor" / "summary.json").exists()
+
+    second, again = start_ui(root, port)
+    assert again == token  # kept in the workspace: the open tab is still let in
+    tab.wait_for_selector("#offline", state="hidden", timeout=15000)
+    assert tab.text_content("#status") == "reconnected"
+    tab.wait_for_selector("#run-state[data-state=finished]", timeout=240000)
+    assert tab.title().startswith("✓ survivor finished")
+    assert tab.evaluate("window.__notes")[-1].startswith("survivor finished: the adapter of step")
+    ctrl_c(second)
+    tab.close()

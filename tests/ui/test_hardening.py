@@ -5,6 +5,7 @@ unreadable, and Stop that signals only the run's own trilora process."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -181,3 +182,26 @@ def test_any_form_settings_are_resolved_or_refused_in_one_line(tmp_path_factory,
         assert "\n" not in one_line(error)  # what the page gets (server.py answers with it)
         return
     assert isinstance(resolved, dict)
+
+
+def test_ctrl_c_and_sigterm_stop_the_ui_at_once_with_a_browser_connection_open(tmp_path):
+    """Also where it was started with SIGINT ignored, as a shell script's `trilora ui &` is: Python
+    would leave Ctrl-C ignored and the UI would run on."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = subprocess.Popen([sys.executable, "-m", "trilora", "ui", "--root", str(tmp_path), "--port", str(port)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+        try:
+            lines = [process.stdout.readline()]
+            while lines[-1] and "#token=" not in lines[-1]:
+                lines.append(process.stdout.readline())
+            assert lines[-1], "".join(lines)
+            with socket.create_connection(("127.0.0.1", port)):  # a browser's idle, preconnected socket
+                os.killpg(process.pid, number)
+                assert process.wait(timeout=10) == 0
+        finally:
+            process.kill()
+            process.wait()

@@ -9,6 +9,7 @@ import logging
 import mimetypes
 import os
 import secrets
+import signal
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -317,9 +318,25 @@ def serve(settings: UIConfig, ready: threading.Event | None = None) -> None:
           "not its jobs)", flush=True)  # fmt: skip
     if ready is not None:
         ready.set()
+    previous = stop_on_signals()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def stop_on_signals() -> dict:
+    """Ctrl-C and SIGTERM stop the server, also where it was started with SIGINT ignored (`trilora ui &`
+    from a script, a service manager), which Python would otherwise leave ignored. Jobs run in
+    sessions of their own, so neither signal reaches them. Returns the handlers it replaced."""
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}

@@ -381,6 +381,21 @@ def test_test_images_and_reports_are_kept_and_listed_newest_first(ui):
     assert listed["rep"]["kind"] == "reports" and listed["rep"]["report"] == "reports/rep/report.html"
 
 
+def test_results_never_follow_a_linked_tests_or_reports_folder(tmp_path):
+    from trilora.ui.api import Workspace, results
+    from trilora.ui.jobs import Jobs
+
+    outside = tmp_path / "outside"
+    (outside / "job").mkdir(parents=True)
+    (outside / "job" / "00.png").write_bytes(b"png")
+    (outside / "job" / "report.html").write_text("<html></html>")
+    root = tmp_path / "workspace"
+    root.mkdir()
+    for kind in ("tests", "reports"):
+        (root / kind).symlink_to(outside)
+    assert results(Workspace(root, Jobs(root), (), {})) == []
+
+
 def test_presets_per_family_and_goal_hold_no_example_paths(ui):
     _, state = ui.json("/api/state")
     names = list(state["presets"])
@@ -428,6 +443,21 @@ def test_a_renamed_run_keeps_working_under_its_new_name(ui):
         "first-name" not in found
         and found["better-name"]["exported"]["kohya"] == "runs/better-name/better-name.safetensors"
     )
+    from safetensors import safe_open
+
+    for file in (
+        new / "better-name.safetensors",
+        new / "better-name-diffusers" / "pytorch_lora_weights.safetensors",
+    ):
+        with safe_open(str(file), "pt") as opened:
+            metadata = opened.metadata()
+        assert metadata["ss_output_name"] == metadata["modelspec.title"] == "better-name", file
+        assert "first-name" not in metadata["trilora_config"], file
+    # a run that failed before its set-up (no config.json) can be renamed too
+    (ui.root / "runs" / "early-failure").mkdir()
+    (ui.root / "runs" / "early-failure" / "job.toml").write_text("[train]\nsteps = -1\n")
+    assert ui.json("/api/rename-run", {"name": "early-failure", "to": "early-failure-2"})[0] == 200
+    assert (ui.root / "runs" / "early-failure-2" / "job.toml").is_file()
     # and it resumes there, writing under the new name
     resumed = subprocess.run([sys.executable, "-m", "trilora", "train", "--resume", str(new), "--steps", "6"],
                              capture_output=True, text=True, timeout=300)  # fmt: skip

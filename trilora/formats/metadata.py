@@ -63,6 +63,18 @@ def kohya_metadata(info: dict, family_header: dict[str, str]) -> dict[str, str]:
     return {key: value for key, value in metadata.items() if value is not None}
 
 
+def renamed(metadata: dict[str, str], old: str, new: str, config: dict | None) -> dict[str, str]:
+    """An exported file's metadata after its run was renamed from `old` to `new`: the titles that
+    named the run name the new one; `config`, when given, is the run's config with its new paths."""
+    metadata = dict(metadata)
+    for key in ("ss_output_name", "modelspec.title"):
+        if metadata.get(key) == old:
+            metadata[key] = new
+    if config is not None and "trilora_config" in metadata:
+        metadata["trilora_config"] = json.dumps(config, sort_keys=True)
+    return metadata
+
+
 def _text(value) -> str | None:
     """A metadata value, or None (the key is left out) when it is not known."""
     return None if value is None or value == "" else str(value)

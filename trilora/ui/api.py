@@ -2,7 +2,6 @@
 the page shows. Jobs run the CLI; paths come and go relative to the root."""
 
 import io
-import json
 import os
 import re
 import subprocess
@@ -20,7 +19,7 @@ from trilora.data.check import check_folder
 from trilora.data.folder import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, scan
 from trilora.data.subsets import load_dataset_config
 from trilora.errors import UserError, one_line
-from trilora.files import atomic_path, write_text
+from trilora.files import atomic_path, save_safetensors, write_json, write_text
 from trilora.outputs import check_name
 from trilora.run_folder import holder_process
 from trilora.ui.jobs import LOG, SETTINGS, Jobs
@@ -30,7 +29,9 @@ from trilora.ui.runs import (
     describe_or_unreadable,
     describe_run,
     log_tail,
+    read_json,
     read_log,
+    relative,
     run_folders,
     run_state,
 )
@@ -355,7 +356,7 @@ def rename_run(ws: Workspace, name: str, new_name: str) -> dict:
         raise BadRequest(f"{RUNS}/{new_name} exists already: choose another name")
     if run_state(folder, ws.jobs.of(folder)) in ("running", "queued"):
         raise BadRequest(f"run {name} is training: stop it first, then rename it")
-    config = read_json_file(folder / "config.json")
+    config = read_json(folder / "config.json") or {}  # none: a run that failed before its set-up
     renamed = [] if config.get("export", {}).get("name") else [
         p for p in folder.iterdir() if p.name.startswith((f"{name}.", f"{name}-")) and not p.is_symlink()
     ]  # fmt: skip
@@ -364,11 +365,9 @@ def rename_run(ws: Workspace, name: str, new_name: str) -> dict:
         os.rename(target / path.name, target / (new_name + path.name.removeprefix(name)))
     moves = [(str(folder / p.name), str(target / (new_name + p.name.removeprefix(name)))) for p in renamed]
     moves.append((str(folder), str(target)))  # after the files: their own paths are the longer prefixes
-    for file in ("config.json", "summary.json"):
-        if (target / file).is_file():
-            write_text(
-                target / file, json.dumps(moved(read_json_file(target / file), moves), indent=2) + "\n"
-            )
+    for file in ("config.json", "summary.json"):  # an unreadable one is left as it is
+        if (value := read_json(target / file)) is not None:
+            write_json(target / file, moved(value, moves))
     for file in (SETTINGS, "settings.toml"):
         if (target / file).is_file():
             text = (target / file).read_text(encoding="utf-8")
@@ -376,6 +375,17 @@ def rename_run(ws: Workspace, name: str, new_name: str) -> dict:
                 for end in ('"', "/"):  # the quoted path, alone or as a prefix (not runs/NAME-other)
                     text = text.replace(toml_value(old)[:-1] + end, toml_value(new)[:-1] + end)
             write_text(target / file, text)
+    from trilora.formats.metadata import read_safetensors  # torch: only here
+    from trilora.formats.metadata import renamed as renamed_metadata
+
+    new_config = read_json(target / "config.json")
+    for path in renamed:  # the exports' own titles (A1111's and ComfyUI's metadata views show them)
+        new_path = target / (new_name + path.name.removeprefix(name))
+        files = [new_path] if new_path.suffix == ".safetensors" else sorted(new_path.rglob("*.safetensors"))
+        for file in files if not new_path.is_symlink() else []:
+            if file.is_file() and not file.is_symlink():
+                tensors, metadata = read_safetensors(file)
+                save_safetensors(tensors, file, renamed_metadata(metadata, name, new_name, new_config))
     return {"renamed": name, "to": new_name}
 
 
@@ -390,16 +400,6 @@ def moved(value, moves: list[tuple[str, str]]):
             if value == old or value.startswith(old + "/"):
                 return new + value[len(old) :]
     return value
-
-
-def read_json_file(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise BadRequest(
-            f"{path.name} of this run cannot be read ({one_line(str(error))}): it cannot be renamed"
-        ) from None
-    return value if isinstance(value, dict) else {}
 
 
 def job(ws: Workspace, job_id: int) -> dict:
@@ -422,7 +422,7 @@ def results(ws: Workspace) -> list[dict]:
     found = []
     for kind in ("tests", "reports"):
         folder = ws.root / kind
-        for job_folder in sorted(folder.iterdir()) if folder.is_dir() else []:
+        for job_folder in sorted(folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else []:
             if not job_folder.is_dir() or job_folder.is_symlink():
                 continue
             settings = read_settings(job_folder / SETTINGS)
@@ -458,10 +458,6 @@ def read_settings(path: Path) -> dict:
         return load_toml(path) if path.is_file() else {}
     except UserError:
         return {}
-
-
-def relative(root: Path, path: Path) -> str:
-    return str(path.relative_to(root))
 
 
 def presets(configs: Path | None, toy: dict) -> dict[str, dict]:

@@ -91,6 +91,19 @@ def test_single_file_round_trip(tmp_path, tiny_model_dir, other_tiny, name):
     assert pipe.safety_checker is None
 
 
+def test_a_single_file_loads_with_trilora_configs_for_its_family_else_the_shipped(
+    tmp_path, tiny_model_dir, other_tiny, monkeypatch
+):
+    """$TRILORA_CONFIGS/<family>: configs a single file loads with in place of the shipped ones."""
+    path = save_single_file(other_tiny, tmp_path / "model.safetensors")
+    (tmp_path / "configs" / "sd2").mkdir(parents=True)  # another family's: not used for an SD 1.x file
+    monkeypatch.setenv("TRILORA_CONFIGS", str(tmp_path / "configs"))
+    with pytest.raises(UserError, match="sd15"):  # the shipped SD 1.5 configs, which do not fit a tiny file
+        load_pipeline(path)
+    (tmp_path / "configs" / "sd1").symlink_to(tiny_model_dir)
+    assert_same_weights(load_pipeline(path), other_tiny)
+
+
 def test_single_file_ignores_extra_tensors(tmp_path, tiny_model_dir, other_tiny, other_tiny_ldm):
     extra = {
         "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.arange(77)[None],

@@ -319,18 +319,30 @@ def test_every_input_is_labelled_tabs_have_roles_and_text_is_readable(ui, page, 
 
 
 @pytest.mark.slow
-def test_a_base_model_in_an_a1111_models_folder_is_picked_not_typed(page, tmp_path, tmp_path_factory):
-    """`trilora ui --models webui/models`: the Models tab lists what is there; "Use as base model" fills
-    the forms; the estimate reads it where it is."""
-
+def test_a_checkpoint_file_in_an_a1111_models_folder_is_picked_trained_on_and_tested_without_typing(
+    page, tmp_path, tmp_path_factory, monkeypatch
+):
+    """`trilora ui --models webui/models`, a person's single-file checkpoint there: the Models tab lists
+    it, "Use as base model" fills the forms, the estimate reads it where it is, a run trains on it and
+    its adapter is tested, with clicks and numbers only. The file is the toy model in the original (LDM)
+    layout; a real SD 1.5 file loads with the shipped SD 1.5 configs, which TRILORA_CONFIGS points at the
+    toy's here (the one difference)."""
+    from trilora.base.load import load_pipeline
     from trilora.config import UIConfig
+    from trilora.formats.ldm import save_single_file
     from trilora.toy.base import toy_base_path
     from trilora.ui.server import make_server
 
     models = tmp_path / "webui" / "models"
+    chosen = models / "Stable-diffusion" / "my-model.safetensors"
+    chosen.parent.mkdir(parents=True)
+    save_single_file(load_pipeline(toy_base_path()), chosen)
     shutil.copytree(
         toy_base_path(), models / "Stable-diffusion" / "toy-sd"
     )  # a diffusers folder, as some keep
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "sd1").symlink_to(toy_base_path())
+    monkeypatch.setenv("TRILORA_CONFIGS", str(tmp_path / "configs"))
     server = make_server(UIConfig(root=str(tmp_path / "ws"), port=0, models=[str(models)]))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     host, port = server.server_address[:2]
@@ -338,22 +350,48 @@ def test_a_base_model_in_an_a1111_models_folder_is_picked_not_typed(page, tmp_pa
     tab = page.context.browser.new_page(viewport={"width": 1100, "height": 700}, bypass_csp=True)
     try:
         tab.goto(f"http://{host}:{port}/#token={server.token}&tab=models")
-        tab.wait_for_selector("#model-list td:has-text('Stable-diffusion/toy-sd')")
-        assert tab.locator("#model-list tr").count() == 2  # the header and the folder, not its unet, vae ...
+        tab.wait_for_selector("#model-list td:has-text('Stable-diffusion/my-model.safetensors')")
+        # the header, the file and the folder (not the folder's unet, vae ...)
+        assert tab.locator("#model-list tr").count() == 3
         screenshot(tab, "models", tmp_path_factory)
-        tab.click("#model-list button")
+        tab.click("#model-list tr:has-text('my-model.safetensors') button")
         tab.click("button[data-tab=train]")
-        chosen = str(models / "Stable-diffusion" / "toy-sd")
-        assert tab.input_value("[name='model.base']") == chosen
+        assert tab.input_value("[name='model.base']") == str(chosen)
         tab.click("#train-estimate")
         tab.wait_for_function("document.getElementById('train-estimate-text').textContent.includes('trainable')",
                               timeout=60000)  # fmt: skip
         assert f"dry run of {chosen}" in tab.text_content("#train-estimate-text")
+
+        # trained on it: a short run of the demo's settings, numbers only
+        tab.fill("#train-name", "on-my-model")
+        for section in ("validation", "checkpoint"):
+            tab.click(f"#train-form summary:has-text('More {section} settings')")
+        for name, value in {"train.steps": "4", "validation.validate_every": "2", "checkpoint.checkpoint_every": "2",
+                            "validation.sample_steps": "2"}.items():  # fmt: skip
+            tab.fill(f"[name='{name}']", value)
+        tab.click("#train-start")
+        tab.wait_for_function("['finished', 'stopped early'].includes(document.getElementById('run-state').textContent)",
+                              timeout=300000)  # fmt: skip
+        config = json.loads((server.workspace.root / "runs" / "on-my-model" / "config.json").read_text())
+        assert config["model"]["base"] == str(chosen) and config["model"]["base_config"] is None
+        # and tested: its adapter on the Test tab, one image
+        tab.click("button[data-tab=test]")
+        tab.wait_for_selector("[data-adapter]")
+        tab.check("[data-adapter]")
+        tab.fill("#test-prompt", PROMPT)
+        tab.fill("#test-steps", "2")
+        tab.click("#test-generate")
+        tab.wait_for_selector("img.generated", timeout=120000)
+        job = next((server.workspace.root / "tests").iterdir())
+        settings = tomllib.loads((job / "job.toml").read_text())
+        assert settings["model"]["base"] == str(chosen) and "on-my-model" in settings["generate"]["lora"][0]
+
         # a preset per family and goal sets how to train and keeps the model chosen (it holds no paths)
+        tab.click("button[data-tab=train]")
         options = tab.eval_on_selector_all("#train-preset option", "os => os.map((o) => o.value)")
         assert any("Stable Diffusion XL (sdxl-subject-prior)" in o for o in options), options
         tab.select_option("#train-preset", next(o for o in options if o.endswith("(sd15-dreambooth-prior)")))
-        assert tab.input_value("[name='model.base']") == chosen
+        assert tab.input_value("[name='model.base']") == str(chosen)
         assert tab.input_value("[name='data.class_data']") == "data/class_dog"
         assert tab.is_checked("[name='adapter.train_text_encoder']")
     finally:

@@ -3,6 +3,7 @@ comes from, the markers a single file carries. Cheap (a folder's JSON configs, a
 so a run checks it before anything slow; `load.py` then loads what it found."""
 
 import json
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from trilora.families.family import Family
 from trilora.families.registry import FAMILIES, family_of_file, family_of_folder, named
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+CONFIGS_VARIABLE = "TRILORA_CONFIGS"  # a folder of per-family configs used instead of the shipped ones
 V_MARKER, ZTSNR_MARKER = "v_pred", "ztsnr"  # empty tensors some v-prediction checkpoints carry
 
 
@@ -147,6 +149,20 @@ def read_tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     }
 
 
+def config_folder(path: Path, base_config, family: Family) -> Path:
+    """The diffusers-layout configs the base model at `path` loads with: a folder's own, --base-config,
+    else the family's shipped ones, or $TRILORA_CONFIGS/<family name> where that folder exists (a
+    build's own configs; the tests point it at tiny models, as a person's A1111 file uses the shipped)."""
+    if path.is_dir():
+        return path
+    if base_config:
+        return Path(base_config)
+    own = os.environ.get(CONFIGS_VARIABLE)
+    if own and (Path(own) / family.name).is_dir():
+        return Path(own) / family.name
+    return family.configs
+
+
 def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -157,7 +173,7 @@ def default_resolution(model) -> int:
     family's for its prediction type (SD 2.x v models 768, else 512)."""
     path = Path(model.base)
     family, found = detect_family(path, model.base_config, model.family)
-    config_dir = path if path.is_dir() else Path(model.base_config) if model.base_config else family.configs
+    config_dir = config_folder(path, model.base_config, family)
     prediction, _ = resolve_prediction(
         path, config_dir, family, model.base_config, model.prediction_type, found
     )

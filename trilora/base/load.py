@@ -19,7 +19,14 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from safetensors import SafetensorError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from trilora.base.detect import ZTSNR_MARKER, Base, detect_family, first_line, resolve_prediction
+from trilora.base.detect import (
+    ZTSNR_MARKER,
+    Base,
+    config_folder,
+    detect_family,
+    first_line,
+    resolve_prediction,
+)
 from trilora.errors import UserError
 from trilora.families.family import Family
 
@@ -58,7 +65,7 @@ def load_base(
     """
     path = Path(path)
     found, where = detect_family(path, base_config, family)
-    config_dir = path if path.is_dir() else Path(base_config) if base_config else found.configs
+    config_dir = config_folder(path, base_config, found)
     # before any weights are read: an SD 2.x file without --prediction-type stops in a second
     prediction_type, source = resolve_prediction(path, config_dir, found, base_config, prediction_type, where)
     zero_terminal_snr = zero_terminal_snr or where.get(ZTSNR_MARKER, False)

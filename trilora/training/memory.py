@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from trilora.adapters.inject import adapter_layers, add_run_adapters, trainable_parameters
-from trilora.base.detect import detect_family, resolve_prediction
+from trilora.base.detect import config_folder, detect_family, resolve_prediction
 from trilora.config import RunConfig
 from trilora.data.cache import latent_batch
 from trilora.errors import UserError
@@ -241,7 +241,7 @@ def model_config_dir(config: RunConfig) -> tuple[Path, Family]:
 
     base, model = Path(config.model.base), config.model
     family, found = detect_family(base, model.base_config, model.family)
-    config_dir = base if base.is_dir() else Path(model.base_config) if model.base_config else family.configs
+    config_dir = config_folder(base, model.base_config, family)
     resolve_prediction(
         base, config_dir, family, model.base_config, model.prediction_type, found
     )  # as set-up refuses

@@ -98,6 +98,9 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     page.wait_for_function("document.querySelectorAll('#data-items img').length === 30")
 
     page.click("button[data-tab=train]")
+    page.select_option(
+        "#train-preset", "Toy world: the demo's onion style (trains on a CPU)"
+    )  # the style preset
     page.fill("#train-name", "ui-run")
     # plain words first, the rest folded; a setting that does not apply is hidden
     assert (

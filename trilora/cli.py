@@ -36,6 +36,10 @@ HELP = {
     "bench": "Benchmark LoRA against TriLoRA in the toy world (report.md).",
     "ui": "A local web UI for the whole workflow: data, captions, training with live curves, testing.",
     "demo": "Teach the shipped toy base model an unseen style with TriLoRA, on a CPU in minutes.",
+    "resize": "Lower an adapter's rank (by rank, energy kept or error), reporting what was kept.",
+    "merge": "Fold adapters into a checkpoint (--base), or merge them into one adapter.",
+    "extract": "A LoRA from the difference between a fine-tuned model and its base.",
+    "convert": "An adapter in the other layout (kohya <-> diffusers), tensors and metadata kept.",
 }
 
 
@@ -214,8 +218,19 @@ def cmd_compare(args: argparse.Namespace) -> None:
     compare_command(tree_from_args(args)[0])
 
 
+def cmd_tool(args: argparse.Namespace) -> None:
+    """resize, merge, extract, convert: trilora/tools/<command>.py, each printing what it wrote."""
+    # here, not at the top: torch (~1.5 s), which importing this module does not need
+    import importlib
+
+    module = importlib.import_module(f"trilora.tools.{args.command}")
+    for path in getattr(module, f"{args.command}_command")(tree_from_args(args)[0]):
+        print(path)
+
+
 HANDLERS = {"train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate, "compare": cmd_compare,
-            "check-data": cmd_check_data, "caption": cmd_caption, "bench": cmd_bench, "demo": cmd_demo, "ui": cmd_ui}  # fmt: skip
+            "check-data": cmd_check_data, "caption": cmd_caption, "bench": cmd_bench, "demo": cmd_demo, "ui": cmd_ui,
+            "resize": cmd_tool, "merge": cmd_tool, "extract": cmd_tool, "convert": cmd_tool}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

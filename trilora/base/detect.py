@@ -68,6 +68,13 @@ def half_dtype(path: Path) -> torch.dtype | None:
     return HALF_DTYPES.get(floating.pop()) if len(floating) == 1 else None
 
 
+def stored_dtype(path: Path) -> torch.dtype:
+    """The precision a model is stored in: fp16 or bf16 where every floating-point weight of its single
+    file (or its diffusers folder's UNet file) is of that one dtype, else fp32."""
+    file = path / "unet" / "diffusion_pytorch_model.safetensors" if path.is_dir() else path
+    return (half_dtype(file) if file.is_file() else None) or torch.float32
+
+
 def refuse_named_family(path: Path, chosen: Family, actual: Family | None) -> None:
     what = f"is {actual} (its text encoder says so)" if actual else "is no model family trilora trains"
     raise UserError(f"--family {chosen.name}: {path} {what}, not {chosen}; drop --family, or give a "
@@ -157,6 +164,11 @@ def config_folder(path: Path, base_config, family: Family) -> Path:
         return path
     if base_config:
         return Path(base_config)
+    return shipped_configs(family)
+
+
+def shipped_configs(family: Family) -> Path:
+    """The family's shipped configs, or $TRILORA_CONFIGS/<family name> where that folder exists."""
     own = os.environ.get(CONFIGS_VARIABLE)
     if own and (Path(own) / family.name).is_dir():
         return Path(own) / family.name

@@ -13,6 +13,7 @@ from typing import Any
 
 from trilora import __version__
 from trilora.config.fields import bounds_text, build, iter_fields, opt, shown_default, to_toml
+from trilora.config.tools import ToolsConfig
 from trilora.config.training import METHODS, RunConfig
 from trilora.errors import UserError
 
@@ -290,6 +291,7 @@ class Tree(RunConfig):
     demo: DemoConfig = field(default_factory=DemoConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     ui: UIConfig = field(default_factory=UIConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
 
     def run_config(self) -> RunConfig:
         """The training run's part of the tree (what `trilora train` saves as config.json)."""
@@ -373,6 +375,39 @@ COMMANDS = {
         ),
         Command("demo", {"demo": None}),
         Command("ui", {"ui": None}),
+        Command(
+            "resize",
+            {"tools": ("file", "rank", "energy", "max_error", "save_dtype", "output", "overwrite")},
+            positional=("tools.file",),
+        ),
+        Command(
+            "merge",
+            {"model": None, "tools": ("lora", "rank", "save_dtype", "device", "output", "overwrite")},
+            notes={
+                "model.base": "a checkpoint to fold the adapters into; without it they merge into one adapter"
+            },
+        ),  # fmt: skip
+        Command(
+            "extract",
+            {
+                "model": None,
+                "tools": (
+                    "tuned",
+                    "rank",
+                    "energy",
+                    "max_error",
+                    "save_dtype",
+                    "device",
+                    "output",
+                    "overwrite",
+                ),
+            },
+        ),  # fmt: skip
+        Command(
+            "convert",
+            {"tools": ("file", "to", "save_dtype", "output", "overwrite")},
+            positional=("tools.file",),
+        ),
     ]
 }
 

@@ -107,9 +107,11 @@ def save_kohya(
     metadata: dict[str, str],
     dtype: torch.dtype = torch.float16,
     unet_config=None,
+    alpha_dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write LoRA pairs {`unet.<path>` | `text_encoder.<path>`: (down, up)}; alpha one for all or per
-    pair key; `unet_config` (SDXL's) for SGM names."""
+    pair key; `unet_config` (SDXL's) for SGM names; `alpha_dtype`: fp32 (ours), or a converted
+    file's own (kohya's sd-scripts stores alpha in its save dtype)."""
     path = Path(path)
     alphas = pair_alphas(pairs, alpha)
     tensors = {}
@@ -119,7 +121,7 @@ def save_kohya(
         tensors[f"{name}.lora_up.weight"] = up.detach().to("cpu", dtype).contiguous()
         # kohya casts alpha to the save dtype too; every loader reads it with .item(), and fp32
         # keeps an alpha such as 0.1 exact.
-        tensors[f"{name}.alpha"] = torch.tensor(alphas[key], dtype=torch.float32)
+        tensors[f"{name}.alpha"] = torch.tensor(alphas[key], dtype=alpha_dtype)
     save_safetensors(tensors, path, dict(metadata))
     return path
 

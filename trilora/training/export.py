@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from trilora.adapters.inject import adapter_layers, lora_pairs, with_part
-from trilora.base.detect import Base, config_folder, read_json
+from trilora.base.detect import Base, config_folder, read_json, shipped_configs
 from trilora.config import SETTINGS_FILE, RunConfig, ValidationConfig, from_dict, to_dict
 from trilora.errors import UserError
 from trilora.families.registry import FAMILIES
@@ -224,4 +224,4 @@ def unet_config(config: RunConfig, family) -> dict:
     """The UNet config of a run's base model (its folder's, its --base-config's, or the family's
     shipped one when those are gone): what SDXL's original-layout names are computed from."""
     file = config_folder(Path(config.model.base), config.model.base_config, family) / "unet" / "config.json"
-    return read_json(file if file.is_file() else family.configs / "unet" / "config.json")
+    return read_json(file if file.is_file() else shipped_configs(family) / "unet" / "config.json")

@@ -309,3 +309,55 @@ def test_extract_recovers_a_planted_update_and_has_the_svd_tail_on_a_full_rank_o
         "extract", "--base", folder, "--tuned", folder, "--rank", 2, "--output", tmp_path / "y.safetensors"
     )
     assert not (tmp_path / "y.safetensors").exists()
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    """Classes of bad input to every tool: files that are not LoRAs, damaged pairs, non-finite values,
+    outputs that cannot be (under a file, a name too long, a path as a name), models that are missing."""
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    good = {f"{key}.lora_down.weight": torch.randn(4, 8), f"{key}.lora_up.weight": torch.randn(8, 4),
+            f"{key}.alpha": torch.tensor(4.0)}  # fmt: skip
+    files = {"nan": good | {f"{key}.lora_up.weight": torch.full((8, 4), float("nan"))},
+             "unpaired": good | {f"{key}.lora_up.weight": torch.randn(8, 3)},
+             "three-d": good | {f"{key}.lora_down.weight": torch.randn(4, 8, 2)},
+             "empty": {f"{key}.lora_down.weight": torch.zeros(0, 8), f"{key}.lora_up.weight": torch.zeros(8, 0)},
+             "not-lora": {"model.diffusion_model.input_blocks.0.0.weight": torch.randn(4, 4)}}  # fmt: skip
+    from safetensors.torch import save_file
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, tensors in files.items():
+        save_file(tensors, str(inputs / f"{name}.safetensors"))
+    (inputs / "text.safetensors").write_text("not a safetensors file")
+    save_file(good, str(inputs / "good.safetensors"))
+    out = tmp_path / "out"
+    for name in [*files, "text", "missing"]:
+        refused("resize", inputs / f"{name}.safetensors", "--rank", 2, "--output", out / "r.safetensors")
+        refused("convert", inputs / f"{name}.safetensors", "--to", "diffusers", "--output", out / "d")
+        refused("merge", "--lora", inputs / f"{name}.safetensors", "--output", out / "m.safetensors")
+    (tmp_path / "a-file").write_text("x")
+    for output in (
+        tmp_path / "a-file" / "r.safetensors",
+        out / ("x" * 250 + ".safetensors"),
+        out / ".hidden.safetensors",
+    ):
+        refused("resize", inputs / "good.safetensors", "--rank", 2, "--output", output)
+    refused(
+        "merge", "--lora", inputs / "good.safetensors:11", "--output", out / "m.safetensors"
+    )  # beyond ±10
+    refused(
+        "extract",
+        "--base",
+        tmp_path / "none",
+        "--tuned",
+        inputs,
+        "--rank",
+        2,
+        "--output",
+        out / "x.safetensors",
+    )
+    refused(
+        "extract", "--base", inputs, "--tuned", inputs / "..", "--output", out / "x.safetensors"
+    )  # no rank given
+    assert not out.exists() and (tmp_path / "a-file").read_text() == "x"
+    assert run("resize", inputs / "good.safetensors", "--rank", 2, "--output", out / "r.safetensors")[0] == 0

@@ -463,3 +463,40 @@ def test_a_renamed_run_keeps_working_under_its_new_name(ui):
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((new / "summary.json").read_text())["steps_run"] == 6 and not old.exists()
+
+
+def test_the_toolbox_runs_as_jobs_into_the_workspace_and_its_outputs_are_listed(ui):
+    """A resize from the Tools tab: the adapter read where it is in the workspace, the output written
+    to tools/NAME/NAME.safetensors (and its diffusers folder), listed; a refusal is the job's one line."""
+    import torch
+
+    from trilora.formats.kohya import save_kohya
+
+    source = ui.root / "mine" / "style.safetensors"
+    source.parent.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    key = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    save_kohya(source, {key: (torch.randn(4, 32, generator=generator), torch.randn(32, 4, generator=generator))},
+               4.0, {}, torch.float32)  # fmt: skip
+    assert "resize" in ui.json("/api/state")[1]["forms"]
+    status, job = ui.json("/api/jobs", {"command": "resize", "name": "small",
+                                         "settings": {"tools": {"file": "mine/style.safetensors", "rank": 2}}})  # fmt: skip
+    assert status == 200
+    done = wait(ui, job["id"])
+    assert done["state"] == "finished" and "tools/small/small.safetensors" in done["files"]
+    assert (ui.root / "tools" / "small" / "small-diffusers" / "pytorch_lora_weights.safetensors").is_file()
+    listed = [r for r in ui.json("/api/results")[1] if r["kind"] == "tools"]
+    assert listed[0]["name"] == "small" and "tools/small/small.safetensors" in listed[0]["files"]
+    status, job = ui.json("/api/jobs", {"command": "resize", "name": "grown",
+                                         "settings": {"tools": {"file": "mine/style.safetensors", "rank": 8}}})  # fmt: skip
+    failed = wait(ui, job["id"])
+    assert failed["state"] == "failed" and "resize only lowers ranks" in failed["error"]
+    assert not list((ui.root / "tools" / "grown").glob("*.safetensors"))
+    for settings in (
+        {"tools": {"file": "/etc/hostname", "rank": 2}},
+        {"tools": {"file": "../style.safetensors"}},
+    ):
+        assert ui.json("/api/jobs", {"command": "resize", "settings": settings})[0] in (
+            400,
+            403,
+        )  # outside the root

@@ -214,6 +214,21 @@ def test_train_stop_resume_and_generate_in_the_browser(ui, page, tmp_path_factor
     assert "a blue onion-domed building" in page.text_content("#test-history")
     screenshot(page, "test", tmp_path_factory)
 
+    # the toolbox: the run's adapter, offered in the list, resized to rank 4 in one job, linked for download
+    page.click("button[data-tab=tools]")
+    page.select_option("#tool-command", "resize")
+    page.wait_for_selector("#models-lora option[value='runs/ui-run/ui-run.safetensors']", state="attached")
+    page.fill("#tool-form [name='tools.file']", "runs/ui-run/ui-run.safetensors")
+    page.fill("#tool-form [name='tools.rank']", "4")
+    page.fill("#tool-name", "ui-run-r4")
+    page.click("#tool-start")
+    page.wait_for_selector("#tool-status a", timeout=60000)
+    assert "ui-run-r4.safetensors" in page.text_content("#tool-status")
+    with safe_open(str(ui.root / "tools" / "ui-run-r4" / "ui-run-r4.safetensors"), "pt") as f:
+        assert f.metadata()["ss_network_dim"] == "4"
+    page.wait_for_selector("#tool-history [data-result='ui-run-r4']")
+    screenshot(page, "tools", tmp_path_factory)
+
     page.click("button[data-tab=evaluate]")
     page.wait_for_selector("#eval-form [name='evaluate.strengths']")
     assert page.input_value("#eval-form [name='evaluate.strengths']") == "0,0.25,0.5,0.75,1"  # from the tree
@@ -289,7 +304,8 @@ def test_every_input_is_labelled_tabs_have_roles_and_text_is_readable(ui, page, 
     page.wait_for_selector("#train-form .field")
     assert page.get_attribute("#tabs", "role") == "tablist"
     assert page.eval_on_selector_all("#tabs button", "bs => bs.map((b) => [b.getAttribute('role'), b.getAttribute('aria-selected')])") == [
-        ["tab", "false"], ["tab", "true"], ["tab", "false"], ["tab", "false"], ["tab", "false"], ["tab", "false"]
+        ["tab", "false"], ["tab", "true"], ["tab", "false"], ["tab", "false"], ["tab", "false"], ["tab", "false"],
+        ["tab", "false"]
     ]  # fmt: skip
     # every input of every tab has a name a screen reader reads: a <label for>, a wrapping label or aria-label
     unlabelled = page.eval_on_selector_all(
@@ -310,7 +326,7 @@ def test_every_input_is_labelled_tabs_have_roles_and_text_is_readable(ui, page, 
     page.reload()
     page.wait_for_selector("#evaluate.tab.active")
     if scheme == "dark":  # every page in dark mode too (the light ones are the main test's)
-        for tab in ("data", "train", "runs", "test", "evaluate", "models"):
+        for tab in ("data", "train", "runs", "test", "evaluate", "tools", "models"):
             page.click(f"button[data-tab={tab}]")
             page.wait_for_selector(f"#{tab}.tab.active")
             if tab == "runs" and page.locator("#run-list .run").count():

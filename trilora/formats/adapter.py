@@ -13,6 +13,7 @@ files are written alike).
 """
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,27 @@ class Adapter:
 
 
 def read_adapter(path: str | Path, unet_config_of) -> Adapter:
-    """`unet_config_of(family)`: the UNet config SDXL's SGM names are read with."""
+    """`unet_config_of(family)`: the UNet config SDXL's SGM names are read with. Pairs that do not pair
+    (ranks differ, a 3-D factor, an up of a kernel) or hold NaN or inf are refused in one line."""
+    adapter = _read(path, unet_config_of)
+    for key, (down, up) in adapter.pairs.items():
+        if (
+            down.ndim not in (2, 4)
+            or up.ndim != down.ndim
+            or up.shape[1] != down.shape[0]
+            or up.shape[2:].numel() != 1
+        ):
+            raise UserError(f"{path}: {key}'s down {tuple(down.shape)} and up {tuple(up.shape)} are not a LoRA pair; "
+                            "the file is damaged or not a LoRA (LyCORIS LoHa/LoKr are not read)")  # fmt: skip
+        if down.numel() == 0 or not (down.isfinite().all() and up.isfinite().all()):
+            raise UserError(f"{path}: {key} is empty or holds NaN or inf (a diverged training writes them): use an "
+                            "earlier checkpoint")  # fmt: skip
+        if not math.isfinite(adapter.alphas[key]):
+            raise UserError(f"{path}: {key}'s alpha is {adapter.alphas[key]}; the file is damaged")
+    return adapter
+
+
+def _read(path: str | Path, unet_config_of) -> Adapter:
     file = adapter_file(path)
     if is_native(file):
         return _native(file)

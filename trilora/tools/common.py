@@ -15,7 +15,8 @@ from trilora.errors import UserError
 from trilora.files import hash_file
 from trilora.formats.adapter import Adapter, write_diffusers, write_kohya
 from trilora.formats.diffusers_lora import WEIGHT_NAME
-from trilora.outputs import refuse_foreign_files, refuse_other_runs, refuse_overlaps
+from trilora.outputs import check_name, refuse_foreign_files, refuse_other_runs, refuse_overlaps
+from trilora.run_folder import check_folder_path
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 TOOL_KEY = (
@@ -49,6 +50,9 @@ def adapter_output_flags(output: str) -> dict[str, Path]:
 def check_outputs(outputs: dict[str, Path], inputs: dict[str, str | Path | None], overwrite: bool) -> None:
     """The run-folder rules (trilora/outputs.py), then: a file that exists is replaced only with
     --overwrite, and only if one of our tools or exports wrote it."""
+    for flag, path in outputs.items():
+        check_name(path.name, flag)  # a file name the file system takes, with room for what trilora adds
+        check_folder_path(path.parent, flag)  # under a file, or not writable: said now, nothing written
     refuse_overlaps(outputs, inputs)
     refuse_other_runs(outputs)
     files = [path / WEIGHT_NAME if path.suffix != ".safetensors" else path for path in outputs.values()]

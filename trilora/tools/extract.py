@@ -90,7 +90,12 @@ def extract_modules(source, target, names: list[str], device: torch.device, **ch
     """{name: (down, up, Kept)} of each module whose weight differs between `source` and `target`."""
     found = {}
     for name in names:
-        before, after = source.get_submodule(name).weight, target.get_submodule(name).weight
+        try:
+            before, after = source.get_submodule(name).weight, target.get_submodule(name).weight
+        except AttributeError:
+            raise UserError(
+                f"--tuned has no {name}, which --base has: the two models are not the same architecture"
+            ) from None
         if before.shape != after.shape:
             raise UserError(f"{name} is {tuple(before.shape)} in --base but {tuple(after.shape)} in --tuned: "
                             "the two models are not the same architecture")  # fmt: skip

@@ -36,8 +36,14 @@ from trilora.ui.runs import (
     run_state,
 )
 
-FORMS = ("train", "caption", "generate", "evaluate", "compare")
-OUTPUT_FOLDERS = {"train": "runs", "generate": "tests", "evaluate": "reports", "compare": "reports"}
+TOOLS = ("resize", "merge", "extract", "convert")  # the adapter toolbox: one job, one file (or folder) out
+FORMS = ("train", "caption", "generate", "evaluate", "compare", *TOOLS)
+OUTPUT_FOLDERS = {
+    "train": "runs",
+    "generate": "tests",
+    "evaluate": "reports",
+    "compare": "reports",
+} | dict.fromkeys(TOOLS, "tools")
 TRASH = "trash"  # runs moved out of the list, never unlinked
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -62,7 +68,8 @@ class Workspace:
 
 # the settings that name a model (read, never written): the only ones that may point into --models folders
 MODEL_SETTINGS = {"model.base", "model.base_config", "validation.clip_model", "evaluate.inception_weights",
-                  "evaluate.clip_model", "caption.model", "evaluate.lora", "generate.lora"}  # fmt: skip
+                  "evaluate.clip_model", "caption.model", "evaluate.lora", "generate.lora", "tools.file", "tools.lora",
+                  "tools.tuned"}  # fmt: skip
 MODEL_KINDS = {"stable-diffusion": "base model", "checkpoints": "base model", "lora": "LoRA", "loras": "LoRA",
                "lycoris": "LoRA", "clip": "CLIP", "blip": "captioner", "interrogators": "captioner",
                "inception": "metric model"}  # fmt: skip
@@ -217,7 +224,7 @@ def resolved(ws: Workspace, command: str, settings: dict) -> dict:
                 if not all(isinstance(p, str) for p in paths):
                     raise BadRequest(f"{key} must be a path in the workspace")
                 allowed = ws.allowed if key in MODEL_SETTINGS else ()  # data, outputs: the workspace only
-                if key == "generate.lora":
+                if key in ("generate.lora", "tools.lora"):
                     checked = [lora_spec(ws, p) for p in paths]
                 else:
                     checked = [str(inside(ws.root, p, allowed)) for p in paths]
@@ -233,7 +240,7 @@ def resolved(ws: Workspace, command: str, settings: dict) -> dict:
 
 
 def lora_spec(ws: Workspace, spec: str) -> str:
-    path, _, strength = spec.rpartition(":") if re.search(r":[0-9.]+$", spec) else (spec, "", "")
+    path, _, strength = spec.rpartition(":") if re.search(r":-?[0-9.]+$", spec) else (spec, "", "")
     return str(inside(ws.root, path, ws.allowed)) + (f":{strength}" if strength else "")
 
 
@@ -259,6 +266,11 @@ def start_job(ws: Workspace, command: str, settings: dict, name: str | None = No
         job_folder = new_folder(ws, command, name)
         if command == "train":
             settings["output"] = str(job_folder)
+        elif command in TOOLS:  # NAME.safetensors in the job's folder (convert to diffusers: the folder NAME)
+            diffusers = command == "convert" and settings.get("tools", {}).get("to") == "diffusers"
+            settings.setdefault("tools", {})["output"] = str(
+                job_folder / (job_folder.name + ("" if diffusers else ".safetensors"))
+            )
         else:
             section = "generate" if command == "generate" else "evaluate"
             settings.setdefault(section, {})["output"] = str(job_folder)
@@ -408,19 +420,25 @@ def job(ws: Workspace, job_id: int) -> dict:
         raise BadRequest(f"no job {job_id}")
 
     images = sorted(str(p.relative_to(ws.root)) for p in found.folder.rglob("*.png"))
+    files = (
+        sorted(str(p.relative_to(ws.root)) for p in found.folder.rglob("*.safetensors"))
+        if found.command in TOOLS
+        else []
+    )
     reports = sorted(str(p.relative_to(ws.root)) for p in found.folder.glob("report.html"))
     lines = read_log(found.folder)
     errors = [line for line in lines if line.startswith("trilora: error:")]
-    return found.as_dict(ws.root) | {"images": images, "reports": reports, "log": log_tail(lines),
+    return found.as_dict(ws.root) | {"images": images, "reports": reports, "files": files, "log": log_tail(lines),
                                      "error": errors[-1] if errors else None,
                                      "log_file": str((found.folder / LOG).relative_to(ws.root))}  # fmt: skip
 
 
 def results(ws: Workspace) -> list[dict]:
-    """Test images and evaluation reports kept in the workspace (tests/NAME, reports/NAME), newest
-    first: what each job made, its prompts, its state (a job of this UI) or else what its files say."""
+    """Test images, evaluation reports and the toolbox's files kept in the workspace (tests/NAME,
+    reports/NAME, tools/NAME), newest first: what each job made, its prompts, its state (a job of
+    this UI) or else what its files say."""
     found = []
-    for kind in ("tests", "reports"):
+    for kind in ("tests", "reports", "tools"):
         folder = ws.root / kind
         for job_folder in sorted(folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else []:
             if not job_folder.is_dir() or job_folder.is_symlink():
@@ -432,7 +450,8 @@ def results(ws: Workspace) -> list[dict]:
             job = ws.jobs.of(job_folder)
             lines = read_log(job_folder)
             errors = [line for line in lines if line.startswith("trilora: error:")]
-            done = report.is_file() if kind == "reports" else bool(images)
+            files = sorted(job_folder.rglob("*.safetensors")) if kind == "tools" else []
+            done = report.is_file() if kind == "reports" else bool(files) if kind == "tools" else bool(images)
             state = (
                 job.state if job is not None else "finished" if done else "failed" if errors else "unfinished"
             )
@@ -442,6 +461,7 @@ def results(ws: Workspace) -> list[dict]:
                 "lora": settings.get("generate", {}).get("lora") or settings.get("evaluate", {}).get("lora") or [],
                 "images": [relative(ws.root, grid)] if grid.is_file() else [relative(ws.root, p) for p in images[:8]],
                 "report": relative(ws.root, report) if report.is_file() else None,
+                "files": [relative(ws.root, p) for p in files],
                 "error": errors[-1] if errors else None,
                 "log_file": relative(ws.root, job_folder / LOG) if (job_folder / LOG).is_file() else None,
             })  # fmt: skip

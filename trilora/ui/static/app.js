@@ -60,6 +60,16 @@ const BASIC = {
     "train.batch_size", "validation.validate_every", "validation.sample_prompt", "export.name"],
   evaluate: ["model.base", "evaluate.lora", "evaluate.prompts", "evaluate.reference", "evaluate.strengths"],
   compare: ["model.base", "data.data", "data.val_data", "compare.methods", "adapter.rank", "train.steps", "evaluate.prompts", "evaluate.reference"],
+  resize: ["tools.file", "tools.rank", "tools.energy", "tools.max_error"],
+  merge: ["model.base", "tools.lora", "tools.rank"],
+  extract: ["model.base", "tools.tuned", "tools.rank", "tools.energy", "tools.max_error"],
+  convert: ["tools.file", "tools.to"],
+};
+const TOOL_HINTS = {
+  resize: "Each module's best approximation of a lower rank: give one of rank, energy (e.g. 0.95) or max error (e.g. 0.05). The strength it needs stays the same; what was kept is reported.",
+  merge: "With a base model: the adapters (FILE:STRENGTH, comma-separated) folded into it, one checkpoint file. Without: one adapter, exact unless a lower rank is given.",
+  extract: "A LoRA of the difference between a fine-tuned model and its base: give one of rank, energy or max error.",
+  convert: "The same adapter in the other layout, tensors and metadata kept.",
 };
 // Settings that mean nothing unless another says so: hidden (still sent if set) until they apply.
 const APPLIES = {
@@ -74,7 +84,7 @@ const APPLIES = {
 };
 const WORDS = { lr: "learning rate", snr: "SNR", ema: "EMA", te: "text encoder", vae: "VAE", clip: "CLIP", cuda: "CUDA", kid: "KID", fid: "FID",
   dtype: "precision", val: "validation", num: "number of", grad: "gradient", accum: "accumulation", cfg: "CFG", lora: "LoRA", id: "ID" };
-const LISTS = { "model.base": "models-base", "evaluate.lora": "models-lora" };
+const LISTS = { "model.base": "models-base", "evaluate.lora": "models-lora", "tools.file": "models-lora", "tools.tuned": "models-base" };
 function label(f) {  // "min-snr-gamma" -> "Min SNR gamma": plain words; the flag stays in the tooltip
   const words = f.flag.split("-").map((w) => WORDS[w] || w).join(" ");
   return words.charAt(0).toUpperCase() + words.slice(1);
@@ -84,7 +94,8 @@ function firstSentence(help) {  // up to the first ". " or "; " outside parenthe
   for (let i = 0; i < help.length; i++) {
     const c = help[i];
     if (c === "(") depth++; else if (c === ")") depth = Math.max(0, depth - 1);
-    else if (depth === 0 && (c === "." || c === ";") && (i + 1 === help.length || help[i + 1] === " ")) return help.slice(0, i) + ".";
+    else if (depth === 0 && (c === "." || c === ";") && (i + 1 === help.length || help[i + 1] === " ")
+      && !/(^|\W)(e\.g|i\.e)$/.test(help.slice(0, i))) return help.slice(0, i) + ".";
   }
   return help;
 }
@@ -191,6 +202,7 @@ function show(tab, record = true) {
   if (tab === "runs") loadRuns();
   if (tab === "test") { loadAdapters(); loadResults(); }
   if (tab === "evaluate") loadResults();
+  if (tab === "tools") { loadResults(); loadModels().catch(() => {}); }
   if (tab === "models") loadModels();
 }
 
@@ -241,7 +253,8 @@ async function loadModels() {
   const toy = Object.values(STATE.presets)[0].model.base;
   const bases = [toy, ...found.filter((m) => m.kind === "base model" || m.kind === "model").map((m) => m.path)];
   $("models-base").replaceChildren(...bases.map((p) => el("option", { value: p })));
-  $("models-lora").replaceChildren(...found.filter((m) => m.kind === "LoRA").map((m) => el("option", { value: m.path })));
+  const exported = (await api("/api/runs").catch(() => [])).filter((r) => r.exported && r.exported.kohya).map((r) => r.exported.kohya);
+  $("models-lora").replaceChildren(...[...exported, ...found.filter((m) => m.kind === "LoRA").map((m) => m.path)].map((p) => el("option", { value: p })));
   const size = (b) => b ? `${(b / 2 ** 30).toFixed(b > 2 ** 30 ? 1 : 2)} GiB` : "folder";
   const use = (m) => el("button", { text: "Use as base model", "aria-label": "use " + m.name + " as the base model", onclick: () => {
     const field = $("train-form").elements["model.base"]; if (field) { field.value = m.path; field.dispatchEvent(new Event("change")); }
@@ -484,13 +497,15 @@ async function loadResults() {
   const all = await api("/api/results");
   resultList($("test-history"), all);
   resultList($("eval-history"), all.filter((r) => r.kind === "reports"));
+  resultList($("tool-history"), all.filter((r) => r.kind === "tools"));
 }
 function resultList(where, results) {
   where.replaceChildren(...(results.length ? results : [null]).slice(0, 30).map((r) => r === null ? el("p", { text: "none yet" }) :
     el("div", { class: "result", "data-result": r.name },
-      el("strong", { text: `${r.kind === "tests" ? "images" : "report"} ${r.name}` }),
+      el("strong", { text: `${{ tests: "images", reports: "report", tools: "files" }[r.kind]} ${r.name}` }),
       el("span", { text: ` (${r.state}, ${new Date(r.time * 1000).toLocaleString()})` + (r.prompts.length ? ": " + r.prompts.join("; ") : "") }),
       ...(r.report ? [" ", el("a", { href: fileUrl(r.report), target: "_blank", text: "open report" })] : []),
+      ...(r.files || []).flatMap((f) => [" ", el("a", { href: fileUrl(f), download: "", text: f })]),
       ...(r.error && r.log_file ? [" ", el("span", { class: "error", text: r.error }), " ", el("a", { href: fileUrl(r.log_file), target: "_blank", text: "log" })] : []),
       el("div", { class: "thumbs" }, ...r.images.map((img) => el("a", { href: fileUrl(img), target: "_blank" }, el("img", { src: fileUrl(img), alt: img, class: "history" })))))));
 }
@@ -510,6 +525,26 @@ async function startEval() {
   loadResults();
 }
 
+// ---- the adapter toolbox ----
+function toolForm() {
+  const command = $("tool-command").value;
+  buildForm($("tool-form"), STATE.forms[command], {}, command);
+  $("tool-hint").textContent = TOOL_HINTS[command];
+}
+async function startTool() {
+  const command = $("tool-command").value;
+  if (!formReady($("tool-form"))) return;
+  let job;
+  try { job = await api("/api/jobs", { command, name: $("tool-name").value || undefined, settings: formSettings($("tool-form"), STATE.forms[command]) }); }
+  catch (e) { showServerError($("tool-form"), String(e.message || e)); throw e; }
+  $("tool-status").textContent = command + " running…";
+  const done = await waitJob(job.id);
+  if (done.state === "finished" && done.files.length) {
+    $("tool-status").replaceChildren(`${command} finished:`, ...done.files.flatMap((f) => [" ", el("a", { href: fileUrl(f), download: "", text: f.split("/").slice(2).join("/") })]));
+  } else jobFailed($("tool-status"), command, done);
+  loadResults();
+}
+
 async function init() {
   STATE = await api("/api/state");
   $("workspace").textContent = `Workspace: ${STATE.root} (every folder and file the UI reads or writes is in it)`;
@@ -521,7 +556,7 @@ async function init() {
   $("test-base").value = toy.model.base;
   $("test-prompt").value = "a red onion-domed building with two floors at night";
   $("test-base").setAttribute("list", "models-base");
-  applyPreset(); evalForm(); loadModels().catch(() => {});
+  applyPreset(); evalForm(); toolForm(); loadModels().catch(() => {});
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => show(b.dataset.tab));
   $("tabs").addEventListener("keydown", (e) => {  // arrow keys move between tabs, as ARIA's tab pattern says
     const tabs = [...document.querySelectorAll("#tabs button")], i = tabs.indexOf(document.activeElement);
@@ -536,12 +571,13 @@ async function init() {
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); uploadFiles([...e.dataTransfer.files]).catch((err) => status(String(err), true)); });
   on("data-load", loadData); on("caption-missing", captionMissing); on("train-estimate", estimate); on("train-start", startTraining);
-  on("run-stop", stopRun); on("run-resume", resumeRun); on("run-delete", deleteRun); on("run-rename", renameRun); on("run-export-step", exportStep); on("test-generate", runGenerate); on("eval-start", startEval);
+  on("run-stop", stopRun); on("run-resume", resumeRun); on("run-delete", deleteRun); on("run-rename", renameRun); on("run-export-step", exportStep); on("test-generate", runGenerate); on("eval-start", startEval); on("tool-start", startTool);
   $("train-preset").addEventListener("change", applyPreset);
   $("run-step").addEventListener("change", () => { $("run-step").dataset.chosen = $("run-step").value; }); $("eval-command").addEventListener("change", evalForm);
+  $("tool-command").addEventListener("change", toolForm);
   const hash = new URLSearchParams(location.hash.slice(1));
   CURRENT_RUN = hash.get("run");
-  const tab = ["data", "train", "runs", "test", "evaluate", "models"].includes(hash.get("tab")) ? hash.get("tab") : "data";
+  const tab = ["data", "train", "runs", "test", "evaluate", "tools", "models"].includes(hash.get("tab")) ? hash.get("tab") : "data";
   show(tab, false); loadData().catch(() => {});
   heartbeat(); watchRuns();
   window.addEventListener("beforeunload", (e) => { if (UNSAVED) { e.preventDefault(); e.returnValue = ""; } });

@@ -1,6 +1,8 @@
 """The settings of the adapter toolbox: `trilora resize`, `merge`, `extract` and `convert` (each
 reads the fields its `Command` names; the base model of merge and extract is [model]'s)."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 from trilora.config.fields import opt

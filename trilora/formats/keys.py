@@ -30,3 +30,15 @@ def our_key(part: str, path: str) -> str:
 def model_path(model, path: str) -> str:
     """The path of our key's module in a text encoder `model` (with `text_model.` where it has that level)."""
     return TEXT_MODEL + path if hasattr(model, "text_model") and not path.startswith(TEXT_MODEL) else path
+
+
+def module_of(pipe, key: str):
+    """The module of `pipe` that the adapter key `<part>.<path>` names, or None where it has none (or
+    none with a weight)."""
+    part, _, path = key.partition(".")
+    model = getattr(pipe, part, None)
+    try:
+        module = model.get_submodule(model_path(model, path)) if model is not None else None
+    except AttributeError:
+        return None
+    return module if hasattr(module, "weight") else None

@@ -22,7 +22,7 @@ from trilora.families.registry import adapter_family
 from trilora.files import check_regular_file, save_image, write_text
 from trilora.formats.diffusers_lora import WEIGHT_NAME, save_diffusers
 from trilora.formats.inspect import adapter_metadata, adapter_shapes
-from trilora.formats.keys import model_path
+from trilora.formats.keys import module_of
 from trilora.formats.native import is_native, native_pairs
 from trilora.inference.grid import MAX_CELLS, cell_name, columns, is_grid, sheet
 from trilora.outputs import refuse_foreign_files
@@ -108,13 +108,8 @@ def check_fits(pipe, path: Path, shown: Path | None = None) -> None:
     made_for = metadata.get("ss_sd_model_name") or metadata.get("ss_base_model_version")
     made_for = f"; its metadata says it was made for {made_for}" if made_for else ""
     for key, (down, up) in shapes.items():
-        part, _, module_path = key.partition(".")
-        model = getattr(pipe, part, None)
-        try:
-            module = model.get_submodule(model_path(model, module_path)) if model is not None else None
-        except AttributeError:
-            module = None
-        if module is None or not hasattr(module, "weight"):
+        module = module_of(pipe, key)
+        if module is None:
             raise UserError(f"cannot load adapter {path}: it adapts {key}, which this base model does not have"
                             f"{made_for}; use the base model it was trained for")  # fmt: skip
         if len(down) < 2 or len(up) < 2 or down[0] != up[1]:

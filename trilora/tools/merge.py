@@ -25,7 +25,7 @@ from trilora.device import resolve_device
 from trilora.errors import UserError
 from trilora.files import save_safetensors
 from trilora.formats.adapter import Adapter, read_adapter
-from trilora.formats.keys import model_path
+from trilora.formats.keys import module_of
 from trilora.formats.ldm import text_encoders
 from trilora.formats.metadata import NETWORK_MODULE
 from trilora.inference.generate import parse_lora
@@ -168,13 +168,8 @@ def modules_of(pipe, adapter: Adapter) -> dict:
     """{key: the module of `pipe` each pair adapts}, checked: it exists and has the pair's shape."""
     found = {}
     for key, (down, up) in adapter.pairs.items():
-        part, _, path = key.partition(".")
-        model = getattr(pipe, part, None)
-        try:
-            module = model.get_submodule(model_path(model, path)) if model is not None else None
-        except AttributeError:
-            module = None
-        if module is None or not hasattr(module, "weight"):
+        module = module_of(pipe, key)
+        if module is None:
             raise UserError(f"adapter {adapter.file} adapts {key}, which --base does not have: merge it into the "
                             "base model it was made for")  # fmt: skip
         weight = module.weight.shape

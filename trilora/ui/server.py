@@ -314,12 +314,12 @@ def make_server(settings: UIConfig) -> ThreadingHTTPServer:
 def serve(settings: UIConfig, ready: threading.Event | None = None) -> None:
     server = make_server(settings)
     host, port = server.server_address[:2]
-    print(f"trilora ui: http://{host}:{port}/#token={server.token}  (workspace {server.workspace.root}; Ctrl-C stops the UI, "
-          "not its jobs)", flush=True)  # fmt: skip
-    if ready is not None:
-        ready.set()
-    previous = stop_on_signals()
+    previous = stop_on_signals()  # before the address is printed: whoever reads it may signal at once
     try:
+        print(f"trilora ui: http://{host}:{port}/#token={server.token}  (workspace {server.workspace.root}; Ctrl-C stops "
+              "the UI, not its jobs)", flush=True)  # fmt: skip
+        if ready is not None:
+            ready.set()
         server.serve_forever()
     except KeyboardInterrupt:
         pass

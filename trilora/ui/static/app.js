@@ -512,17 +512,22 @@ function resultList(where, results) {
 
 // ---- evaluate / compare ----
 function evalForm() { buildForm($("eval-form"), STATE.forms[$("eval-command").value], {}, $("eval-command").value); }
-async function startEval() {
-  const command = $("eval-command").value;
-  if (!formReady($("eval-form"))) return;
+async function formJob(prefix) {  // the job a form of this prefix (eval, tool) starts, when it has ended; null if not started
+  const command = $(prefix + "-command").value, form = $(prefix + "-form");
+  if (!formReady(form)) return null;
   let job;
-  try { job = await api("/api/jobs", { command, name: $("eval-name").value || undefined, settings: formSettings($("eval-form"), STATE.forms[command]) }); }
-  catch (e) { showServerError($("eval-form"), String(e.message || e)); throw e; }
-  $("eval-status").textContent = command + " running…";
+  try { job = await api("/api/jobs", { command, name: $(prefix + "-name").value || undefined, settings: formSettings(form, STATE.forms[command]) }); }
+  catch (e) { showServerError(form, String(e.message || e)); throw e; }
+  $(prefix + "-status").textContent = command + " running…";
   const done = await waitJob(job.id);
-  if (done.reports.length) $("eval-status").replaceChildren(el("a", { href: fileUrl(done.reports[0]), target: "_blank", text: "open report.html" }));
-  else jobFailed($("eval-status"), command, done);
   loadResults();
+  return done;
+}
+async function startEval() {
+  const done = await formJob("eval");
+  if (!done) return;
+  if (done.reports.length) $("eval-status").replaceChildren(el("a", { href: fileUrl(done.reports[0]), target: "_blank", text: "open report.html" }));
+  else jobFailed($("eval-status"), done.command, done);
 }
 
 // ---- the adapter toolbox ----
@@ -532,17 +537,11 @@ function toolForm() {
   $("tool-hint").textContent = TOOL_HINTS[command];
 }
 async function startTool() {
-  const command = $("tool-command").value;
-  if (!formReady($("tool-form"))) return;
-  let job;
-  try { job = await api("/api/jobs", { command, name: $("tool-name").value || undefined, settings: formSettings($("tool-form"), STATE.forms[command]) }); }
-  catch (e) { showServerError($("tool-form"), String(e.message || e)); throw e; }
-  $("tool-status").textContent = command + " running…";
-  const done = await waitJob(job.id);
+  const done = await formJob("tool");
+  if (!done) return;
   if (done.state === "finished" && done.files.length) {
-    $("tool-status").replaceChildren(`${command} finished:`, ...done.files.flatMap((f) => [" ", el("a", { href: fileUrl(f), download: "", text: f.split("/").slice(2).join("/") })]));
-  } else jobFailed($("tool-status"), command, done);
-  loadResults();
+    $("tool-status").replaceChildren(`${done.command} finished:`, ...done.files.flatMap((f) => [" ", el("a", { href: fileUrl(f), download: "", text: f.split("/").slice(2).join("/") })]));
+  } else jobFailed($("tool-status"), done.command, done);
 }
 
 async function init() {

@@ -464,7 +464,12 @@ def test_ctrl_c_stops_the_ui_not_its_run_and_the_open_tab_follows_a_restarted_ui
     )
     settings = state["presets"]["Toy world: the demo's onion style (trains on a CPU)"]
     settings["train"]["steps"], settings["validation"]["validate_every"] = 120, 40
-    settings["validation"] |= {"sample_prompt": [], "signal_prompt": [], "stop_on": "val_loss", "val_timesteps": 2}
+    settings["validation"] |= {
+        "sample_prompt": [],
+        "signal_prompt": [],
+        "stop_on": "val_loss",
+        "val_timesteps": 2,
+    }
     post("/api/jobs", {"command": "train", "name": "survivor", "settings": settings})
 
     tab = page.context.browser.new_page(bypass_csp=True)

@@ -2,7 +2,6 @@
 record of what they did, and the report of what a rank cut kept."""
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -127,7 +126,3 @@ def report_lines(report: dict[str, dict]) -> list[str]:
                      f"{100 * r['energy']:.4g} % of the Frobenius energy kept, largest relative error "
                      f"{r['largest_error']:.3g} ({r['largest_error_module']})")  # fmt: skip
     return lines
-
-
-def as_json(kept: dict[str, Kept]) -> dict:
-    return {key: asdict(value) for key, value in kept.items()}

@@ -50,9 +50,8 @@ def extract_command(tree) -> list[Path]:
             raise UserError(f"{flag} {path}: no such file or folder")
     if Path(model.base).resolve() == Path(tools.tuned).resolve():
         raise UserError(f"--base and --tuned are both {model.base}: give the fine-tuned model as --tuned")
-    check_outputs(adapter_output_flags(tools.output),
-                  {"--base": model.base, "--tuned": tools.tuned, "--base-config": model.base_config},
-                  tools.overwrite)  # fmt: skip
+    inputs = {"--base": model.base, "--tuned": tools.tuned, "--base-config": model.base_config}
+    check_outputs(adapter_output_flags(tools.output), inputs, tools.overwrite)
     device = resolve_device(tools.device)
     # each at its own precision: a cast would change ΔW; fp16 files stay fp16 (SDXL: 2 x 7 GB)
     load = dict(base_config=model.base_config, family=model.family, prediction_type=model.prediction_type)

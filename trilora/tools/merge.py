@@ -66,8 +66,7 @@ def merge_command(tree) -> list[Path]:
                             "ending in .safetensors")  # fmt: skip
         check_outputs({"--output": Path(tools.output)}, inputs, tools.overwrite)
         return [merge_into_base(model, loras, tools)]
-    check_outputs(adapter_output_flags(tools.output),
-                  inputs, tools.overwrite)  # fmt: skip
+    check_outputs(adapter_output_flags(tools.output), inputs, tools.overwrite)
     adapters = [(read_adapter(path, sgm_config), strength) for path, strength in loras]
     merged, kept = merge_adapters(adapters, tools.rank)
     report = kept_report(kept)

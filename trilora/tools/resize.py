@@ -54,8 +54,7 @@ def resize_command(tree) -> list[Path]:
         raise UserError("no adapter to resize: give it as `trilora resize FILE`")
     if not Path(tools.file).exists():
         raise UserError(f"adapter file not found: {tools.file}")
-    check_outputs(adapter_output_flags(tools.output),
-                  {"FILE": tools.file}, tools.overwrite)  # fmt: skip
+    check_outputs(adapter_output_flags(tools.output), {"FILE": tools.file}, tools.overwrite)
     adapter = read_adapter(tools.file, sgm_config)
     resized, kept = resize(adapter, **choice)
     report = kept_report(kept)

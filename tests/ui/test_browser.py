@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -463,7 +464,8 @@ def test_ctrl_c_stops_the_ui_not_its_run_and_the_open_tab_follows_a_restarted_ui
         ).read()
     )
     settings = state["presets"]["Toy world: the demo's onion style (trains on a CPU)"]
-    settings["train"]["steps"], settings["validation"]["validate_every"] = 120, 40
+    settings["train"] |= {"steps": 150}  # long enough to outlive the UI
+    settings["validation"]["validate_every"] = 50
     settings["validation"] |= {
         "sample_prompt": [],
         "signal_prompt": [],
@@ -478,10 +480,13 @@ def test_ctrl_c_stops_the_ui_not_its_run_and_the_open_tab_follows_a_restarted_ui
                         "constructor(title, options) { window.__notes.push(options.body); } };")  # fmt: skip
     tab.goto(f"{base}/#token={token}&tab=runs&run=survivor")
     tab.wait_for_selector("#run-state[data-state=running]", timeout=60000)
+    folder_lock, deadline = FolderLock(root / "runs" / "survivor", "test"), time.time() + 60
+    while folder_lock.holder() is None:  # the trainer has started (it holds its folder's lock)
+        assert time.time() < deadline, "the run never started"
+        time.sleep(0.2)
     ctrl_c(first)  # the UI goes; the run, in its own session, goes on
+    assert folder_lock.holder() is not None and not (root / "runs" / "survivor" / "summary.json").exists()
     tab.wait_for_selector("#offline", state="visible", timeout=15000)
-    lock = FolderLock(root / "runs" / "survivor", "test").holder()
-    assert lock is not None and not (root / "runs" / "survivor" / "summary.json").exists()
 
     second, again = start_ui(root, port)
     assert again == token  # kept in the workspace: the open tab is still let in

@@ -76,22 +76,23 @@ def kept(s: torch.Tensor, k: int, rank_before: int) -> Kept:
 
 def split(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, k: int, scale: float = 1.0):
     """(down, up), 2-D, of the rank-k truncation divided by `scale` (the pair's alpha/r that a loader
-    multiplies back): up = U_k·√S_k, down = √S_k·V_kᵀ, so both factors share the magnitude (fp16-safe)."""
-    root = (s[:k] / scale).clamp_min(0).sqrt()
-    return (root[:, None] * vh[:k]).float(), (u[:, :k] * root[None, :]).float()
+    multiplies back; a negative one flips up): up = U_k·√S_k, down = √S_k·V_kᵀ, so both factors share
+    the magnitude (fp16-safe)."""
+    root = (s[:k] / abs(scale)).clamp_min(0).sqrt()
+    sign = -1.0 if scale < 0 else 1.0
+    return (root[:, None] * vh[:k]).float(), (sign * u[:, :k] * root[None, :]).float()
 
 
-def truncate(down: torch.Tensor, up: torch.Tensor, scale: float, new_scale_of, **choice):
-    """The best approximation of scale·up@down of the rank `choose_rank(**choice)` picks, as
-    (down, up, new alpha/r, Kept), factors 2-D. `new_scale_of(k)` gives the new pair's alpha/r."""
+def truncate(down: torch.Tensor, up: torch.Tensor, scale: float, new_scale: float, **choice):
+    """The best approximation of scale·up@down of the rank `choose_rank(**choice)` picks, as a pair
+    (down, up) for the scale `new_scale` (factors 2-D), and what it kept."""
     u, s, vh = product_svd(down, up)
     s = s * abs(scale)
     if scale < 0:
         u = -u
     k = choose_rank(s, **choice)
-    new_scale = new_scale_of(k)
     new_down, new_up = split(u, s, vh, k, new_scale)
-    return new_down, new_up, new_scale, kept(s, k, down.shape[0])
+    return new_down, new_up, kept(s, k, down.shape[0])
 
 
 def concatenate(pairs: list[tuple[torch.Tensor, torch.Tensor, float]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -112,7 +112,7 @@ def merge_adapters(
         if rank is None or rank >= total:
             kept[key] = Kept(total, total, 1.0, 0.0, 0.0)
         else:
-            down, up, _, kept[key] = truncate(down, up, 1.0, lambda _k: 1.0, rank=rank)
+            down, up, kept[key] = truncate(down, up, 1.0, 1.0, rank=rank)
         k, (down0, up0, _) = down.shape[0], parts[0]  # shaped as the sources' factors (convolutions 4-D)
         pairs[key] = (
             down.float().reshape(k, *down0.shape[1:]),

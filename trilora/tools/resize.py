@@ -38,7 +38,7 @@ def resize(adapter: Adapter, **choice) -> tuple[Adapter, dict]:
     pairs, alphas, kept = {}, {}, {}
     for key, (down, up) in adapter.pairs.items():
         scale = adapter.alphas[key] / down.shape[0]
-        new_down, new_up, _, kept[key] = truncate(down, up, scale, lambda _k, s=scale: s, **choice)
+        new_down, new_up, kept[key] = truncate(down, up, scale, scale, **choice)
         k = new_down.shape[0]
         pairs[key] = (new_down.reshape(k, *down.shape[1:]), new_up.reshape(up.shape[0], k, *up.shape[2:]))
         alphas[key] = scale * k
